@@ -1,0 +1,331 @@
+//! Command line, with node_exporter's flag names, and its translation into collectors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
+use regex::Regex;
+
+use crate::collectors::{self, Config, Enabled, REGISTRY};
+use crate::logging::{Format, LogLevel};
+use crate::netlink::{CaptureTransport, KernelTransport, ReplayTransport, Transport};
+use crate::roles::RoleRules;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "packetpath-exporter",
+    version,
+    about = "Prometheus exporter for packet-path health between tunnel and VM ports.",
+    max_term_width = 100
+)]
+pub struct Args {
+    /// Address to listen on for HTTP; ":PORT" listens on every address.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "ADDR",
+        default_value = ":9479"
+    )]
+    pub listen_address: String,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
+    pub telemetry_path: String,
+
+    /// Disable every collector that is on by default; enable some again with --collector.<name>.
+    #[arg(long = "collector.disable-defaults")]
+    pub disable_defaults: bool,
+
+    /// Mount point of procfs.
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// Mount point of sysfs.
+    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
+
+    /// Only log messages at or above this level.
+    #[arg(long = "log.level", value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+
+    /// Log line format.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: Format,
+
+    /// Time each collector may take per scrape before it counts as failed.
+    #[arg(long = "scrape.timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub scrape_timeout: Duration,
+
+    /// Only export devices whose name matches this regex (unanchored).
+    #[arg(long = "collector.interfaces.device-include", value_name = "REGEX", value_parser = parse_regex)]
+    pub device_include: Option<Regex>,
+
+    /// Do not export devices whose name matches this regex (unanchored).
+    #[arg(long = "collector.interfaces.device-exclude", value_name = "REGEX", value_parser = parse_regex)]
+    pub device_exclude: Option<Regex>,
+
+    /// Devices matching this regex have role "tunnel"; replaces the built-in tunnel name patterns.
+    #[arg(long = "collector.interfaces.tunnel-regex", value_name = "REGEX", value_parser = parse_regex)]
+    pub tunnel_regex: Option<Regex>,
+
+    /// Devices matching this regex have role "vm"; replaces the built-in tap*/vnet* patterns.
+    #[arg(long = "collector.interfaces.vm-regex", value_name = "REGEX", value_parser = parse_regex)]
+    pub vm_regex: Option<Regex>,
+
+    /// Export conntrack statistics per CPU (label cpu) instead of summed.
+    #[arg(long = "collector.conntrack.per-cpu")]
+    pub conntrack_per_cpu: bool,
+
+    /// Serve netlink replies from DIR/<request>.bin instead of the kernel (for tests).
+    #[arg(long = "debug.netlink-replay-dir", value_name = "DIR", hide = true)]
+    pub netlink_replay_dir: Option<PathBuf>,
+
+    /// Save every netlink reply to DIR/<request>.bin (to make test fixtures).
+    #[arg(long = "debug.netlink-capture-dir", value_name = "DIR", hide = true)]
+    pub netlink_capture_dir: Option<PathBuf>,
+}
+
+fn parse_regex(s: &str) -> Result<Regex, String> {
+    // regex errors span lines (a caret diagram); the CLI promises one line.
+    Regex::new(s).map_err(|e| {
+        e.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    })
+}
+
+fn parse_http_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_owned())
+    } else {
+        Err("must start with '/'".into())
+    }
+}
+
+/// Accepts Prometheus-style durations: 500ms, 5s, 1m.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 5s"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{s:?} is not a duration like 5s (units: ms, s, m)")),
+    };
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// Parsed command line: the typed flags plus which collectors are enabled.
+pub struct Cli {
+    pub args: Args,
+    pub enabled: Vec<&'static str>,
+}
+
+fn command() -> clap::Command {
+    let mut cmd = Args::command();
+    for spec in REGISTRY {
+        let on = format!("collector.{}", spec.name);
+        let off = format!("no-collector.{}", spec.name);
+        let default = if spec.default_enabled { "on" } else { "off" };
+        cmd = cmd
+            .arg(
+                Arg::new(on.clone())
+                    .long(on.clone())
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(off.clone())
+                    .help(format!(
+                        "Enable the {} collector (default {default}): {}",
+                        spec.name, spec.help
+                    )),
+            )
+            .arg(
+                Arg::new(off.clone())
+                    .long(off.clone())
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(on)
+                    .help(format!("Disable the {} collector.", spec.name)),
+            );
+    }
+    cmd
+}
+
+/// Why the program should exit instead of running.
+pub enum Exit {
+    /// --help or --version: print to stdout, exit 0.
+    Info(String),
+    /// Bad input: one line for stderr, exit 2.
+    Usage(String),
+}
+
+pub fn parse_from<I, T>(argv: I) -> Result<Cli, Exit>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let matches = command().try_get_matches_from(argv).map_err(clap_exit)?;
+    let args = Args::from_arg_matches(&matches).map_err(clap_exit)?;
+    let enabled = enabled_collectors(&matches, args.disable_defaults);
+    Ok(Cli { args, enabled })
+}
+
+fn enabled_collectors(m: &ArgMatches, disable_defaults: bool) -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .filter(|s| {
+            let on = m.get_flag(&format!("collector.{}", s.name));
+            let off = m.get_flag(&format!("no-collector.{}", s.name));
+            !off && (on || (s.default_enabled && !disable_defaults))
+        })
+        .map(|s| s.name)
+        .collect()
+}
+
+fn clap_exit(e: clap::Error) -> Exit {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Exit::Info(e.to_string()),
+        _ => {
+            if e.kind() == ErrorKind::UnknownArgument {
+                if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
+                    let flag = arg.split('=').next().unwrap_or(arg);
+                    let name = flag
+                        .strip_prefix("--collector.")
+                        .or_else(|| flag.strip_prefix("--no-collector."));
+                    if let Some(name) = name.filter(|n| !n.contains('.')) {
+                        let known: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+                        return Exit::Usage(format!(
+                            "unknown collector {name:?} (known: {})",
+                            known.join(", ")
+                        ));
+                    }
+                }
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            Exit::Usage(first.strip_prefix("error: ").unwrap_or(first).to_owned())
+        }
+    }
+}
+
+fn check_dir(flag: &str, p: &Path) -> Result<(), String> {
+    std::fs::read_dir(p)
+        .map(|_| ())
+        .map_err(|e| format!("{flag} {}: {e}", p.display()))
+}
+
+impl Cli {
+    /// Checks the paths and builds the enabled collectors.
+    pub fn build(&self) -> Result<Enabled, String> {
+        let a = &self.args;
+        check_dir("--path.procfs", &a.procfs)?;
+        check_dir("--path.sysfs", &a.sysfs)?;
+        let kernel = KernelTransport::new(a.scrape_timeout);
+        let transport: Arc<dyn Transport> = match (&a.netlink_replay_dir, &a.netlink_capture_dir) {
+            (Some(dir), _) => {
+                check_dir("--debug.netlink-replay-dir", dir)?;
+                Arc::new(ReplayTransport { dir: dir.clone() })
+            }
+            (None, Some(dir)) => {
+                check_dir("--debug.netlink-capture-dir", dir)?;
+                Arc::new(CaptureTransport {
+                    inner: kernel,
+                    dir: dir.clone(),
+                })
+            }
+            (None, None) => Arc::new(kernel),
+        };
+        let config = Config {
+            procfs: a.procfs.clone(),
+            sysfs: a.sysfs.clone(),
+            transport,
+            roles: RoleRules {
+                tunnel: a.tunnel_regex.clone(),
+                vm: a.vm_regex.clone(),
+            },
+            interfaces: collectors::interfaces::Options {
+                device_include: a.device_include.clone(),
+                device_exclude: a.device_exclude.clone(),
+            },
+            conntrack: collectors::conntrack::Options {
+                per_cpu: a.conntrack_per_cpu,
+            },
+        };
+        Ok(self
+            .enabled
+            .iter()
+            .filter_map(|name| collectors::spec(name))
+            .map(|s| (s.name, (s.build)(&config)))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(args: &[&str]) -> String {
+        match parse_from(std::iter::once("packetpath-exporter").chain(args.iter().copied())) {
+            Err(Exit::Usage(s)) => s,
+            Err(Exit::Info(_)) => panic!("info for {args:?}"),
+            Ok(_) => panic!("accepted {args:?}"),
+        }
+    }
+
+    fn enabled(args: &[&str]) -> Vec<&'static str> {
+        match parse_from(std::iter::once("packetpath-exporter").chain(args.iter().copied())) {
+            Ok(c) => c.enabled,
+            Err(_) => panic!("rejected {args:?}"),
+        }
+    }
+
+    #[test]
+    fn collector_selection() {
+        assert_eq!(enabled(&[]), vec!["interfaces", "conntrack"]);
+        assert_eq!(enabled(&["--no-collector.conntrack"]), vec!["interfaces"]);
+        assert_eq!(
+            enabled(&["--collector.disable-defaults", "--collector.conntrack"]),
+            vec!["conntrack"]
+        );
+        // The last of --collector.X / --no-collector.X wins.
+        assert_eq!(
+            enabled(&["--no-collector.interfaces", "--collector.interfaces"]),
+            vec!["interfaces", "conntrack"]
+        );
+    }
+
+    #[test]
+    fn bad_input_is_one_line() {
+        assert_eq!(
+            usage(&["--collector.bogus"]),
+            "unknown collector \"bogus\" (known: interfaces, conntrack)"
+        );
+        assert_eq!(
+            usage(&["--no-collector.bogus"]),
+            "unknown collector \"bogus\" (known: interfaces, conntrack)"
+        );
+        let re = usage(&["--collector.interfaces.device-include", "(tap"]);
+        assert!(
+            re.starts_with("invalid value '(tap' for '--collector.interfaces.device-include"),
+            "{re}"
+        );
+        assert!(re.contains("unclosed group"), "{re}");
+        assert!(!re.contains('\n'));
+        assert!(usage(&["--scrape.timeout", "5x"]).contains("not a duration"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+}

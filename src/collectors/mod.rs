@@ -1,0 +1,53 @@
+//! The collectors, and the one list that registers them.
+//!
+//! Every collector is one module with three steps: `fetch` (netlink or files), `parse`
+//! (pure, bytes to a typed snapshot, unit-tested on captured bytes) and `render` (const
+//! metric families built on each scrape).
+
+pub mod conntrack;
+pub mod interfaces;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::netlink::Transport;
+use crate::render::Family;
+use crate::roles::RoleRules;
+
+/// Why a collector produced nothing this scrape; logged once per distinct message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CollectError(pub String);
+
+pub trait Collector: Send + Sync + 'static {
+    /// Runs on a blocking thread; must not panic and should finish well inside the timeout.
+    fn collect(&self) -> Result<Vec<Family>, CollectError>;
+}
+
+/// What collectors are built from: paths, the netlink transport, and per-collector options.
+#[derive(Clone)]
+pub struct Config {
+    pub procfs: PathBuf,
+    pub sysfs: PathBuf,
+    pub transport: Arc<dyn Transport>,
+    pub roles: RoleRules,
+    pub interfaces: interfaces::Options,
+    pub conntrack: conntrack::Options,
+}
+
+/// The enabled collectors, by name, in registry order.
+pub type Enabled = Vec<(&'static str, Arc<dyn Collector>)>;
+
+pub struct Spec {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub default_enabled: bool,
+    pub build: fn(&Config) -> Arc<dyn Collector>,
+}
+
+/// Every collector the exporter has. Adding one means adding a module and a line here.
+pub const REGISTRY: &[Spec] = &[interfaces::SPEC, conntrack::SPEC];
+
+pub fn spec(name: &str) -> Option<&'static Spec> {
+    REGISTRY.iter().find(|s| s.name == name)
+}

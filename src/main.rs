@@ -1,0 +1,55 @@
+use std::process::ExitCode;
+
+use packetpath_exporter::cli::{self, Exit};
+use packetpath_exporter::{logging, scrape::Scraper, server};
+
+fn main() -> ExitCode {
+    let cli = match cli::parse_from(std::env::args_os()) {
+        Ok(c) => c,
+        Err(Exit::Info(text)) => {
+            print!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Exit::Usage(line)) => {
+            eprintln!("packetpath-exporter: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(cli.args.log_level, cli.args.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(line) => {
+            eprintln!("packetpath-exporter: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> Result<(), String> {
+    let collectors = cli.build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = server::bind(&cli.args.listen_address).await?;
+        let scraper = Scraper::new(collectors, cli.args.scrape_timeout);
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            address = %addr,
+            path = %cli.args.telemetry_path,
+            collectors = %scraper.names().join(","),
+            version = packetpath_exporter::scrape::VERSION,
+            "listening"
+        );
+        let app = server::router(scraper, &cli.args.telemetry_path);
+        server::serve(listener, app)
+            .await
+            .map_err(|e| format!("serve: {e}"))
+    })
+}

@@ -1,0 +1,213 @@
+//! Netlink access behind a small trait, so tests replay bytes captured from a real kernel
+//! through the same decoders the live exporter uses.
+
+pub mod wire;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use neli::consts::socket::{Msg, NlFamily};
+use neli::socket::NlSocket;
+use neli::utils::Groups;
+
+/// The netlink protocols the exporter speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Route,
+    Netfilter,
+}
+
+impl Protocol {
+    fn family(self) -> NlFamily {
+        match self {
+            Protocol::Route => NlFamily::Route,
+            Protocol::Netfilter => NlFamily::Netfilter,
+        }
+    }
+}
+
+/// One request the exporter sends; `name` identifies it in captures and replays.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub protocol: Protocol,
+    pub name: &'static str,
+    /// Message type and flags; the transport assigns the sequence number.
+    pub ty: u16,
+    pub flags: u16,
+    /// The family header (ifinfomsg, nfgenmsg, ...) that follows the netlink header.
+    pub fixed: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("open netlink socket ({protocol:?}): {source}")]
+    Socket {
+        protocol: Protocol,
+        source: std::io::Error,
+    },
+    #[error("{name}: send: {source}")]
+    Send {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{name}: receive: {source}")]
+    Recv {
+        name: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{name}: {source}")]
+    Decode {
+        name: &'static str,
+        source: wire::DecodeError,
+    },
+    #[error("{name}: replay file {path}: {source}")]
+    Replay {
+        name: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl TransportError {
+    /// The errno behind this failure, whether from a syscall or the kernel's reply.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            TransportError::Socket { source, .. }
+            | TransportError::Send { source, .. }
+            | TransportError::Recv { source, .. } => source.raw_os_error(),
+            TransportError::Decode { source, .. } => source.errno(),
+            TransportError::Replay { .. } => None,
+        }
+    }
+}
+
+/// Sends one request and returns the reply bytes: every datagram, concatenated, through
+/// NLMSG_DONE or the final ack/error. Callers decode them with [`wire`].
+pub trait Transport: Send + Sync {
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError>;
+}
+
+/// Talks to the running kernel, in the network namespace of the calling thread.
+pub struct KernelTransport {
+    seq: AtomicU32,
+    timeout: Duration,
+}
+
+impl KernelTransport {
+    pub fn new(timeout: Duration) -> Self {
+        KernelTransport {
+            seq: AtomicU32::new(1),
+            timeout,
+        }
+    }
+}
+
+/// Large enough for any dump datagram (the kernel caps them at 32 KiB by default).
+const RECV_BUF: usize = 64 * 1024;
+
+impl Transport for KernelTransport {
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        let protocol = req.protocol;
+        let sock = NlSocket::connect(protocol.family(), None, Groups::empty())
+            .map_err(|source| TransportError::Socket { protocol, source })?;
+        set_recv_timeout(&sock, self.timeout)
+            .map_err(|source| TransportError::Socket { protocol, source })?;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let dump = req.flags & wire::NLM_F_DUMP == wire::NLM_F_DUMP;
+        let bytes = wire::request(req.ty, req.flags, seq, &req.fixed);
+        sock.send(&bytes, Msg::empty())
+            .map_err(|source| TransportError::Send {
+                name: req.name,
+                source,
+            })?;
+
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let (n, _) =
+                sock.recv(&mut buf[..], Msg::empty())
+                    .map_err(|source| TransportError::Recv {
+                        name: req.name,
+                        source,
+                    })?;
+            let datagram = buf.get(..n).unwrap_or_default();
+            let mut finished = n == 0;
+            for m in wire::messages(req.name, datagram) {
+                let m = m.map_err(|source| TransportError::Decode {
+                    name: req.name,
+                    source,
+                })?;
+                if m.seq != seq {
+                    continue;
+                }
+                // A non-dump request gets one reply, sometimes flagged MULTI all the same
+                // (ctnetlink's GET_STATS) and with no DONE after it.
+                let multi = m.flags & wire::NLM_F_MULTI != 0;
+                if m.ty == wire::NLMSG_DONE || m.ty == wire::NLMSG_ERROR || !multi || !dump {
+                    finished = true;
+                }
+            }
+            out.extend_from_slice(datagram);
+            if finished {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn set_recv_timeout(sock: &NlSocket, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+        tv_usec: timeout.subsec_micros().into(),
+    };
+    // SAFETY: a valid fd and a correctly sized timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Serves replies from `DIR/<request name>.bin`, files written by [`CaptureTransport`].
+pub struct ReplayTransport {
+    pub dir: PathBuf,
+}
+
+impl Transport for ReplayTransport {
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        let path = self.dir.join(format!("{}.bin", req.name));
+        std::fs::read(&path).map_err(|source| TransportError::Replay {
+            name: req.name,
+            path,
+            source,
+        })
+    }
+}
+
+/// Passes requests to an inner transport and saves each reply as `DIR/<request name>.bin`.
+pub struct CaptureTransport<T> {
+    pub inner: T,
+    pub dir: PathBuf,
+}
+
+impl<T: Transport> Transport for CaptureTransport<T> {
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        let reply = self.inner.exchange(req)?;
+        let path = self.dir.join(format!("{}.bin", req.name));
+        if let Err(e) = std::fs::write(&path, &reply) {
+            tracing::warn!(path = %path.display(), error = %e, "could not save netlink capture");
+        }
+        Ok(reply)
+    }
+}

@@ -1,0 +1,166 @@
+//! HTTP: the metrics path, a landing page and a health check, with graceful shutdown.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use crate::scrape::{self, Scraper};
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct App {
+    scraper: Arc<Scraper>,
+    landing: Arc<String>,
+}
+
+pub fn router(scraper: Arc<Scraper>, telemetry_path: &str) -> Router {
+    let landing = landing_page(telemetry_path, &scraper.names());
+    let app = App {
+        scraper,
+        landing: Arc::new(landing),
+    };
+    let mut r = Router::new()
+        .route("/-/healthy", get(|| async { "OK\n" }))
+        .route(telemetry_path, get(metrics));
+    if telemetry_path != "/" {
+        r = r.route("/", get(landing_handler));
+    }
+    r.with_state(app)
+}
+
+fn landing_page(path: &str, collectors: &[&str]) -> String {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let items: String = collectors
+        .iter()
+        .map(|c| format!("<li>{}</li>", escape(c)))
+        .collect();
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>packetpath-exporter</title></head><body>\n\
+         <h1>packetpath-exporter {}</h1>\n\
+         <p>Packet-path health between tunnel and VM ports.</p>\n\
+         <p><a href=\"{p}\">{p}</a></p>\n<h2>Enabled collectors</h2>\n<ul>{items}</ul>\n</body></html>\n",
+        scrape::VERSION,
+        p = escape(path),
+    )
+}
+
+async fn landing_handler(State(app): State<App>) -> Html<String> {
+    Html(app.landing.as_ref().clone())
+}
+
+/// True if the client accepts gzip (and did not give it q=0).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let q_zero = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
+        })
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    let body = app.scraper.scrape().await;
+    let mut resp_headers = HeaderMap::new();
+    resp_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    if accepts_gzip(&headers) {
+        let mut enc = flate2::write::GzEncoder::new(
+            Vec::with_capacity(body.len() / 4),
+            flate2::Compression::fast(),
+        );
+        if enc.write_all(&body).is_ok() {
+            if let Ok(gz) = enc.finish() {
+                resp_headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                return (StatusCode::OK, resp_headers, gz).into_response();
+            }
+        }
+    }
+    (StatusCode::OK, resp_headers, body.as_ref().clone()).into_response()
+}
+
+/// Resolves a node_exporter-style listen address: ":PORT" means every address.
+pub async fn bind(addr: &str) -> Result<TcpListener, String> {
+    if let Some(port) = addr.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid --web.listen-address {addr:?}: bad port"))?;
+        // Dual-stack where IPv6 exists; IPv4 only where it does not.
+        let v6 = SocketAddr::from(([0u16; 8], port));
+        return match TcpListener::bind(v6).await {
+            Ok(l) => Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Err(format!("listen on {addr}: {e}"))
+            }
+            Err(_) => TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port)))
+                .await
+                .map_err(|e| format!("listen on {addr}: {e}")),
+        };
+    }
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("listen on {addr}: {e}"))
+}
+
+/// Serves until SIGTERM or SIGINT, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+        m
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(&h("gzip")));
+        assert!(accepts_gzip(&h("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(&h("gzip;q=0")));
+        assert!(!accepts_gzip(&h("identity")));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+}
