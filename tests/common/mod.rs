@@ -1,0 +1,457 @@
+//! Shared test support: privilege gates, network namespaces, the exporter under test,
+//! raw packet senders and a small exposition parser.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_packetpath-exporter");
+
+/// True when the test may run. Without root it skips locally but fails under CI=true,
+/// so a CI machine that lost its privileges cannot pass silently.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test} needs root (network namespaces) and CI=true: refusing to skip");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// Runs a command and returns stdout; panics with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("spawn sh");
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace that is deleted (with everything in it) when dropped.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("pp-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&format!("ip netns add {name}"));
+        let ns = Netns { name };
+        // No IPv6: its router solicitations and DAD would add packets the test did not send.
+        ns.exec("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+        ns.exec("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside the namespace (with its own /sys mounted).
+    pub fn exec(&self, cmd: &str) -> String {
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', "'\\''")
+        ))
+    }
+
+    /// Runs `f` on a thread that has joined this namespace; sockets it opens stay in it.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        Netns::enter_by_name(&self.name, f)
+    }
+
+    /// Every counter under /sys/class/net/*/statistics, as seen inside the namespace.
+    pub fn sysfs_stats(&self) -> BTreeMap<(String, String), u64> {
+        let out = self.exec("grep -r . /sys/class/net/*/statistics/");
+        out.lines()
+            .filter_map(|l| {
+                let (path, v) = l.rsplit_once(':')?;
+                let mut parts = path.trim_start_matches("/sys/class/net/").split('/');
+                let dev = parts.next()?.to_owned();
+                let stat = parts.nth(1)?.to_owned();
+                Some(((dev, stat), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// The exporter running inside a namespace; killed when dropped.
+pub struct Exporter {
+    child: Child,
+    ns: String,
+    pub port: u16,
+}
+
+impl Exporter {
+    /// Starts the binary in `ns` on 127.0.0.1:`port`; `user` runs it unprivileged via setpriv.
+    pub fn start(ns: &Netns, port: u16, user: Option<&str>, args: &[&str]) -> Exporter {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name]);
+        if let Some(u) = user {
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={u}"),
+                &format!("--regid={u}"),
+                "--clear-groups",
+            ]);
+        }
+        let listen = format!("--web.listen-address=127.0.0.1:{port}");
+        cmd.arg(BIN).arg(listen).args(args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn exporter");
+        let e = Exporter {
+            child,
+            ns: ns.name.clone(),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if e.try_get("/-/healthy").is_some() {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("exporter did not become healthy in {}", ns.name);
+    }
+
+    /// GET `path` from inside the namespace: (status line + headers, body).
+    pub fn try_get(&self, path: &str) -> Option<(String, Vec<u8>)> {
+        http_get_in(&self.ns, self.port, path, &[])
+    }
+
+    pub fn get(&self, path: &str, headers: &[&str]) -> (String, Vec<u8>) {
+        http_get_in(&self.ns, self.port, path, headers)
+            .unwrap_or_else(|| panic!("GET {path} failed in {}", self.ns))
+    }
+
+    /// One scrape of /metrics, parsed.
+    pub fn scrape(&self) -> Metrics {
+        let (head, body) = self.get("/metrics", &[]);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Metrics::parse(&String::from_utf8(body).expect("utf-8 exposition"))
+    }
+
+    pub fn scrape_text(&self) -> String {
+        String::from_utf8(self.get("/metrics", &[]).1).expect("utf-8 exposition")
+    }
+
+    /// Stops the exporter with SIGTERM and returns what it logged.
+    pub fn stop(mut self) -> String {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let mut log = String::new();
+        if let Some(mut err) = self.child.stderr.take() {
+            let _ = err.read_to_string(&mut log);
+        }
+        let _ = self.child.wait();
+        log
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Joins the namespace `ns` on a fresh thread and runs `f` there.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    Netns::enter_by_name(ns, f)
+}
+
+impl Netns {
+    fn enter_by_name<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{name}");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open netns");
+            // SAFETY: a valid namespace fd; CLONE_NEWNET affects only this thread.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread panicked")
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback inside a namespace.
+pub fn http_get_in(ns: &str, port: u16, path: &str, headers: &[&str]) -> Option<(String, Vec<u8>)> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        s.write_all(req.as_bytes()).ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).ok()?;
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        Some((head, raw[split + 4..].to_vec()))
+    })
+}
+
+/// Parsed exposition: every sample by metric name and label set, plus HELP/TYPE.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub samples: Vec<(String, BTreeMap<String, String>, f64)>,
+    pub types: BTreeMap<String, String>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let mut m = Metrics::default();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, ty) = rest.split_once(' ').expect("TYPE line");
+                m.types.insert(name.to_owned(), ty.to_owned());
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect("sample line");
+            let value: f64 = value.parse().expect("sample value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            m.samples.push((name.to_owned(), labels, value));
+        }
+        m
+    }
+
+    /// The value of the one sample of `name` whose labels include all of `labels`.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self.select(name, labels).map(|(_, v)| v).collect();
+        assert!(
+            found.len() <= 1,
+            "{name} {labels:?} matches {} series",
+            found.len()
+        );
+        found.first().copied()
+    }
+
+    /// Like [`get`], but the series must exist.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.get(name, labels)
+            .unwrap_or_else(|| panic!("no series {name} {labels:?}"))
+    }
+
+    /// Every sample of `name` whose labels include all of `labels`.
+    pub fn select(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> std::vec::IntoIter<(BTreeMap<String, String>, f64)> {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, want)| l.get(*k).map(String::as_str) == Some(*want))
+            })
+            .map(|(_, l, v)| (l.clone(), *v))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Sends `count` Ethernet frames of `len` bytes out of `ifname` with an AF_PACKET socket.
+/// Must run inside the device's namespace (see [`Netns::enter`]).
+pub fn send_frames(ifname: &str, count: usize, len: usize) {
+    let fd = packet_socket();
+    let ifindex = ifindex(ifname);
+    // Broadcast, from a locally administered MAC, with the IEEE "local experimental"
+    // ethertype that no protocol handles.
+    let mut frame = vec![0u8; len.max(60)];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    // SAFETY: zeroed sockaddr_ll filled with valid values.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = ifindex;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    for _ in 0..count {
+        // SAFETY: valid fd, buffer and address.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send on {ifname}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn packet_socket() -> OwnedFd {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by socket(2).
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn ifindex(ifname: &str) -> i32 {
+    let c = std::ffi::CString::new(ifname).expect("ifname");
+    // SAFETY: a valid C string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i > 0, "no interface {ifname}");
+    i as i32
+}
+
+/// Creates a TAP device in the current thread's namespace and returns its open fd: the
+/// "VM" end. The device stays as long as the fd is open.
+pub fn open_tap(name: &str) -> OwnedFd {
+    let path = std::ffi::CString::new("/dev/net/tun").expect("path");
+    // SAFETY: open(2) on a constant path.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    assert!(
+        fd >= 0,
+        "open /dev/net/tun: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just opened.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    // SAFETY: TUNSETIFF takes a struct ifreq, which IfReq lays out.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) };
+    assert_eq!(
+        rc,
+        0,
+        "TUNSETIFF {name}: {}",
+        std::io::Error::last_os_error()
+    );
+    fd
+}
+
+/// Writes `count` frames into a TAP fd: the VM transmitting, which the host receives.
+pub fn write_tap(fd: &OwnedFd, count: usize, len: usize) {
+    let mut frame = vec![0u8; len.max(60)];
+    frame[..6].copy_from_slice(&[0xff; 6]);
+    frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    for _ in 0..count {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "tap write: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Reads `count` frames from a TAP fd: the VM taking delivery. The kernel counts a TAP's
+/// transmit only when the guest side reads the frame.
+pub fn read_tap(fd: &OwnedFd, count: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..count {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 5000) };
+        assert_eq!(ready, 1, "tap: nothing to read");
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n > 0, "tap read: {}", std::io::Error::last_os_error());
+        sizes.push(n as usize);
+    }
+    sizes
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
