@@ -48,7 +48,9 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let name = format!("pp-{tag}-{}", std::process::id());
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("pp-{tag}-{}-{n}", std::process::id());
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(&format!("ip netns add {name}"));
         let ns = Netns { name };
@@ -442,6 +444,163 @@ pub fn read_tap(fd: &OwnedFd, count: usize) -> Vec<usize> {
         sizes.push(n as usize);
     }
     sizes
+}
+
+/// Addresses of the client and server namespaces in the conntrack test beds.
+pub const CLIENT: [u8; 4] = [10, 201, 0, 1];
+pub const SERVER: [u8; 4] = [10, 201, 0, 2];
+
+/// A 20-byte TCP SYN; the checksum is right unless `corrupt`.
+pub fn tcp_syn(sport: u16, dport: u16, corrupt: bool) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&0x1000_0000u32.wrapping_add(u32::from(sport)).to_be_bytes());
+    h[12] = 5 << 4; // data offset
+    h[13] = 0x02; // SYN
+    h[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    // Pseudo-header (src, dst, zero, protocol, length) + segment, ones' complement sum.
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&CLIENT);
+    pseudo.extend_from_slice(&SERVER);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&h);
+    let mut sum: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut csum = !(sum as u16);
+    if corrupt {
+        csum ^= 0x5a5a;
+    }
+    h[16..18].copy_from_slice(&csum.to_be_bytes());
+    h
+}
+
+/// Sends segments from a raw IPPROTO_TCP socket; the kernel adds the IP header and leaves
+/// the TCP checksum as given. Must run inside the client namespace.
+pub fn send_segments(segments: &[Vec<u8>]) {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(SERVER),
+        },
+        sin_zero: [0; 8],
+    };
+    for seg in segments {
+        // SAFETY: valid fd, buffer and address.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                seg.as_ptr().cast(),
+                seg.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            seg.len() as isize,
+            "sendto: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// A server namespace with conntrack active (nftables drops ct state invalid) and a
+/// client namespace that sends it raw TCP segments over a veth pair.
+pub struct ConntrackBed {
+    pub srv: Netns,
+    pub cli: Netns,
+    next_port: u16,
+}
+
+impl ConntrackBed {
+    pub fn new() -> ConntrackBed {
+        let srv = Netns::new("ctsrv");
+        let cli = Netns::new("ctcli");
+        sh(&format!(
+            "ip -n {} link add c0 type veth peer name s0 netns {}",
+            cli.name, srv.name
+        ));
+        cli.exec("ip addr add 10.201.0.1/30 dev c0 && ip link set c0 up");
+        srv.exec("ip addr add 10.201.0.2/30 dev s0 && ip link set s0 up");
+        let rules = std::env::temp_dir().join(format!("{}.nft", srv.name));
+        std::fs::write(
+            &rules,
+            "table inet pp {\n chain input {\n  type filter hook input priority 0; policy accept;\n  ct state invalid counter drop\n }\n}\n",
+        )
+        .expect("write ruleset");
+        srv.exec(&format!("nft -f {}", rules.display()));
+        let _ = std::fs::remove_file(&rules);
+        ConntrackBed {
+            srv,
+            cli,
+            next_port: 40000,
+        }
+    }
+
+    pub fn set_checksum(&self, on: bool) {
+        self.srv.exec(&format!(
+            "sysctl -qw net.netfilter.nf_conntrack_checksum={}",
+            u8::from(on)
+        ));
+    }
+
+    /// Packets the nftables rule dropped as ct state invalid.
+    pub fn nft_invalid_drops(&self) -> u64 {
+        let out = self.srv.exec("nft list chain inet pp input");
+        let after = out
+            .split("counter packets ")
+            .nth(1)
+            .expect("counter in ruleset");
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    pub fn s0_rx_packets(&self) -> u64 {
+        self.srv
+            .exec("cat /sys/class/net/s0/statistics/rx_packets")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Sends `bad` corrupt-checksum SYNs and `good` valid SYNs, each on a fresh source port,
+    /// and waits until the server's interface has received all of them.
+    pub fn send(&mut self, bad: u16, good: u16) {
+        let mut segs = Vec::new();
+        for i in 0..bad + good {
+            segs.push(tcp_syn(self.next_port, 80, i < bad));
+            self.next_port += 1;
+        }
+        let before = self.s0_rx_packets();
+        self.cli.enter(move || send_segments(&segs));
+        let want = before + u64::from(bad + good);
+        wait_for("segments at the server", Duration::from_secs(10), || {
+            self.s0_rx_packets() >= want
+        });
+    }
+
+    /// Sum of the `invalid` column of /proc/net/stat/nf_conntrack in the server namespace.
+    pub fn proc_invalid(&self) -> u64 {
+        let text = self.srv.exec("cat /proc/net/stat/nf_conntrack");
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let col = header.iter().position(|h| *h == "invalid").unwrap();
+        lines
+            .map(|l| u64::from_str_radix(l.split_whitespace().nth(col).unwrap(), 16).unwrap())
+            .sum()
+    }
 }
 
 /// Polls `f` until it returns true or the deadline passes.
