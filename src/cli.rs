@@ -18,7 +18,8 @@ use crate::roles::RoleRules;
     name = "packetpath-exporter",
     version,
     about = "Prometheus exporter for packet-path health between tunnel and VM ports.",
-    max_term_width = 100
+    term_width = 200,
+    max_term_width = 200
 )]
 pub struct Args {
     /// Address to listen on for HTTP; ":PORT" listens on every address.

@@ -97,6 +97,9 @@ fn unprivileged_exporter_falls_back_to_procfs_and_agrees_with_ctnetlink() {
     let root = Exporter::start(&bed.srv, 19482, None, &[]);
     let nobody = Exporter::start(&bed.srv, 19483, Some("65534"), &[]);
 
+    // Live output from both privilege levels is clean for promtool.
+    common::promtool_check(&root.scrape_text());
+    common::promtool_check(&nobody.scrape_text());
     let r = root.scrape();
     let n = nobody.scrape();
     for _ in 0..2 {

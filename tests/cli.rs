@@ -1,0 +1,125 @@
+//! Bad input ends the program with one clear line on stderr and a non-zero status.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_packetpath-exporter");
+
+/// Runs the binary; returns (exit code, stdout, stderr).
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_line_error(args: &[&str], code: i32, contains: &str) {
+    let (c, out, err) = run(args);
+    assert_eq!(c, code, "{args:?}: {err}");
+    assert_eq!(out, "");
+    assert_eq!(err.lines().count(), 1, "{args:?} printed:\n{err}");
+    assert!(err.starts_with("packetpath-exporter: "), "{err}");
+    assert!(err.contains(contains), "{args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"));
+}
+
+#[test]
+fn invalid_regex() {
+    one_line_error(
+        &["--collector.interfaces.tunnel-regex=geneve(["],
+        2,
+        "invalid value 'geneve([' for '--collector.interfaces.tunnel-regex <REGEX>': regex parse error",
+    );
+}
+
+#[test]
+fn unknown_collector() {
+    one_line_error(
+        &["--collector.ovs_flows"],
+        2,
+        "unknown collector \"ovs_flows\" (known: interfaces, conntrack)",
+    );
+}
+
+#[test]
+fn unknown_flag() {
+    one_line_error(
+        &["--web.listen-adress=:1"],
+        2,
+        "unexpected argument '--web.listen-adress' found",
+    );
+}
+
+#[test]
+fn unreadable_paths() {
+    one_line_error(
+        &["--path.procfs=/nonexistent/proc"],
+        1,
+        "--path.procfs /nonexistent/proc: No such file or directory",
+    );
+    one_line_error(
+        &["--path.sysfs=/etc/hostname"],
+        1,
+        "--path.sysfs /etc/hostname: Not a directory",
+    );
+}
+
+#[test]
+fn port_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    one_line_error(
+        &[
+            &format!("--web.listen-address={addr}"),
+            "--path.procfs=/proc",
+        ],
+        1,
+        &format!("listen on {addr}: Address already in use"),
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let (c, out, _) = run(&["--version"]);
+    assert_eq!(c, 0);
+    assert_eq!(
+        out,
+        format!("packetpath-exporter {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let (c, help, _) = run(&["--help"]);
+    assert_eq!(c, 0);
+    for flag in [
+        "--web.listen-address",
+        "--web.telemetry-path",
+        "--collector.disable-defaults",
+        "--path.procfs",
+        "--path.sysfs",
+        "--log.level",
+        "--log.format",
+        "--collector.interfaces.device-include",
+        "--collector.interfaces.device-exclude",
+        "--collector.interfaces.tunnel-regex",
+        "--collector.interfaces.vm-regex",
+        "--collector.conntrack.per-cpu",
+        "--collector.interfaces",
+        "--no-collector.interfaces",
+        "--collector.conntrack",
+        "--no-collector.conntrack",
+    ] {
+        // One line per flag: the flag, then its description on the same line.
+        let line = help
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(flag))
+            .unwrap_or_else(|| panic!("--help lacks {flag}:\n{help}"));
+        let described = line.trim_start().trim_start_matches(flag).trim_start();
+        let described = described
+            .strip_prefix('<')
+            .map_or(described, |r| r.split_once('>').unwrap().1);
+        assert!(
+            described.trim().len() > 10,
+            "{flag} has no description on its line: {line:?}"
+        );
+    }
+    assert!(!help.contains("--debug."), "debug flags are hidden");
+}

@@ -1,0 +1,209 @@
+//! The binary end to end on captured inputs: netlink replies replayed from
+//! tests/fixtures/netlink*, procfs from tests/fixtures/proc. The exposition must equal the
+//! checked-in golden files (UPDATE_GOLDEN=1 rewrites them) and pass `promtool check metrics`.
+
+mod common;
+
+use common::promtool_check;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_packetpath-exporter");
+
+fn dir(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// The exporter on an ephemeral loopback port; the port is read from its "listening" log.
+pub struct Running {
+    child: Child,
+    pub port: u16,
+}
+
+impl Running {
+    pub fn start(args: &[&str]) -> Running {
+        let mut child = Command::new(BIN)
+            .arg("--web.listen-address=127.0.0.1:0")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn exporter");
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let port = loop {
+            line.clear();
+            assert!(
+                err.read_line(&mut line).unwrap() > 0,
+                "exporter exited before listening"
+            );
+            if let Some(rest) = line.split("address=127.0.0.1:").nth(1) {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining stderr so the exporter never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Running { child, port }
+    }
+
+    pub fn get(&self, path: &str, headers: &[&str]) -> (String, Vec<u8>) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(&format!("{h}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8_lossy(&raw[..split]).into_owned(),
+            raw[split + 4..].to_vec(),
+        )
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Masks what legitimately differs between runs: durations and build facts.
+fn normalize(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("packetpath_scrape_collector_duration_seconds{") {
+                format!("{} <duration>", l.rsplit_once(' ').unwrap().0)
+            } else if l.starts_with("packetpath_exporter_build_info{") {
+                "packetpath_exporter_build_info{<build facts>} 1".to_owned()
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn golden(name: &str, replay: &str) {
+    let replay = format!("--debug.netlink-replay-dir={}", dir(replay).display());
+    let procfs = format!("--path.procfs={}", dir("tests/fixtures/proc").display());
+    // Nothing reads sysfs yet; any readable directory will do.
+    let sysfs = format!("--path.sysfs={}", dir("tests/fixtures").display());
+    let e = Running::start(&[&replay, &procfs, &sysfs]);
+    let (head, body) = e.get("/metrics", &[]);
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    promtool_check(&text);
+    let got = normalize(&text);
+    let path = dir("tests/golden").join(name);
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        std::fs::write(&path, &got).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        got == want,
+        "{} differs; rerun with UPDATE_GOLDEN=1 and review the diff\n--- got ---\n{got}",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_netlink() {
+    golden("metrics.txt", "tests/fixtures/netlink");
+}
+
+#[test]
+fn golden_procfs_fallback_without_cap_net_admin() {
+    golden("metrics-procfs.txt", "tests/fixtures/netlink-eperm");
+}
+
+#[test]
+fn gzip_landing_page_and_health() {
+    let replay = format!(
+        "--debug.netlink-replay-dir={}",
+        dir("tests/fixtures/netlink").display()
+    );
+    let procfs = format!("--path.procfs={}", dir("tests/fixtures/proc").display());
+    let e = Running::start(&[&replay, &procfs, "--web.telemetry-path=/probe"]);
+    let (_, plain) = e.get("/probe", &[]);
+    let (head, gz) = e.get("/probe", &["Accept-Encoding: gzip"]);
+    assert!(
+        head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
+    let mut unzipped = String::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_string(&mut unzipped)
+        .unwrap();
+    assert_eq!(
+        normalize(&unzipped),
+        normalize(&String::from_utf8(plain).unwrap())
+    );
+
+    let (head, landing) = e.get("/", &[]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let landing = String::from_utf8(landing).unwrap();
+    assert!(
+        landing.contains("<a href=\"/probe\">/probe</a>"),
+        "{landing}"
+    );
+    assert!(
+        landing.contains("<li>interfaces</li><li>conntrack</li>"),
+        "{landing}"
+    );
+    assert!(landing.contains(env!("CARGO_PKG_VERSION")));
+
+    let (head, body) = e.get("/-/healthy", &[]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"OK\n");
+    let (head, _) = e.get("/metrics", &[]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+#[test]
+fn a_failing_collector_does_not_fail_the_scrape() {
+    // A replay directory without the ctnetlink captures, and a procfs without conntrack:
+    // conntrack fails (success 0) while interfaces are still served.
+    let empty = std::env::temp_dir().join(format!("pp-empty-proc-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let only_links = std::env::temp_dir().join(format!("pp-links-{}", std::process::id()));
+    std::fs::create_dir_all(&only_links).unwrap();
+    std::fs::copy(
+        dir("tests/fixtures/netlink/rtnl_getlink.bin"),
+        only_links.join("rtnl_getlink.bin"),
+    )
+    .unwrap();
+    let e = Running::start(&[
+        &format!("--debug.netlink-replay-dir={}", only_links.display()),
+        &format!("--path.procfs={}", empty.display()),
+    ]);
+    let (head, body) = e.get("/metrics", &[]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("packetpath_scrape_collector_success{collector=\"conntrack\"} 0\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("packetpath_scrape_collector_success{collector=\"interfaces\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "packetpath_interface_transmit_packets_total{device=\"veth-a\",role=\"other\"} 5\n"
+    ));
+    assert!(!text.contains("packetpath_conntrack_"));
+    let _ = std::fs::remove_dir_all(&empty);
+    let _ = std::fs::remove_dir_all(&only_links);
+}
