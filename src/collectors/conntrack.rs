@@ -65,7 +65,7 @@ pub const STATS: &[Stat] = &[
         attr: 8,
         proc_column: "insert",
         name: "insert",
-        help: "Entries inserted into the conntrack table.",
+        help: "Entries inserted into the conntrack table on the path that counts them (ctnetlink-created entries on current kernels).",
     },
     Stat {
         attr: 9,

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check and test: rustfmt, clippy, and the whole cargo test suite, including
+# the network-namespace tests against the running kernel (these need root).
+# Installs the Debian packages the tests use when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
+    exec sudo env "PATH=$PATH" "CI=${CI:-}" "$0" "$@"
+fi
+
+# Debian package -> a file it provides that the tests use.
+declare -A need=(
+    [iproute2]=/usr/sbin/ip           # namespaces, veth, vxlan, bridge
+    [nftables]=/usr/sbin/nft          # ct state invalid drop in the conntrack tests
+    [conntrack]=/usr/sbin/conntrack   # the kernel's own view, for fixture captures
+    [prometheus]=/usr/bin/promtool    # promtool check metrics
+    [util-linux]=/usr/bin/setpriv     # the unprivileged exporter
+)
+missing=()
+for pkg in "${!need[@]}"; do
+    [ -e "${need[$pkg]}" ] || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        echo "missing packages (install them as root): ${missing[*]}" >&2
+    fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo test --locked
