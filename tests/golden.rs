@@ -21,6 +21,7 @@ fn dir(p: &str) -> PathBuf {
 pub struct Running {
     child: Child,
     pub port: u16,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Running {
@@ -45,8 +46,21 @@ impl Running {
             }
         };
         // Keep draining stderr so the exporter never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-        Running { child, port }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while err.read_line(&mut line).unwrap_or(0) > 0 {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Running { child, port, log }
+    }
+
+    /// What the exporter has logged after its "listening" line.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn get(&self, path: &str, headers: &[&str]) -> (String, Vec<u8>) {
@@ -204,6 +218,18 @@ fn a_failing_collector_does_not_fail_the_scrape() {
         "packetpath_interface_transmit_packets_total{device=\"veth-a\",role=\"other\"} 5\n"
     ));
     assert!(!text.contains("packetpath_conntrack_"));
+    for _ in 0..3 {
+        e.get("/metrics", &[]);
+    }
+    // The cause is logged once, clearly, not once per scrape.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let log = e.log();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("level=warn msg=\"collector failed; it reports success 0 until this changes\" collector=conntrack reason=\"nf_conntrack not loaded: "), "{log}");
+    assert!(
+        log.contains("net/stat/nf_conntrack does not exist and ctnetlink failed"),
+        "{log}"
+    );
     let _ = std::fs::remove_dir_all(&empty);
     let _ = std::fs::remove_dir_all(&only_links);
 }
