@@ -109,6 +109,26 @@ const RECV_BUF: usize = 64 * 1024;
 
 impl Transport for KernelTransport {
     fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        // A dump that raced a change (a link added mid-dump) is flagged NLM_F_DUMP_INTR and
+        // may be inconsistent: take a fresh one, a few times at most.
+        let mut reply = self.exchange_once(req)?;
+        for _ in 0..3 {
+            if !reply.interrupted {
+                break;
+            }
+            reply = self.exchange_once(req)?;
+        }
+        Ok(reply.bytes)
+    }
+}
+
+struct Reply {
+    bytes: Vec<u8>,
+    interrupted: bool,
+}
+
+impl KernelTransport {
+    fn exchange_once(&self, req: &Request) -> Result<Reply, TransportError> {
         let protocol = req.protocol;
         let sock = NlSocket::connect(protocol.family(), None, Groups::empty())
             .map_err(|source| TransportError::Socket { protocol, source })?;
@@ -124,14 +144,15 @@ impl Transport for KernelTransport {
             })?;
 
         let mut out = Vec::new();
+        let mut interrupted = false;
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let (n, _) =
-                sock.recv(&mut buf[..], Msg::empty())
-                    .map_err(|source| TransportError::Recv {
-                        name: req.name,
-                        source,
-                    })?;
+            let (n, _) = sock
+                .recv(&mut buf[..], Msg::empty())
+                .map_err(|source| TransportError::Recv {
+                    name: req.name,
+                    source,
+                })?;
             let datagram = buf.get(..n).unwrap_or_default();
             let mut finished = n == 0;
             for m in wire::messages(req.name, datagram) {
@@ -142,6 +163,7 @@ impl Transport for KernelTransport {
                 if m.seq != seq {
                     continue;
                 }
+                interrupted |= m.flags & wire::NLM_F_DUMP_INTR != 0;
                 // A non-dump request gets one reply, sometimes flagged MULTI all the same
                 // (ctnetlink's GET_STATS) and with no DONE after it.
                 let multi = m.flags & wire::NLM_F_MULTI != 0;
@@ -151,7 +173,10 @@ impl Transport for KernelTransport {
             }
             out.extend_from_slice(datagram);
             if finished {
-                return Ok(out);
+                return Ok(Reply {
+                    bytes: out,
+                    interrupted,
+                });
             }
         }
     }

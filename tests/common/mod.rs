@@ -157,7 +157,7 @@ impl Exporter {
         String::from_utf8(self.get("/metrics", &[]).1).expect("utf-8 exposition")
     }
 
-    /// Stops the exporter with SIGTERM and returns what it logged.
+    /// Stops the exporter with SIGTERM, checks it exits cleanly, and returns what it logged.
     pub fn stop(mut self) -> String {
         // SAFETY: plain kill(2) on our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -165,7 +165,9 @@ impl Exporter {
         if let Some(mut err) = self.child.stderr.take() {
             let _ = err.read_to_string(&mut log);
         }
-        let _ = self.child.wait();
+        let status = self.child.wait().expect("wait for exporter");
+        assert!(status.success(), "exporter exited with {status} after SIGTERM:\n{log}");
+        assert!(log.contains("SIGTERM received, shutting down"), "{log}");
         log
     }
 }
