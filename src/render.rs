@@ -2,90 +2,153 @@
 //!
 //! Collectors never keep Prometheus counters of their own: every value is read from the
 //! kernel at scrape time and emitted as-is, so a restart of the exporter changes nothing.
+//!
+//! Families hold their samples compactly (label values in one string) and become
+//! `prometheus` protobuf-model families only one at a time, while being encoded: with
+//! thousands of devices the model objects would otherwise dominate the exporter's memory.
 
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
 /// One metric family with a fixed list of label names.
+#[derive(Debug, Clone)]
 pub struct Family {
-    inner: MetricFamily,
-    kind: MetricType,
+    name: String,
+    help: &'static str,
+    kind: Kind,
     labels: &'static [&'static str],
+    /// Every sample's label values, concatenated; `ends` marks where each value stops.
+    values: String,
+    ends: Vec<u32>,
+    samples: Vec<f64>,
 }
 
 impl Family {
-    fn new(kind: MetricType, name: &str, help: &str, labels: &'static [&'static str]) -> Family {
-        let mut inner = MetricFamily::default();
-        inner.set_name(name.to_owned());
-        inner.set_help(help.to_owned());
-        inner.set_field_type(kind);
+    fn new(kind: Kind, name: &str, help: &'static str, labels: &'static [&'static str]) -> Family {
         Family {
-            inner,
+            name: name.to_owned(),
+            help,
             kind,
             labels,
+            values: String::new(),
+            ends: Vec::new(),
+            samples: Vec::new(),
         }
     }
 
-    pub fn counter(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
-        Family::new(MetricType::COUNTER, name, help, labels)
+    pub fn counter(name: &str, help: &'static str, labels: &'static [&'static str]) -> Family {
+        Family::new(Kind::Counter, name, help, labels)
     }
 
-    pub fn gauge(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
-        Family::new(MetricType::GAUGE, name, help, labels)
+    pub fn gauge(name: &str, help: &'static str, labels: &'static [&'static str]) -> Family {
+        Family::new(Kind::Gauge, name, help, labels)
     }
 
     /// Adds one sample; `values` pairs up with the family's label names in order.
     pub fn push(&mut self, values: &[&str], value: f64) {
-        debug_assert_eq!(values.len(), self.labels.len(), "{}", self.inner.name());
-        let pairs = self
-            .labels
-            .iter()
-            .zip(values)
-            .map(|(name, value)| {
-                let mut p = LabelPair::default();
-                p.set_name((*name).to_owned());
-                p.set_value((*value).to_owned());
-                p
-            })
-            .collect();
-        let mut m = Metric::from_label(pairs);
-        match self.kind {
-            MetricType::COUNTER => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                m.set_counter(c);
-            }
-            _ => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                m.set_gauge(g);
-            }
+        debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);
+        for v in values {
+            self.values.push_str(v);
+            self.ends.push(self.values.len() as u32);
         }
-        self.inner.mut_metric().push(m);
+        self.samples.push(value);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inner.get_metric().is_empty()
+        self.samples.is_empty()
     }
 
     pub fn name(&self) -> &str {
-        self.inner.name()
+        &self.name
     }
 
-    pub fn into_inner(self) -> MetricFamily {
-        self.inner
+    /// The protobuf-model family the encoder takes.
+    fn to_proto(&self) -> MetricFamily {
+        let mut mf = MetricFamily::default();
+        mf.set_name(self.name.clone());
+        mf.set_help(self.help.to_owned());
+        mf.set_field_type(match self.kind {
+            Kind::Counter => MetricType::COUNTER,
+            Kind::Gauge => MetricType::GAUGE,
+        });
+        let n = self.labels.len();
+        let mut start = 0usize;
+        let mut ends = self.ends.iter();
+        let metrics = mf.mut_metric();
+        metrics.reserve(self.samples.len());
+        for &value in &self.samples {
+            let pairs = self
+                .labels
+                .iter()
+                .map(|name| {
+                    let end = ends.next().map_or(start, |&e| e as usize);
+                    let mut p = LabelPair::default();
+                    p.set_name((*name).to_owned());
+                    p.set_value(self.values.get(start..end).unwrap_or_default().to_owned());
+                    start = end;
+                    p
+                })
+                .collect::<Vec<_>>();
+            debug_assert_eq!(pairs.len(), n);
+            let mut m = Metric::from_label(pairs);
+            match self.kind {
+                Kind::Counter => {
+                    let mut c = proto::Counter::default();
+                    c.set_value(value);
+                    m.set_counter(c);
+                }
+                Kind::Gauge => {
+                    let mut g = proto::Gauge::default();
+                    g.set_value(value);
+                    m.set_gauge(g);
+                }
+            }
+            metrics.push(m);
+        }
+        mf
     }
 }
 
-/// Encodes families in the text format 0.0.4, sorted by name; empty families are left out
-/// (the format has no way to say "no samples").
-pub fn encode_text(mut families: Vec<MetricFamily>) -> Vec<u8> {
-    families.retain(|f| !f.get_metric().is_empty());
-    families.sort_by(|a, b| a.name().cmp(b.name()));
-    let mut out = Vec::with_capacity(64 * 1024);
-    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-        // Only reachable through a bug in a collector (an invalid name); say which.
-        tracing::error!(error = %e, "encoding metrics failed");
+/// Encodes families in the text format 0.0.4, sorted by name, into `out`. Empty families
+/// are left out (the format has no way to say "no samples").
+pub fn encode_text(mut families: Vec<Family>, out: &mut Vec<u8>) {
+    families.retain(|f| !f.is_empty());
+    families.sort_by(|a, b| a.name.cmp(&b.name));
+    let encoder = TextEncoder::new();
+    for f in &families {
+        if let Err(e) = encoder.encode(&[f.to_proto()], out) {
+            // Only reachable through a bug in a collector (an invalid name); say which.
+            tracing::error!(family = %f.name, error = %e, "encoding metrics failed");
+        }
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_sorted_families_with_escaped_labels() {
+        let mut g = Family::gauge("b_info", "Info.", &["device", "kind"]);
+        g.push(&["tap0", "tun"], 1.0);
+        g.push(&["we\"ird\\dev", ""], 1.0);
+        let mut c = Family::counter("a_total", "Things.", &[]);
+        c.push(&[], 42.0);
+        let empty = Family::counter("c_total", "Never.", &["x"]);
+        let mut out = Vec::new();
+        encode_text(vec![g, empty, c], &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "# HELP a_total Things.\n# TYPE a_total counter\na_total 42\n\
+             # HELP b_info Info.\n# TYPE b_info gauge\n\
+             b_info{device=\"tap0\",kind=\"tun\"} 1\n\
+             b_info{device=\"we\\\"ird\\\\dev\",kind=\"\"} 1\n"
+        );
+    }
 }

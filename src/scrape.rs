@@ -1,10 +1,11 @@
 //! One scrape: every enabled collector concurrently, each on a blocking thread with a
 //! timeout, plus the exporter's own series. Concurrent HTTP scrapes share one collection.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::LogOnce;
@@ -26,12 +27,14 @@ struct Slot {
 }
 
 /// A collection that concurrent scrapes await together.
-type InFlight = Shared<BoxFuture<'static, Arc<Vec<u8>>>>;
+type InFlight = Shared<BoxFuture<'static, Bytes>>;
 
 pub struct Scraper {
     slots: Vec<Slot>,
     timeout: Duration,
     collections: AtomicU64,
+    /// Size of the last exposition, to size the next one's buffer in one allocation.
+    last_len: AtomicUsize,
     inflight: Mutex<Option<InFlight>>,
 }
 
@@ -56,6 +59,7 @@ impl Scraper {
             slots,
             timeout,
             collections: AtomicU64::new(0),
+            last_len: AtomicUsize::new(0),
             inflight: Mutex::new(None),
         })
     }
@@ -71,7 +75,7 @@ impl Scraper {
 
     /// The encoded text exposition. Callers arriving while a collection is in flight wait
     /// for that one instead of starting their own.
-    pub async fn scrape(self: &Arc<Self>) -> Arc<Vec<u8>> {
+    pub async fn scrape(self: &Arc<Self>) -> Bytes {
         let fut = {
             let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {
@@ -79,8 +83,8 @@ impl Scraper {
                 None => {
                     let me = Arc::clone(self);
                     // Spawned, so a scraper that hangs up does not cancel the others' result.
-                    let task = tokio::spawn(async move { Arc::new(me.collect_all().await) });
-                    let f = async move { task.await.unwrap_or_else(|_| Arc::new(Vec::new())) }
+                    let task = tokio::spawn(async move { me.collect_all().await });
+                    let f = async move { task.await.unwrap_or_default() }
                         .boxed()
                         .shared();
                     *slot = Some(f.clone());
@@ -127,7 +131,7 @@ impl Scraper {
         }
     }
 
-    async fn collect_all(&self) -> Vec<u8> {
+    async fn collect_all(&self) -> Bytes {
         self.collections.fetch_add(1, Ordering::Relaxed);
         let outcomes = futures::future::join_all(self.slots.iter().map(|s| self.run_one(s))).await;
 
@@ -147,7 +151,7 @@ impl Scraper {
             match o.result {
                 Ok(fams) => {
                     success.push(&[o.name], 1.0);
-                    families.extend(fams.into_iter().map(Family::into_inner));
+                    families.extend(fams);
                     if slot.last_error.reset() {
                         tracing::info!(collector = o.name, "collector recovered");
                     }
@@ -168,7 +172,11 @@ impl Scraper {
             &["version", "revision", "rustc_version"],
         );
         build.push(&[VERSION, REVISION, RUSTC_VERSION], 1.0);
-        families.extend([success, duration, build].map(Family::into_inner));
-        render::encode_text(families)
+        families.extend([success, duration, build]);
+        let last = self.last_len.load(Ordering::Relaxed);
+        let mut out = Vec::with_capacity(last + last / 8 + 4096);
+        render::encode_text(families, &mut out);
+        self.last_len.store(out.len(), Ordering::Relaxed);
+        Bytes::from(out)
     }
 }

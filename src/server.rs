@@ -96,7 +96,7 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
             }
         }
     }
-    (StatusCode::OK, resp_headers, body.as_ref().clone()).into_response()
+    (StatusCode::OK, resp_headers, body).into_response()
 }
 
 /// Resolves a node_exporter-style listen address: ":PORT" means every address.

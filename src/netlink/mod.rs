@@ -3,8 +3,10 @@
 
 pub mod wire;
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -93,6 +95,9 @@ pub trait Transport: Send + Sync {
 pub struct KernelTransport {
     seq: AtomicU32,
     timeout: Duration,
+    /// Reply sizes seen per request, so a large dump lands in one allocation, not in a
+    /// buffer that doubles (and copies) its way up.
+    last_len: Mutex<HashMap<&'static str, usize>>,
 }
 
 impl KernelTransport {
@@ -100,6 +105,7 @@ impl KernelTransport {
         KernelTransport {
             seq: AtomicU32::new(1),
             timeout,
+            last_len: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -143,16 +149,21 @@ impl KernelTransport {
                 source,
             })?;
 
-        let mut out = Vec::new();
+        let expected = self
+            .last_len
+            .lock()
+            .map(|m| m.get(req.name).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(expected + expected / 8);
         let mut interrupted = false;
         let mut buf = vec![0u8; RECV_BUF];
         loop {
-            let (n, _) = sock
-                .recv(&mut buf[..], Msg::empty())
-                .map_err(|source| TransportError::Recv {
-                    name: req.name,
-                    source,
-                })?;
+            let (n, _) =
+                sock.recv(&mut buf[..], Msg::empty())
+                    .map_err(|source| TransportError::Recv {
+                        name: req.name,
+                        source,
+                    })?;
             let datagram = buf.get(..n).unwrap_or_default();
             let mut finished = n == 0;
             for m in wire::messages(req.name, datagram) {
@@ -173,6 +184,9 @@ impl KernelTransport {
             }
             out.extend_from_slice(datagram);
             if finished {
+                if let Ok(mut m) = self.last_len.lock() {
+                    m.insert(req.name, out.len());
+                }
                 return Ok(Reply {
                     bytes: out,
                     interrupted,
