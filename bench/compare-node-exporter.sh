@@ -45,10 +45,11 @@ OUR_BIN=$repo/target/release/packetpath-exporter
 work=$(mktemp -d /tmp/ppbench.XXXXXX)
 our_pid=""
 node_pid=""
+loop_pid=""
 cleanup() {
     local rc=$?
     set +e
-    for pid in $our_pid $node_pid; do
+    for pid in $loop_pid $our_pid $node_pid; do
         kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     done
     ip netns del "$NS" 2>/dev/null
@@ -134,11 +135,14 @@ done
 # One namespace-entering shell runs the whole loop, so `ip netns exec` overhead is not in
 # the timed part (curl measures its own request) and does not slow the loop down.
 echo "==> measuring: $N scrapes each, alternating"
-nsexec bash -c '
+ip netns exec "$NS" bash -c '
     for ((i = 0; i < $1; i++)); do
         curl -s -o /dev/null -w "%{time_total}\n" "$2" >>"$4/ours.times"
         curl -s -o /dev/null -w "%{time_total}\n" "$3" >>"$4/node.times"
-    done' _ "$N" "$OUR_URL" "$NODE_URL" "$work"
+    done' _ "$N" "$OUR_URL" "$NODE_URL" "$work" &
+loop_pid=$!
+wait "$loop_pid" # in the background so that a signal interrupts the wait, not the loop
+loop_pid=""
 
 nsexec curl -s "$OUR_URL" >"$work/ours.txt"
 nsexec curl -s "$NODE_URL" >"$work/node.txt"
@@ -165,7 +169,7 @@ node_p90=$(quantile "$work/node.times" 0.9)
 # --- report ------------------------------------------------------------------------------------
 echo
 echo "== versions"
-echo "packetpath-exporter: $("$OUR_BIN" --version) ($(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo ', dirty tree'))"
+echo "packetpath-exporter: $("$OUR_BIN" --version) ($(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD -- src build.rs Cargo.toml Cargo.lock 2>/dev/null || echo ', dirty tree'))"
 echo "node_exporter:       $("$NODE_BIN" --version 2>&1 | head -1)"
 echo "kernel:              $(uname -r); nproc $(nproc)"
 echo "node_exporter netdev source: $( [[ -n $(grep '^node_network_receive_nohandler_total{' "$work/node.txt" | head -1) ]] && echo 'netlink (--collector.netdev.netlink default)' || echo '/proc/net/dev')"
