@@ -29,7 +29,6 @@ fn run(cli: cli::Cli) -> Result<(), String> {
     let collectors = cli.build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(16)
         .enable_all()
         .build()
         .map_err(|e| format!("start runtime: {e}"))?;

@@ -17,13 +17,43 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("PACKETPATH_REVISION");
 pub const RUSTC_VERSION: &str = env!("PACKETPATH_RUSTC_VERSION");
 
+type Reply = tokio::sync::oneshot::Sender<Result<Vec<Family>, CollectError>>;
+
 struct Slot {
     name: &'static str,
-    collector: Arc<dyn Collector>,
+    /// Requests to the collector's own thread. One long-lived thread per collector keeps
+    /// its allocations in one malloc arena scrape after scrape, instead of spreading them
+    /// over every thread of a blocking pool.
+    requests: Mutex<std::sync::mpsc::Sender<Reply>>,
     /// Set while a collection runs; a timed-out one keeps its thread until it returns,
     /// and the next scrape must not pile another on top.
     busy: Arc<AtomicBool>,
     last_error: LogOnce,
+}
+
+/// Starts the thread that runs `collector` whenever asked.
+fn spawn_worker(
+    name: &'static str,
+    collector: Arc<dyn Collector>,
+    busy: Arc<AtomicBool>,
+) -> std::sync::mpsc::Sender<Reply> {
+    let (tx, rx) = std::sync::mpsc::channel::<Reply>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("collector-{name}"))
+        .spawn(move || {
+            while let Ok(reply) = rx.recv() {
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| collector.collect()))
+                        .unwrap_or_else(|_| Err(CollectError("collector panicked".into())));
+                busy.store(false, Ordering::Release);
+                let _ = reply.send(r);
+            }
+        });
+    if let Err(e) = spawned {
+        // The receiver is gone with the closure: every request then fails, visibly.
+        tracing::error!(collector = name, error = %e, "could not start collector thread");
+    }
+    tx
 }
 
 /// A collection that concurrent scrapes await together.
@@ -48,11 +78,14 @@ impl Scraper {
     pub fn new(collectors: Enabled, timeout: Duration) -> Arc<Self> {
         let slots = collectors
             .into_iter()
-            .map(|(name, collector)| Slot {
-                name,
-                collector,
-                busy: Arc::new(AtomicBool::new(false)),
-                last_error: LogOnce::default(),
+            .map(|(name, collector)| {
+                let busy = Arc::new(AtomicBool::new(false));
+                Slot {
+                    name,
+                    requests: Mutex::new(spawn_worker(name, collector, busy.clone())),
+                    busy,
+                    last_error: LogOnce::default(),
+                }
             })
             .collect();
         Arc::new(Scraper {
@@ -108,20 +141,21 @@ impl Scraper {
                 self.timeout
             )))
         } else {
-            let collector = Arc::clone(&slot.collector);
-            let busy = Arc::clone(&slot.busy);
-            let task = tokio::task::spawn_blocking(move || {
-                let r = collector.collect();
-                busy.store(false, Ordering::Release);
-                r
-            });
-            match tokio::time::timeout(self.timeout, task).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(join)) => {
-                    slot.busy.store(false, Ordering::Release);
-                    Err(CollectError(format!("collector panicked: {join}")))
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let sent = slot
+                .requests
+                .lock()
+                .map(|r| r.send(tx).is_ok())
+                .unwrap_or(false);
+            if !sent {
+                slot.busy.store(false, Ordering::Release);
+                Err(CollectError("collector thread is not running".into()))
+            } else {
+                match tokio::time::timeout(self.timeout, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Err(CollectError("collector thread ended".into())),
+                    Err(_) => Err(CollectError(format!("timed out after {:?}", self.timeout))),
                 }
-                Err(_) => Err(CollectError(format!("timed out after {:?}", self.timeout))),
             }
         };
         Outcome {
