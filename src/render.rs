@@ -50,6 +50,13 @@ impl Family {
         Family::new(Kind::Gauge, name, help, labels)
     }
 
+    /// A gauge family with one unlabelled sample.
+    pub fn single_gauge(name: &str, help: &'static str, value: f64) -> Family {
+        let mut f = Family::gauge(name, help, &[]);
+        f.push(&[], value);
+        f
+    }
+
     /// Adds one sample; `values` pairs up with the family's label names in order.
     pub fn push(&mut self, values: &[&str], value: f64) {
         debug_assert_eq!(values.len(), self.labels.len(), "{}", self.name);

@@ -122,47 +122,23 @@ fn veth_tap_and_vxlan_counters_and_roles_match_the_kernel() {
 
     // Exact traffic, as sent.
     let v = |m: &Metrics, metric: &str, dev: &str| m.value(metric, &[("device", dev)]);
-    assert_eq!(
-        v(&m, "packetpath_interface_transmit_packets_total", "veth-a"),
-        5.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_transmit_bytes_total", "veth-a"),
-        500.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_receive_packets_total", "veth-b"),
-        5.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_transmit_packets_total", "vx0"),
-        7.0
-    );
-    assert_eq!(
-        v(&mb, "packetpath_interface_receive_packets_total", "vx0"),
-        7.0
-    );
     // vxlan counts received bytes after pulling the inner Ethernet header (80 - 14).
-    assert_eq!(
-        v(&mb, "packetpath_interface_receive_bytes_total", "vx0"),
-        7.0 * 66.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_transmit_packets_total", "tap0"),
-        4.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_transmit_bytes_total", "tap0"),
-        360.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_receive_packets_total", "tap0"),
-        3.0
-    );
-    assert_eq!(
-        v(&m, "packetpath_interface_receive_bytes_total", "tap0"),
-        192.0
-    );
+    let expected: &[(&Metrics, &str, &str, f64)] = &[
+        (&m, "transmit_packets", "veth-a", 5.0),
+        (&m, "transmit_bytes", "veth-a", 500.0),
+        (&m, "receive_packets", "veth-b", 5.0),
+        (&m, "transmit_packets", "vx0", 7.0),
+        (&mb, "receive_packets", "vx0", 7.0),
+        (&mb, "receive_bytes", "vx0", 7.0 * 66.0),
+        (&m, "transmit_packets", "tap0", 4.0),
+        (&m, "transmit_bytes", "tap0", 360.0),
+        (&m, "receive_packets", "tap0", 3.0),
+        (&m, "receive_bytes", "tap0", 192.0),
+    ];
+    for (scrape, stem, dev, want) in expected {
+        let metric = format!("packetpath_interface_{stem}_total");
+        assert_eq!(v(scrape, &metric, dev), *want, "{metric} {dev}");
+    }
 
     // Roles, kinds, masters, state.
     let info = |dev: &str| {

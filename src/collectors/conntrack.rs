@@ -316,22 +316,18 @@ pub fn render(s: &Snapshot, opts: &Options) -> Vec<Family> {
         }
     }
     if let Some(v) = s.counters.entries {
-        let mut f = Family::gauge(
+        out.push(Family::single_gauge(
             "packetpath_conntrack_entries",
             "Connections currently in the conntrack table.",
-            &[],
-        );
-        f.push(&[], v as f64);
-        out.push(f);
+            v as f64,
+        ));
     }
     if let Some(v) = s.counters.max_entries {
-        let mut f = Family::gauge(
+        out.push(Family::single_gauge(
             "packetpath_conntrack_entries_limit",
             "Maximum size of the conntrack table (nf_conntrack_max).",
-            &[],
-        );
-        f.push(&[], v as f64);
-        out.push(f);
+            v as f64,
+        ));
     }
     let mut sysctl = Family::gauge(
         "packetpath_conntrack_sysctl",

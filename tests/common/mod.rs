@@ -166,7 +166,10 @@ impl Exporter {
             let _ = err.read_to_string(&mut log);
         }
         let status = self.child.wait().expect("wait for exporter");
-        assert!(status.success(), "exporter exited with {status} after SIGTERM:\n{log}");
+        assert!(
+            status.success(),
+            "exporter exited with {status} after SIGTERM:\n{log}"
+        );
         assert!(log.contains("SIGTERM received, shutting down"), "{log}");
         log
     }
@@ -330,22 +333,27 @@ pub fn send_frames(ifname: &str, count: usize, len: usize) {
     addr.sll_ifindex = ifindex;
     addr.sll_halen = 6;
     addr.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    for _ in 0..count {
-        // SAFETY: valid fd, buffer and address.
+    send_to(&fd, std::iter::repeat_n(&frame[..], count), &addr, ifname);
+}
+
+/// sendto(2) of every buffer to one socket address; each must go out whole.
+fn send_to<'a, A>(fd: &OwnedFd, bufs: impl Iterator<Item = &'a [u8]>, addr: &A, what: &str) {
+    for buf in bufs {
+        // SAFETY: valid fd and buffer; `addr` is a sockaddr_* of its own size.
         let n = unsafe {
             libc::sendto(
                 fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
+                buf.as_ptr().cast(),
+                buf.len(),
                 0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                (addr as *const A).cast(),
+                std::mem::size_of::<A>() as u32,
             )
         };
         assert_eq!(
             n,
-            frame.len() as isize,
-            "send on {ifname}: {}",
+            buf.len() as isize,
+            "send ({what}): {}",
             std::io::Error::last_os_error()
         );
     }
@@ -498,25 +506,7 @@ pub fn send_segments(segments: &[Vec<u8>]) {
         },
         sin_zero: [0; 8],
     };
-    for seg in segments {
-        // SAFETY: valid fd, buffer and address.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                seg.as_ptr().cast(),
-                seg.len(),
-                0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        assert_eq!(
-            n,
-            seg.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    send_to(&fd, segments.iter().map(Vec::as_slice), &addr, "raw TCP");
 }
 
 /// A server namespace with conntrack active (nftables drops ct state invalid) and a
