@@ -44,7 +44,7 @@ fn spawn_worker(
             while let Ok(reply) = rx.recv() {
                 let r =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| collector.collect()))
-                        .unwrap_or_else(|_| Err(CollectError("collector panicked".into())));
+                        .unwrap_or_else(|_| Err(CollectError::new("collector panicked")));
                 busy.store(false, Ordering::Release);
                 let _ = reply.send(r);
             }
@@ -136,7 +136,7 @@ impl Scraper {
     async fn run_one(&self, slot: &Slot) -> Outcome {
         let start = Instant::now();
         let result = if slot.busy.swap(true, Ordering::AcqRel) {
-            Err(CollectError(format!(
+            Err(CollectError::new(format!(
                 "previous collection still running after the {:?} timeout",
                 self.timeout
             )))
@@ -149,12 +149,15 @@ impl Scraper {
                 .unwrap_or(false);
             if !sent {
                 slot.busy.store(false, Ordering::Release);
-                Err(CollectError("collector thread is not running".into()))
+                Err(CollectError::new("collector thread is not running"))
             } else {
                 match tokio::time::timeout(self.timeout, rx).await {
                     Ok(Ok(r)) => r,
-                    Ok(Err(_)) => Err(CollectError("collector thread ended".into())),
-                    Err(_) => Err(CollectError(format!("timed out after {:?}", self.timeout))),
+                    Ok(Err(_)) => Err(CollectError::new("collector thread ended")),
+                    Err(_) => Err(CollectError::new(format!(
+                        "timed out after {:?}",
+                        self.timeout
+                    ))),
                 }
             }
         };
@@ -192,10 +195,12 @@ impl Scraper {
                 }
                 Err(e) => {
                     success.push(&[o.name], 0.0);
-                    if slot.last_error.first(&e.0) {
-                        tracing::warn!(collector = o.name, reason = %e, "collector failed; it reports success 0 until this changes");
-                    } else {
+                    if !slot.last_error.first(&e.message) {
                         tracing::debug!(collector = o.name, reason = %e, "collector still failing");
+                    } else if e.absent {
+                        tracing::info!(collector = o.name, reason = %e, "source not available; the collector reports success 0 until it appears");
+                    } else {
+                        tracing::warn!(collector = o.name, reason = %e, "collector failed; it reports success 0 until this changes");
                     }
                 }
             }

@@ -158,7 +158,8 @@ fn ctnl_request(name: &'static str, msg: u16, dump: bool) -> Request {
         ty: (NFNL_SUBSYS_CTNETLINK << 8) | msg,
         flags: wire::NLM_F_REQUEST | if dump { wire::NLM_F_DUMP } else { 0 },
         // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0.
-        fixed: vec![0; NFGENMSG_LEN],
+        scope: None,
+        payload: vec![0; NFGENMSG_LEN],
     }
 }
 
@@ -390,15 +391,13 @@ impl Conntrack {
     fn read_procfs(&self, why: &str) -> Result<Counters, CollectError> {
         let path = self.procfs.join("net/stat/nf_conntrack");
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            CollectError(match e.kind() {
-                ErrorKind::NotFound => format!(
-                    "nf_conntrack not loaded: {shown} does not exist and ctnetlink failed ({why})"
-                ),
-                _ => format!("{shown}: {e}; ctnetlink failed ({why})"),
-            })
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => CollectError::absent(format!(
+                "nf_conntrack not loaded: {shown} does not exist and ctnetlink failed ({why})"
+            )),
+            _ => CollectError::new(format!("{shown}: {e}; ctnetlink failed ({why})")),
         })?;
-        let cpus = parse_proc_stat(&shown, &text).map_err(|e| CollectError(e.to_string()))?;
+        let cpus = parse_proc_stat(&shown, &text).map_err(|e| CollectError::new(e.to_string()))?;
         let nf = self.procfs.join("sys/net/netfilter");
         Ok(Counters {
             cpus,

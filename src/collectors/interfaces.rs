@@ -110,13 +110,14 @@ pub fn request() -> Request {
         name: "rtnl_getlink",
         ty: RTM_GETLINK,
         flags: wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
-        fixed: vec![0; IFINFOMSG_LEN],
+        scope: None,
+        payload: vec![0; IFINFOMSG_LEN],
     }
 }
 
 pub fn fetch(t: &dyn Transport) -> Result<Vec<u8>, CollectError> {
     t.exchange(&request())
-        .map_err(|e| CollectError(format!("link dump failed: {e}")))
+        .map_err(|e| CollectError::new(format!("link dump failed: {e}")))
 }
 
 /// Decodes an RTM_GETLINK dump reply.
@@ -322,7 +323,7 @@ impl Collector for Interfaces {
         // The raw dump (~1.5 KiB a link) is dropped before rendering starts.
         let links = {
             let bytes = fetch(self.transport.as_ref())?;
-            parse(&bytes).map_err(|e| CollectError(format!("link dump: {e}")))?
+            parse(&bytes).map_err(|e| CollectError::new(format!("link dump: {e}")))?
         };
         Ok(render(&links, &self.rules, &self.opts))
     }

@@ -16,8 +16,28 @@ use crate::roles::RoleRules;
 
 /// Why a collector produced nothing this scrape; logged once per distinct message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct CollectError(pub String);
+#[error("{message}")]
+pub struct CollectError {
+    pub message: String,
+    /// The source is simply not there (module not loaded): logged at info, not warn.
+    pub absent: bool,
+}
+
+impl CollectError {
+    pub fn new(message: impl Into<String>) -> Self {
+        CollectError {
+            message: message.into(),
+            absent: false,
+        }
+    }
+
+    pub fn absent(message: impl Into<String>) -> Self {
+        CollectError {
+            message: message.into(),
+            absent: true,
+        }
+    }
+}
 
 pub trait Collector: Send + Sync + 'static {
     /// Runs on a blocking thread; must not panic and should finish well inside the timeout.

@@ -30,16 +30,35 @@ impl Protocol {
     }
 }
 
-/// One request the exporter sends; `name` identifies it in captures and replays.
+/// One request the exporter sends; `name` (and `scope`, when the same request is sent per
+/// datapath or per device) identifies it in captures and replays.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub protocol: Protocol,
     pub name: &'static str,
+    pub scope: Option<u32>,
     /// Message type and flags; the transport assigns the sequence number.
     pub ty: u16,
     pub flags: u16,
-    /// The family header (ifinfomsg, nfgenmsg, ...) that follows the netlink header.
-    pub fixed: Vec<u8>,
+    /// Everything after the netlink header: the family header (ifinfomsg, nfgenmsg,
+    /// genlmsghdr + ovs_header, ...) and any request attributes.
+    pub payload: Vec<u8>,
+}
+
+impl Request {
+    fn file_name(&self) -> String {
+        match self.scope {
+            Some(s) => format!("{}@{s}.bin", self.name),
+            None => format!("{}.bin", self.name),
+        }
+    }
+}
+
+/// How a streamed reply ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamEnd {
+    /// The kernel flagged the dump NLM_F_DUMP_INTR: it raced a change and may be inconsistent.
+    pub interrupted: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +104,32 @@ impl TransportError {
     }
 }
 
-/// Sends one request and returns the reply bytes: every datagram, concatenated, through
-/// NLMSG_DONE or the final ack/error. Callers decode them with [`wire`].
 pub trait Transport: Send + Sync {
-    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError>;
+    /// Sends one request and hands the reply to `sink` chunk by chunk, in order, through
+    /// NLMSG_DONE or the final ack/error; a message never spans two chunks. `sink` returns
+    /// false to abandon the rest of the reply (a capped dump). Callers decode with [`wire`].
+    fn stream(
+        &self,
+        req: &Request,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StreamEnd, TransportError>;
+
+    /// The whole reply in one buffer. A dump that raced a change is taken again, a few
+    /// times at most.
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.clear();
+            let end = self.stream(req, &mut |chunk| {
+                out.extend_from_slice(chunk);
+                true
+            })?;
+            if !end.interrupted {
+                break;
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Talks to the running kernel, in the network namespace of the calling thread.
@@ -97,7 +138,7 @@ pub struct KernelTransport {
     timeout: Duration,
     /// Reply sizes seen per request, so a large dump lands in one allocation, not in a
     /// buffer that doubles (and copies) its way up.
-    last_len: Mutex<HashMap<&'static str, usize>>,
+    last_len: Mutex<HashMap<(&'static str, Option<u32>), usize>>,
 }
 
 impl KernelTransport {
@@ -114,27 +155,11 @@ impl KernelTransport {
 const RECV_BUF: usize = 64 * 1024;
 
 impl Transport for KernelTransport {
-    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
-        // A dump that raced a change (a link added mid-dump) is flagged NLM_F_DUMP_INTR and
-        // may be inconsistent: take a fresh one, a few times at most.
-        let mut reply = self.exchange_once(req)?;
-        for _ in 0..3 {
-            if !reply.interrupted {
-                break;
-            }
-            reply = self.exchange_once(req)?;
-        }
-        Ok(reply.bytes)
-    }
-}
-
-struct Reply {
-    bytes: Vec<u8>,
-    interrupted: bool,
-}
-
-impl KernelTransport {
-    fn exchange_once(&self, req: &Request) -> Result<Reply, TransportError> {
+    fn stream(
+        &self,
+        req: &Request,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StreamEnd, TransportError> {
         let protocol = req.protocol;
         let sock = NlSocket::connect(protocol.family(), None, Groups::empty())
             .map_err(|source| TransportError::Socket { protocol, source })?;
@@ -142,20 +167,14 @@ impl KernelTransport {
             .map_err(|source| TransportError::Socket { protocol, source })?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let dump = req.flags & wire::NLM_F_DUMP == wire::NLM_F_DUMP;
-        let bytes = wire::request(req.ty, req.flags, seq, &req.fixed);
+        let bytes = wire::request(req.ty, req.flags, seq, &req.payload);
         sock.send(&bytes, Msg::empty())
             .map_err(|source| TransportError::Send {
                 name: req.name,
                 source,
             })?;
 
-        let expected = self
-            .last_len
-            .lock()
-            .map(|m| m.get(req.name).copied().unwrap_or(0))
-            .unwrap_or(0);
-        let mut out = Vec::with_capacity(expected + expected / 8);
-        let mut interrupted = false;
+        let mut end = StreamEnd::default();
         let mut buf = vec![0u8; RECV_BUF];
         loop {
             let (n, _) =
@@ -174,7 +193,7 @@ impl KernelTransport {
                 if m.seq != seq {
                     continue;
                 }
-                interrupted |= m.flags & wire::NLM_F_DUMP_INTR != 0;
+                end.interrupted |= m.flags & wire::NLM_F_DUMP_INTR != 0;
                 // A non-dump request gets one reply, sometimes flagged MULTI all the same
                 // (ctnetlink's GET_STATS) and with no DONE after it.
                 let multi = m.flags & wire::NLM_F_MULTI != 0;
@@ -182,17 +201,36 @@ impl KernelTransport {
                     finished = true;
                 }
             }
-            out.extend_from_slice(datagram);
-            if finished {
-                if let Ok(mut m) = self.last_len.lock() {
-                    m.insert(req.name, out.len());
-                }
-                return Ok(Reply {
-                    bytes: out,
-                    interrupted,
-                });
+            // Closing the socket (on return) abandons whatever the kernel has not sent.
+            if !sink(datagram) || finished {
+                return Ok(end);
             }
         }
+    }
+
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        // Sized from the last reply, so a large dump lands in one allocation instead of a
+        // buffer that doubles (and copies) its way up.
+        let expected = self
+            .last_len
+            .lock()
+            .map(|m| m.get(&(req.name, req.scope)).copied().unwrap_or(0))
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(expected + expected / 8);
+        for _ in 0..4 {
+            out.clear();
+            let end = self.stream(req, &mut |chunk| {
+                out.extend_from_slice(chunk);
+                true
+            })?;
+            if !end.interrupted {
+                break;
+            }
+        }
+        if let Ok(mut m) = self.last_len.lock() {
+            m.insert((req.name, req.scope), out.len());
+        }
+        Ok(out)
     }
 }
 
@@ -223,14 +261,29 @@ pub struct ReplayTransport {
     pub dir: PathBuf,
 }
 
-impl Transport for ReplayTransport {
-    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
-        let path = self.dir.join(format!("{}.bin", req.name));
+impl ReplayTransport {
+    fn read(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        let path = self.dir.join(req.file_name());
         std::fs::read(&path).map_err(|source| TransportError::Replay {
             name: req.name,
             path,
             source,
         })
+    }
+}
+
+impl Transport for ReplayTransport {
+    fn stream(
+        &self,
+        req: &Request,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StreamEnd, TransportError> {
+        sink(&self.read(req)?);
+        Ok(StreamEnd::default())
+    }
+
+    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
+        self.read(req)
     }
 }
 
@@ -241,12 +294,20 @@ pub struct CaptureTransport<T> {
 }
 
 impl<T: Transport> Transport for CaptureTransport<T> {
-    fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
-        let reply = self.inner.exchange(req)?;
-        let path = self.dir.join(format!("{}.bin", req.name));
-        if let Err(e) = std::fs::write(&path, &reply) {
+    fn stream(
+        &self,
+        req: &Request,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StreamEnd, TransportError> {
+        let mut saved = Vec::new();
+        let end = self.inner.stream(req, &mut |chunk| {
+            saved.extend_from_slice(chunk);
+            sink(chunk)
+        })?;
+        let path = self.dir.join(req.file_name());
+        if let Err(e) = std::fs::write(&path, &saved) {
             tracing::warn!(path = %path.display(), error = %e, "could not save netlink capture");
         }
-        Ok(reply)
+        Ok(end)
     }
 }

@@ -324,18 +324,27 @@ impl<'a> Attr<'a> {
     }
 }
 
-/// Builds a request: header plus a family-specific fixed header, no attributes.
-pub fn request(ty: u16, flags: u16, seq: u32, fixed: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + fixed.len();
+/// Builds a request: the netlink header, then `payload` (family header and attributes).
+pub fn request(ty: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + payload.len();
     let mut out = Vec::with_capacity(align4(len));
     out.extend_from_slice(&(len as u32).to_ne_bytes());
     out.extend_from_slice(&ty.to_ne_bytes());
     out.extend_from_slice(&flags.to_ne_bytes());
     out.extend_from_slice(&seq.to_ne_bytes());
     out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-    out.extend_from_slice(fixed);
+    out.extend_from_slice(payload);
     out.resize(align4(len), 0);
     out
+}
+
+/// Appends one attribute (header, data, padding) to a request payload.
+pub fn push_attr(buf: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = NLA_HDRLEN + data.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(data);
+    buf.resize(buf.len() + (align4(len) - len), 0);
 }
 
 #[cfg(test)]
