@@ -78,6 +78,11 @@ pub struct Args {
     #[arg(long = "collector.conntrack.per-cpu")]
     pub conntrack_per_cpu: bool,
 
+    /// Flows read per datapath and scrape by the ovs_flows collector; past it the dump stops
+    /// and packetpath_ovs_flows_dump_truncated says so.
+    #[arg(long = "collector.ovs_flows.max-flows", alias = "collector.ovs-flows.max-flows", value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ovs_flows_max: u32,
+
     /// Serve netlink replies from DIR/<request>.bin instead of the kernel (for tests).
     #[arg(long = "debug.netlink-replay-dir", value_name = "DIR", hide = true)]
     pub netlink_replay_dir: Option<PathBuf>,
@@ -258,6 +263,9 @@ impl Cli {
             conntrack: collectors::conntrack::Options {
                 per_cpu: a.conntrack_per_cpu,
             },
+            ovs_flows: collectors::ovs_flows::Options {
+                max_flows: a.ovs_flows_max as usize,
+            },
         };
         Ok(self
             .enabled
@@ -289,16 +297,26 @@ mod tests {
 
     #[test]
     fn collector_selection() {
-        assert_eq!(enabled(&[]), vec!["interfaces", "conntrack"]);
-        assert_eq!(enabled(&["--no-collector.conntrack"]), vec!["interfaces"]);
+        assert_eq!(
+            enabled(&[]),
+            vec!["interfaces", "conntrack", "ovs", "ovs_flows"]
+        );
+        assert_eq!(
+            enabled(&["--no-collector.conntrack", "--no-collector.ovs_flows"]),
+            vec!["interfaces", "ovs"]
+        );
         assert_eq!(
             enabled(&["--collector.disable-defaults", "--collector.conntrack"]),
             vec!["conntrack"]
         );
         // The last of --collector.X / --no-collector.X wins.
         assert_eq!(
-            enabled(&["--no-collector.interfaces", "--collector.interfaces"]),
-            vec!["interfaces", "conntrack"]
+            enabled(&[
+                "--collector.disable-defaults",
+                "--no-collector.interfaces",
+                "--collector.interfaces"
+            ]),
+            vec!["interfaces"]
         );
     }
 
@@ -306,11 +324,11 @@ mod tests {
     fn bad_input_is_one_line() {
         assert_eq!(
             usage(&["--collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, ovs, ovs_flows)"
         );
         assert_eq!(
             usage(&["--no-collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, ovs, ovs_flows)"
         );
         let re = usage(&["--collector.interfaces.device-include", "(tap"]);
         assert!(

@@ -20,7 +20,7 @@ enum Kind {
 #[derive(Debug, Clone)]
 pub struct Family {
     name: String,
-    help: &'static str,
+    help: String,
     kind: Kind,
     labels: &'static [&'static str],
     /// Every sample's label values, concatenated; `ends` marks where each value stops.
@@ -30,10 +30,10 @@ pub struct Family {
 }
 
 impl Family {
-    fn new(kind: Kind, name: &str, help: &'static str, labels: &'static [&'static str]) -> Family {
+    fn new(kind: Kind, name: &str, help: &str, labels: &'static [&'static str]) -> Family {
         Family {
             name: name.to_owned(),
-            help,
+            help: help.to_owned(),
             kind,
             labels,
             values: String::new(),
@@ -42,16 +42,16 @@ impl Family {
         }
     }
 
-    pub fn counter(name: &str, help: &'static str, labels: &'static [&'static str]) -> Family {
+    pub fn counter(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
         Family::new(Kind::Counter, name, help, labels)
     }
 
-    pub fn gauge(name: &str, help: &'static str, labels: &'static [&'static str]) -> Family {
+    pub fn gauge(name: &str, help: &str, labels: &'static [&'static str]) -> Family {
         Family::new(Kind::Gauge, name, help, labels)
     }
 
     /// A gauge family with one unlabelled sample.
-    pub fn single_gauge(name: &str, help: &'static str, value: f64) -> Family {
+    pub fn single_gauge(name: &str, help: &str, value: f64) -> Family {
         let mut f = Family::gauge(name, help, &[]);
         f.push(&[], value);
         f
@@ -79,7 +79,7 @@ impl Family {
     fn to_proto(&self) -> MetricFamily {
         let mut mf = MetricFamily::default();
         mf.set_name(self.name.clone());
-        mf.set_help(self.help.to_owned());
+        mf.set_help(self.help.clone());
         mf.set_field_type(match self.kind {
             Kind::Counter => MetricType::COUNTER,
             Kind::Gauge => MetricType::GAUGE,

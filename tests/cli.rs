@@ -36,9 +36,9 @@ fn invalid_regex() {
 #[test]
 fn unknown_collector() {
     one_line_error(
-        &["--collector.ovs_flows"],
+        &["--collector.conntrack_invalid"],
         2,
-        "unknown collector \"ovs_flows\" (known: interfaces, conntrack)",
+        "unknown collector \"conntrack_invalid\" (known: interfaces, conntrack, ovs, ovs_flows)",
     );
 }
 
@@ -102,6 +102,9 @@ fn version_and_help() {
         "--collector.interfaces.tunnel-regex",
         "--collector.interfaces.vm-regex",
         "--collector.conntrack.per-cpu",
+        "--collector.ovs_flows.max-flows",
+        "--collector.ovs",
+        "--no-collector.ovs_flows",
         "--collector.interfaces",
         "--no-collector.interfaces",
         "--collector.conntrack",

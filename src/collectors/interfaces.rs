@@ -70,7 +70,7 @@ pub struct Stats {
 impl Stats {
     /// Decodes rtnl_link_stats64 (u64 fields) or the legacy rtnl_link_stats (u32 fields).
     /// Older kernels send shorter structs: absent trailing fields read as zero.
-    fn decode(payload: &[u8], width: usize) -> Stats {
+    pub fn decode(payload: &[u8], width: usize) -> Stats {
         let field = |i: usize| -> u64 {
             let at = i * width;
             match width {
@@ -132,6 +132,15 @@ pub fn parse(buf: &[u8]) -> Result<Vec<Link>, DecodeError> {
     Ok(links)
 }
 
+/// Decodes the reply to a single-link RTM_GETLINK (no dump, so no NLMSG_DONE).
+pub fn parse_one(buf: &[u8]) -> Result<Option<Link>, DecodeError> {
+    wire::data_messages(FAMILY, buf, false)?
+        .into_iter()
+        .find(|m| m.ty == RTM_NEWLINK)
+        .map(|m| parse_link(m.payload))
+        .transpose()
+}
+
 fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
     let short = || DecodeError::ShortStruct {
         family: FAMILY,
@@ -189,13 +198,14 @@ pub fn operstate_name(v: u8) -> &'static str {
 }
 
 /// One counter of [`Stats`]: metric name stem, HELP, and how to read it.
-struct Counter {
-    stem: &'static str,
-    help: &'static str,
-    get: fn(&Stats) -> u64,
+pub struct Counter {
+    pub stem: &'static str,
+    pub help: &'static str,
+    pub get: fn(&Stats) -> u64,
 }
 
-const COUNTERS: &[Counter] = &[
+/// The first eight are also `struct ovs_vport_stats`, field for field.
+pub const COUNTERS: &[Counter] = &[
     Counter {
         stem: "receive_packets",
         help: "Packets received by the device.",

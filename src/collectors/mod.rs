@@ -6,6 +6,8 @@
 
 pub mod conntrack;
 pub mod interfaces;
+pub mod ovs;
+pub mod ovs_flows;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ pub struct Config {
     pub roles: RoleRules,
     pub interfaces: interfaces::Options,
     pub conntrack: conntrack::Options,
+    pub ovs_flows: ovs_flows::Options,
 }
 
 /// The enabled collectors, by name, in registry order.
@@ -66,7 +69,12 @@ pub struct Spec {
 }
 
 /// Every collector the exporter has. Adding one means adding a module and a line here.
-pub const REGISTRY: &[Spec] = &[interfaces::SPEC, conntrack::SPEC];
+pub const REGISTRY: &[Spec] = &[
+    interfaces::SPEC,
+    conntrack::SPEC,
+    ovs::SPEC,
+    ovs_flows::SPEC,
+];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
     REGISTRY.iter().find(|s| s.name == name)

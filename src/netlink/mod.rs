@@ -1,6 +1,7 @@
 //! Netlink access behind a small trait, so tests replay bytes captured from a real kernel
 //! through the same decoders the live exporter uses.
 
+pub mod genl;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use neli::utils::Groups;
 pub enum Protocol {
     Route,
     Netfilter,
+    Generic,
 }
 
 impl Protocol {
@@ -26,6 +28,7 @@ impl Protocol {
         match self {
             Protocol::Route => NlFamily::Route,
             Protocol::Netfilter => NlFamily::Netfilter,
+            Protocol::Generic => NlFamily::Generic,
         }
     }
 }
