@@ -567,6 +567,143 @@ mod tests {
         assert_eq!(c.id >> 127, 1);
     }
 
+    /// A kernel stand-in: one datapath "ovs-system" (ifindex 7) with ports 1 (br-int,
+    /// internal) and 2 (genev_sys_6081, netdev), and a flow table the test rewrites.
+    struct FakeKernel {
+        flows: Mutex<Vec<Vec<u8>>>,
+    }
+
+    fn nlmsg(ty: u16, flags: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = wire::request(ty, flags, 0, payload);
+        m[..4].copy_from_slice(&((wire::NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        m
+    }
+
+    fn done() -> Vec<u8> {
+        nlmsg(wire::NLMSG_DONE, wire::NLM_F_MULTI, &0i32.to_ne_bytes())
+    }
+
+    fn family_reply(id: u16) -> Vec<u8> {
+        let mut p = vec![1, 2, 0, 0];
+        wire::push_attr(&mut p, 1, &id.to_ne_bytes());
+        nlmsg(0x10, 0, &p)
+    }
+
+    impl Transport for FakeKernel {
+        fn stream(
+            &self,
+            req: &Request,
+            sink: &mut dyn FnMut(&[u8]) -> bool,
+        ) -> Result<crate::netlink::StreamEnd, crate::netlink::TransportError> {
+            let reply = match req.name {
+                "genl_family_ovs_datapath" => family_reply(30),
+                "genl_family_ovs_vport" => family_reply(31),
+                "genl_family_ovs_flow" => family_reply(32),
+                "ovs_dp_get" => {
+                    let mut p = vec![1, 2, 0, 0, 7, 0, 0, 0];
+                    wire::push_attr(&mut p, 1, b"ovs-system\0");
+                    [nlmsg(30, wire::NLM_F_MULTI, &p), done()].concat()
+                }
+                "ovs_vport_get" => {
+                    let port = |no: u32, ty: u32, name: &[u8]| {
+                        let mut p = vec![1, 1, 0, 0, 7, 0, 0, 0];
+                        wire::push_attr(&mut p, 1, &no.to_ne_bytes());
+                        wire::push_attr(&mut p, 2, &ty.to_ne_bytes());
+                        wire::push_attr(&mut p, 3, name);
+                        nlmsg(31, wire::NLM_F_MULTI, &p)
+                    };
+                    [
+                        port(1, 2, b"br-int\0"),
+                        port(2, 1, b"genev_sys_6081\0"),
+                        done(),
+                    ]
+                    .concat()
+                }
+                "ovs_flow_get" => {
+                    let mut r: Vec<u8> = self
+                        .flows
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .flat_map(|f| nlmsg(32, wire::NLM_F_MULTI, f))
+                        .collect();
+                    r.extend(done());
+                    r
+                }
+                other => panic!("unexpected request {other}"),
+            };
+            sink(&reply);
+            Ok(crate::netlink::StreamEnd::default())
+        }
+    }
+
+    fn inv_drop(ufid: u8, packets: u64) -> Vec<u8> {
+        flow_msg(&[
+            (OVS_FLOW_ATTR_UFID, vec![ufid; 16]),
+            (OVS_FLOW_ATTR_KEY, key(2, Some(0x30))),
+            (OVS_FLOW_ATTR_ACTIONS, vec![]),
+            (OVS_FLOW_ATTR_STATS, stats(packets, packets * 54)),
+        ])
+    }
+
+    fn scrape(c: &OvsFlows) -> String {
+        let mut out = Vec::new();
+        crate::render::encode_text(c.collect().unwrap(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn collector(kernel: Arc<FakeKernel>, max_flows: usize) -> OvsFlows {
+        let config = Config {
+            procfs: "/proc".into(),
+            sysfs: "/sys".into(),
+            transport: kernel,
+            roles: RoleRules::default(),
+            interfaces: Default::default(),
+            conntrack: Default::default(),
+            ovs_flows: Options { max_flows },
+        };
+        OvsFlows::new(&config)
+    }
+
+    const SERIES: &str = "packetpath_ovs_drop_flow_packets_total{datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"}";
+
+    #[test]
+    fn drop_counts_stay_monotonic_across_flow_eviction() {
+        let kernel = Arc::new(FakeKernel {
+            flows: Mutex::new(vec![inv_drop(1, 10)]),
+        });
+        let c = collector(kernel.clone(), 1000);
+        assert!(scrape(&c).contains(&format!("{SERIES} 10\n")));
+        *kernel.flows.lock().unwrap() = vec![inv_drop(1, 15)];
+        assert!(scrape(&c).contains(&format!("{SERIES} 15\n")));
+        // Flow 1 evicted, flow 2 created: the live sum fell to 3, the counter goes on.
+        *kernel.flows.lock().unwrap() = vec![inv_drop(2, 3)];
+        assert!(scrape(&c).contains(&format!("{SERIES} 18\n")));
+        // The same identity with a lower count is a new flow: all its packets count.
+        *kernel.flows.lock().unwrap() = vec![inv_drop(2, 1)];
+        let text = scrape(&c);
+        assert!(text.contains(&format!("{SERIES} 19\n")), "{text}");
+        assert!(text.contains("packetpath_ovs_drop_flow_bytes_total{datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"} 1026\n"));
+        assert!(text.contains("packetpath_ovs_datapath_flows_by_action{datapath=\"ovs-system\",in_port_role=\"tunnel\",action=\"drop\"} 1\n"));
+        assert!(text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 0\n"));
+        // Only the live drop flow is remembered.
+        assert_eq!(
+            c.state.lock().unwrap().datapaths["ovs-system"].flows.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_flow_cap_stops_the_dump_and_says_so() {
+        let kernel = Arc::new(FakeKernel {
+            flows: Mutex::new(vec![inv_drop(1, 4), inv_drop(2, 5), inv_drop(3, 6)]),
+        });
+        let c = collector(kernel, 2);
+        let text = scrape(&c);
+        assert!(text.contains(&format!("{SERIES} 9\n")), "{text}");
+        assert!(text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 1\n"));
+    }
+
     #[test]
     fn short_or_garbled_messages_are_errors() {
         assert!(parse_flow(&[1, 1]).is_err());
