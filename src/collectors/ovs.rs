@@ -64,27 +64,50 @@ impl FamilyCache {
         if let Some(f) = *self.0.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(f);
         }
-        let resolve = |family: &str, name: &'static str| -> Result<u16, CollectError> {
-            let reply = t
-                .exchange(&genl::family_request(family, name))
-                .map_err(|e| {
-                    CollectError::new(format!("resolving generic netlink family {family}: {e}"))
-                })?;
-            match genl::parse_family(&reply) {
-                Ok(Some(f)) => Ok(f.id),
-                Ok(None) => Err(CollectError::absent(format!(
-                    "openvswitch module not loaded (generic netlink family {family} is not registered)"
-                ))),
-                Err(e) => Err(CollectError::new(format!("resolving {family}: {e}"))),
-            }
+        let reply = t
+            .exchange(&genl::families_request())
+            .map_err(|e| CollectError::new(format!("listing generic netlink families: {e}")))?;
+        let all = genl::parse_families(&reply)
+            .map_err(|e| CollectError::new(format!("listing generic netlink families: {e}")))?;
+        let id = |family: &str| -> Result<u16, CollectError> {
+            all.iter()
+                .find(|(n, _)| n == family)
+                .map(|(_, f)| f.id)
+                .ok_or_else(|| {
+                    CollectError::absent(format!(
+                        "openvswitch module not loaded (no generic netlink family {family})"
+                    ))
+                })
         };
         let f = Families {
-            datapath: resolve(FAMILY, "genl_family_ovs_datapath")?,
-            vport: resolve(VPORT_FAMILY, "genl_family_ovs_vport")?,
-            flow: resolve("ovs_flow", "genl_family_ovs_flow")?,
+            datapath: id(FAMILY)?,
+            vport: id(VPORT_FAMILY)?,
+            flow: id("ovs_flow")?,
         };
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
         Ok(f)
+    }
+
+    /// Runs `f` with the families; if it fails, forgets them and tries once more with
+    /// fresh ones, so a module that went away is reported as such, not as a stale id's
+    /// ENOENT.
+    pub fn with<T>(
+        &self,
+        t: &dyn Transport,
+        f: impl Fn(&Families) -> Result<T, CollectError>,
+    ) -> Result<T, CollectError> {
+        let families = self.get(t)?;
+        match f(&families) {
+            Ok(v) => Ok(v),
+            Err(first) => {
+                self.forget();
+                let fresh = self.get(t)?;
+                if fresh == families {
+                    return Err(first);
+                }
+                f(&fresh).inspect_err(|_| self.forget())
+            }
+        }
     }
 
     pub fn forget(&self) {

@@ -445,14 +445,13 @@ pub fn render(seen: &[Seen]) -> Vec<Family> {
 impl Collector for OvsFlows {
     fn collect(&self) -> Result<Vec<Family>, CollectError> {
         let t = self.transport.as_ref();
-        let f = self.families.get(t)?;
-        let result = (|| {
-            let topo = ovs::fetch_topology(t, &f, &self.kinds, &self.rules)?;
+        self.families.with(t, |f| {
+            let topo = ovs::fetch_topology(t, f, &self.kinds, &self.rules)?;
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
             state.generation += 1;
             let seen = topo
                 .iter()
-                .map(|tp| self.scan(&f, tp, &mut state))
+                .map(|tp| self.scan(f, tp, &mut state))
                 .collect::<Result<Vec<_>, _>>()?;
             // Datapaths that are gone take their flow memory with them; their totals stay,
             // so the counters resume where they were if the datapath comes back.
@@ -462,11 +461,7 @@ impl Collector for OvsFlows {
                 }
             }
             Ok(render(&seen))
-        })();
-        if result.is_err() {
-            self.families.forget();
-        }
-        result
+        })
     }
 }
 
@@ -583,10 +578,11 @@ mod tests {
         nlmsg(wire::NLMSG_DONE, wire::NLM_F_MULTI, &0i32.to_ne_bytes())
     }
 
-    fn family_reply(id: u16) -> Vec<u8> {
+    fn family_reply(id: u16, name: &[u8]) -> Vec<u8> {
         let mut p = vec![1, 2, 0, 0];
         wire::push_attr(&mut p, 1, &id.to_ne_bytes());
-        nlmsg(0x10, 0, &p)
+        wire::push_attr(&mut p, 2, name);
+        nlmsg(0x10, wire::NLM_F_MULTI, &p)
     }
 
     impl Transport for FakeKernel {
@@ -596,9 +592,13 @@ mod tests {
             sink: &mut dyn FnMut(&[u8]) -> bool,
         ) -> Result<crate::netlink::StreamEnd, crate::netlink::TransportError> {
             let reply = match req.name {
-                "genl_family_ovs_datapath" => family_reply(30),
-                "genl_family_ovs_vport" => family_reply(31),
-                "genl_family_ovs_flow" => family_reply(32),
+                "genl_families" => [
+                    family_reply(30, b"ovs_datapath\0"),
+                    family_reply(31, b"ovs_vport\0"),
+                    family_reply(32, b"ovs_flow\0"),
+                    done(),
+                ]
+                .concat(),
                 "ovs_dp_get" => {
                     let mut p = vec![1, 2, 0, 0, 7, 0, 0, 0];
                     wire::push_attr(&mut p, 1, b"ovs-system\0");

@@ -20,33 +20,26 @@ pub struct Family {
     pub version: u32,
 }
 
-/// CTRL_CMD_GETFAMILY for `family` (e.g. "ovs_datapath"); `name` names the request in
-/// captures.
-pub fn family_request(family: &str, name: &'static str) -> Request {
-    let mut payload = vec![CTRL_CMD_GETFAMILY, 1, 0, 0];
-    let mut cname = family.as_bytes().to_vec();
-    cname.push(0);
-    wire::push_attr(&mut payload, CTRL_ATTR_FAMILY_NAME, &cname);
+/// A dump of every registered family. Asking for one family by name would make the
+/// kernel try to load its module (request_module), and an exporter must not load
+/// openvswitch on a host that does not use it; a dump never does.
+pub fn families_request() -> Request {
     Request {
         protocol: Protocol::Generic,
-        name,
+        name: "genl_families",
         scope: None,
         ty: GENL_ID_CTRL,
-        flags: wire::NLM_F_REQUEST,
-        payload,
+        flags: wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
+        payload: vec![CTRL_CMD_GETFAMILY, 1, 0, 0],
     }
 }
 
-/// The controller's answer: `Ok(None)` when no such family is registered (ENOENT).
-pub fn parse_family(buf: &[u8]) -> Result<Option<Family>, DecodeError> {
-    let msgs = match wire::data_messages(FAMILY, buf, false) {
-        Ok(m) => m,
-        Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    for m in msgs {
+/// The controller's dump: every family's name, id and version.
+pub fn parse_families(buf: &[u8]) -> Result<Vec<(String, Family)>, DecodeError> {
+    let mut out = Vec::new();
+    for m in wire::data_messages(FAMILY, buf, true)? {
         let (_, attrs) = split(FAMILY, m.payload)?;
-        let (mut id, mut version) = (None, 0);
+        let (mut id, mut version, mut name) = (None, 0, None);
         for a in wire::attrs(FAMILY, "CTRL_ATTR", attrs) {
             let a = a?;
             match a.ty {
@@ -61,15 +54,18 @@ pub fn parse_family(buf: &[u8]) -> Result<Option<Family>, DecodeError> {
                     )?;
                     id = Some(u16::from_ne_bytes([lo, hi]));
                 }
+                CTRL_ATTR_FAMILY_NAME => {
+                    name = Some(a.string(FAMILY, "CTRL_ATTR_FAMILY_NAME")?.to_owned())
+                }
                 CTRL_ATTR_VERSION => version = a.u32_ne(FAMILY, "CTRL_ATTR_VERSION")?,
                 _ => {}
             }
         }
-        if let Some(id) = id {
-            return Ok(Some(Family { id, version }));
+        if let (Some(name), Some(id)) = (name, id) {
+            out.push((name, Family { id, version }));
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Splits a generic netlink payload into its command and what follows genlmsghdr.
@@ -111,19 +107,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn family_request_layout() {
-        let r = family_request("ovs_flow", "x");
-        assert_eq!(r.ty, 0x10);
-        // genlmsghdr, then attribute len 13 (4 + "ovs_flow\0"), type 2, padded to 16.
-        assert_eq!(&r.payload[..8], &[3, 1, 0, 0, 13, 0, 2, 0]);
-        assert_eq!(&r.payload[8..17], b"ovs_flow\0");
-        assert_eq!(r.payload.len(), 4 + 16);
-    }
-
-    #[test]
-    fn absent_family_is_none_not_an_error() {
-        let mut buf = wire::request(wire::NLMSG_ERROR, 0, 1, &(-libc::ENOENT).to_ne_bytes());
-        buf[..4].copy_from_slice(&20u32.to_ne_bytes());
-        assert_eq!(parse_family(&buf), Ok(None));
+    fn family_dump_decodes_names_and_ids() {
+        let fam = |id: u16, name: &[u8]| {
+            let mut p = vec![1, 2, 0, 0];
+            wire::push_attr(&mut p, CTRL_ATTR_FAMILY_ID, &id.to_ne_bytes());
+            wire::push_attr(&mut p, CTRL_ATTR_FAMILY_NAME, name);
+            wire::push_attr(&mut p, CTRL_ATTR_VERSION, &2u32.to_ne_bytes());
+            let mut m = wire::request(GENL_ID_CTRL, wire::NLM_F_MULTI, 1, &p);
+            m[..4].copy_from_slice(&((16 + p.len()) as u32).to_ne_bytes());
+            m
+        };
+        let mut buf = [fam(16, b"nlctrl\0"), fam(30, b"ovs_datapath\0")].concat();
+        let mut done = wire::request(wire::NLMSG_DONE, wire::NLM_F_MULTI, 1, &0i32.to_ne_bytes());
+        done[..4].copy_from_slice(&20u32.to_ne_bytes());
+        buf.extend(done);
+        let got = parse_families(&buf).unwrap();
+        assert_eq!(
+            got[1],
+            ("ovs_datapath".to_owned(), Family { id: 30, version: 2 })
+        );
+        assert_eq!(got.len(), 2);
+        assert!(parse_families(&buf[..buf.len() - 20]).is_err());
     }
 }
