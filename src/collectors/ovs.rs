@@ -101,7 +101,9 @@ impl FamilyCache {
             Ok(v) => Ok(v),
             Err(first) => {
                 self.forget();
-                let fresh = self.get(t)?;
+                let fresh = self.get(t);
+                tracing::debug!(error = %first, old = ?families, fresh = ?fresh, "OVS request failed; families resolved again");
+                let fresh = fresh?;
                 if fresh == families {
                     return Err(first);
                 }
@@ -507,9 +509,9 @@ impl Ovs {
 impl Collector for Ovs {
     fn collect(&self) -> Result<Vec<Family>, CollectError> {
         let t = self.transport.as_ref();
-        let f = self.families.get(t)?;
-        let topo = fetch_topology(t, &f, &self.kinds, &self.rules)
-            .inspect_err(|_| self.families.forget())?;
+        let topo = self
+            .families
+            .with(t, |f| fetch_topology(t, f, &self.kinds, &self.rules))?;
         Ok(render(&topo))
     }
 }
