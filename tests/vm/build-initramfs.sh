@@ -3,9 +3,10 @@
 # initramfs in two parts.
 #
 #   BASE     kernel modules, busybox, Open vSwitch, iproute2, conntrack and the shared
-#            libraries they load. Slow to make (downloads), so it is cached under
+#            libraries they load. The part that downloads (~40 MB), so it is cached under
 #            $PP_VM_CACHE/base-<key>/, where <key> hashes the package versions and the build
-#            scripts, and rebuilt only when that directory is missing.
+#            scripts, and rebuilt only when that directory is missing; the .debs stay in
+#            $PP_VM_CACHE/debs/ for the next rebuild.
 #   OVERLAY  the exporter, the pptraffic tool and the guest scripts (tests/vm/guest/).
 #            Rebuilt on every call; cheap. The kernel unpacks concatenated cpio archives in
 #            order, so OVERLAY is laid over BASE and rebuilding our code never rebuilds BASE.
@@ -44,6 +45,7 @@ TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conn
 log() { echo "build-initramfs: $*" >&2; }
 die() { echo "build-initramfs: $*" >&2; exit 1; }
 
+ARGS=("$@")
 base_only=false exporter=$REPO/target/release/packetpath-exporter
 pptraffic=$REPO/target/release/examples/pptraffic guest_env="" overlay_out=""
 while [ $# -gt 0 ]; do
@@ -58,12 +60,18 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+# candidates PKG...: `name version` of each package's candidate, one apt-cache call for all
+# (each call costs ~0.4 s of parsing the package lists).
+candidates() {
+    apt-cache policy "$@" 2>/dev/null | awk '
+        /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1); sub(/:amd64$/, "", pkg) }
+        /^  Candidate:/ && $2 != "(none)" { print pkg, $2 }'
+}
 
 # --- host prerequisites -------------------------------------------------------------------
 
 # A fresh machine may have empty apt lists; one update is enough for everything below.
-if [ -z "$(candidate busybox-static)" ] || [ "$(candidate busybox-static)" = "(none)" ]; then
+if [ -z "$(candidates busybox-static)" ]; then
     log "apt lists are empty: apt-get update"
     apt-get update -qq >&2
 fi
@@ -79,76 +87,94 @@ kernel_pkg=${PP_VM_KERNEL:-$(apt-cache search --names-only '^linux-image-6\.1\.0
     | awk '{ print $1 }' | sort -V | tail -n 1)}
 [ -n "$kernel_pkg" ] || die "apt knows no linux-image-6.1.0-*-cloud-amd64 (is this bookworm?)"
 
-versions=""
+versions=$(candidates "$kernel_pkg" "${TOP_PACKAGES[@]}")
 for pkg in "$kernel_pkg" "${TOP_PACKAGES[@]}"; do
-    v=$(candidate "$pkg")
-    [ -n "$v" ] && [ "$v" != "(none)" ] || die "no candidate version for $pkg"
-    versions+="$pkg $v"$'\n'
+    grep -q "^$pkg " <<<"$versions" || die "no candidate version for $pkg"
 done
-key=$( { printf '%s' "$versions"; cat "$HERE/build-initramfs.sh" "$HERE/elfdeps.py"; } \
+key=$( { echo "$versions"; cat "$HERE/build-initramfs.sh" "$HERE/elfdeps.py"; } \
     | sha256sum | cut -c1-16)
 BASE_DIR=$CACHE/base-$key
 KVER=${kernel_pkg#linux-image-}
 
 # --- base ---------------------------------------------------------------------------------
 
-# Downloads (once, into $DEBS) and unpacks one package into $pool/<name>.
+# cached_deb PKG VERSION: the file apt-get download left, <name>_<version, : as %3a>_<arch>.deb
+cached_deb() { compgen -G "$DEBS/${1}_${2//:/%3a}_*.deb" | head -n 1 || true; }
+
+# fetch PKG...: downloads what $DEBS lacks (one apt-get call) and unpacks each package into
+# $pool/<name>.
 fetch() {
-    local pkg=$1 v deb
-    [ -d "$pool/$pkg" ] && return 0
-    v=$(candidate "$pkg")
-    [ -n "$v" ] && [ "$v" != "(none)" ] || die "no candidate version for $pkg"
-    # apt-get download names files <pkg>_<version with : as %3a>_<arch>.deb
-    deb=$(ls "$DEBS/${pkg}_${v//:/%3a}_"*.deb 2>/dev/null | head -n 1 || true)
-    if [ -z "$deb" ]; then
-        log "downloading $pkg $v"
+    local pkg v deb wanted=() get=()
+    for pkg; do [ -d "$pool/$pkg" ] || wanted+=("$pkg"); done
+    [ ${#wanted[@]} -gt 0 ] || return 0
+    local -A debs=()
+    while read -r pkg v; do
+        deb=$(cached_deb "$pkg" "$v")
+        if [ -n "$deb" ]; then debs[$pkg]=$deb; else get+=("$pkg=$v"); fi
+    done < <(candidates "${wanted[@]}")
+    if [ ${#get[@]} -gt 0 ]; then
+        log "downloading ${get[*]}"
         # The sandbox user cannot write into a root-owned cache; nothing here is installed.
-        (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root "$pkg=$v" >&2)
-        deb=$(ls "$DEBS/${pkg}_${v//:/%3a}_"*.deb | head -n 1)
+        if ! (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root "${get[@]}" >&2); then
+            # Stale apt lists name versions the mirror no longer has: refresh them once and
+            # start over, since the versions (and so the cache key) may all change.
+            [ -z "${PP_VM_APT_REFRESHED:-}" ] || die "cannot download ${get[*]}"
+            log "download failed: apt-get update and start over"
+            apt-get update -qq >&2
+            PP_VM_APT_REFRESHED=1 exec "$0" "${ARGS[@]}"
+        fi
+        for v in "${get[@]}"; do
+            pkg=${v%%=*} v=${v#*=}
+            debs[$pkg]=$(cached_deb "$pkg" "$v")
+        done
     fi
-    dpkg -x "$deb" "$pool/$pkg"
+    for pkg in "${wanted[@]}"; do
+        [ -n "${debs[$pkg]:-}" ] || die "no candidate version for $pkg"
+        dpkg -x "${debs[$pkg]}" "$pool/$pkg"
+        used_debs+=("${debs[$pkg]}")
+    done
 }
 
-# Library packages a package depends on directly; Debian's shlibs put the provider of every
-# soname a binary needs among them.
+# lib_depends PKG...: the library packages they depend on directly. Debian's shlibs put the
+# provider of every soname a binary needs among them.
 lib_depends() {
     apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
-        --no-replaces --no-enhances "$1" \
+        --no-replaces --no-enhances "$@" \
         | awk '$1 ~ /Depends:$/ && $2 ~ /^(lib|zlib)/ { sub(/:any$/, "", $2); print $2 }' \
         | sort -u
 }
 
+used_debs=()
 build_base() {
-    local work=$BASE_DIR.tmp
+    local work=$BASE_DIR.tmp pkg rel
     rm -rf "$work"
     mkdir -p "$work/pool" "$DEBS"
     pool=$work/pool
     local root=$work/tree/root
     mkdir -p "$root"
 
-    for pkg in "$kernel_pkg" "${TOP_PACKAGES[@]}"; do fetch "$pkg"; done
+    fetch "$kernel_pkg" "${TOP_PACKAGES[@]}"
     local bb=$pool/busybox-static/bin/busybox
 
-    # Shared libraries: resolve, fetch the dependencies of whoever misses a soname, repeat.
-    local deps missing round=0
+    # Shared libraries: resolve, fetch the library dependencies of the packages that miss a
+    # soname, repeat.
+    local deps missing owners new round=0
     while :; do
         deps=$(python3 "$HERE/elfdeps.py" "$pool" "${WANT[@]}")
         missing=$(awk '$1 == "missing"' <<<"$deps")
         [ -z "$missing" ] && break
         round=$((round + 1))
         [ $round -le 6 ] || die "unresolved after $round rounds:"$'\n'"$missing"
-        local fetched=false owner dep
-        for owner in $(awk '{ print $3 }' <<<"$missing" | sort -u); do
-            [ "$owner" = - ] && continue
-            for dep in $(lib_depends "$owner"); do
-                [ -d "$pool/$dep" ] && continue
-                fetch "$dep"
-                fetched=true
+        mapfile -t owners < <(awk '$3 != "-" { print $3 }' <<<"$missing" | sort -u)
+        new=()
+        if [ ${#owners[@]} -gt 0 ]; then
+            for pkg in $(lib_depends "${owners[@]}"); do
+                [ -d "$pool/$pkg" ] || new+=("$pkg")
             done
-        done
-        $fetched || die "no package provides:"$'\n'"$missing"
+        fi
+        [ ${#new[@]} -gt 0 ] || die "no package provides:"$'\n'"$missing"
+        fetch "${new[@]}"
     done
-    local pkg rel
     while read -r _ pkg rel; do
         mkdir -p "$root/$(dirname "$rel")"
         cp -a "$pool/$pkg/$rel" "$root/$rel"
@@ -197,17 +223,31 @@ build_base() {
     ln -s ../run "$root/var/run"
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
     printf 'root:x:0:\n' >"$root/etc/group"
+    # /init loads these; their dependencies come from modules.dep.
+    echo "$MODULES" >"$root/etc/guest-modules"
+    # OVS daemons warn at start without these; the guest resolves no names.
+    : >"$root/etc/resolv.conf"
+    echo "127.0.0.1 localhost" >"$root/etc/hosts"
 
     (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | "$bb" cpio -o -H newc 2>/dev/null) \
         | gzip -n -6 >"$work/base.cpio.gz"
     cp "$kpool/boot/vmlinuz-$KVER" "$work/vmlinuz"
     {
-        printf '%s' "$versions"
+        echo "$versions"
         echo "# every package in the base:"
-        for pkg in $(ls "$pool"); do echo "$pkg $(candidate "$pkg")"; done
+        # shellcheck disable=SC2046 # one name per directory
+        candidates $(ls "$pool")
     } >"$work/versions.txt"
     rm -rf "$pool"
     mv "$work" "$BASE_DIR"
+    # Keep the cache to one base and the packages it was made of.
+    local d
+    for d in "$CACHE"/base-*; do
+        [ "$d" = "$BASE_DIR" ] || rm -rf "$d"
+    done
+    for d in "$DEBS"/*.deb; do
+        [[ " ${used_debs[*]} " == *" $d "* ]] || rm -f "$d"
+    done
     log "base: $BASE_DIR ($(du -h "$BASE_DIR/base.cpio.gz" | cut -f1) gzipped)"
 }
 

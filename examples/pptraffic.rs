@@ -1,0 +1,324 @@
+//! Traffic with known counts for the OVS test bed (tests/vm/), where no packet tool exists.
+//!
+//! ```text
+//! pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
+//!               [--bad-checksum] [--interval-ms N]
+//! pptraffic tap-reader --dev NAME --count-file PATH
+//! ```
+//!
+//! `tcp` sends `count` zero-payload TCP segments from a raw socket with headers built here
+//! (20-byte IP + 20-byte TCP: a 54-byte Ethernet frame, under the 60-byte minimum, like the
+//! FIN/ACKs of the incident). Packet `i` goes to port `dport + i`, so SYNs open distinct
+//! connections. The TCP checksum is right unless `--bad-checksum`; the kernel fills in the
+//! IP checksum.
+//!
+//! `tap-reader` is the "VM": it creates (or attaches to) TAP device `dev`, reads frames
+//! until killed, and after every frame rewrites `count-file` as `frames N` and `bytes N`
+//! lines (written aside and renamed, so a reader never sees half a file). The file exists,
+//! with zeros, as soon as the device does.
+
+use std::io::{Error, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::exit;
+
+const USAGE: &str = "usage:
+  pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
+                [--bad-checksum] [--interval-ms N]
+  pptraffic tap-reader --dev NAME --count-file PATH";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("tcp") => Tcp::parse(&args[1..]).and_then(|t| t.send()),
+        Some("tap-reader") => TapReader::parse(&args[1..]).and_then(|t| t.run()),
+        _ => Err(USAGE.to_string()),
+    };
+    if let Err(e) = result {
+        eprintln!("pptraffic: {e}");
+        exit(2);
+    }
+}
+
+/// Pairs `--name value` and bare `--switch` arguments; `switches` lists the bare ones.
+fn options<'a>(
+    args: &'a [String],
+    switches: &[&str],
+) -> Result<Vec<(&'a str, Option<&'a str>)>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(name) = it.next() {
+        if !name.starts_with("--") {
+            return Err(format!("unexpected argument {name}\n{USAGE}"));
+        }
+        if switches.contains(&name.as_str()) {
+            out.push((name.as_str(), None));
+        } else {
+            let value = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            out.push((name.as_str(), Some(value.as_str())));
+        }
+    }
+    Ok(out)
+}
+
+fn parse<T: std::str::FromStr>(name: &str, value: Option<&str>) -> Result<T, String> {
+    let value = value.unwrap_or_default();
+    value
+        .parse()
+        .map_err(|_| format!("{name}: cannot parse {value:?}"))
+}
+
+struct Tcp {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    count: u32,
+    bad_checksum: bool,
+    interval_ms: u64,
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+
+impl Tcp {
+    fn parse(args: &[String]) -> Result<Tcp, String> {
+        let (mut src, mut dst, mut sport, mut dport) = (None, None, None, None);
+        let mut t = Tcp {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            sport: 0,
+            dport: 0,
+            flags: SYN,
+            count: 1,
+            bad_checksum: false,
+            interval_ms: 0,
+        };
+        for (name, value) in options(args, &["--bad-checksum"])? {
+            match name {
+                "--src" => src = Some(parse(name, value)?),
+                "--dst" => dst = Some(parse(name, value)?),
+                "--sport" => sport = Some(parse(name, value)?),
+                "--dport" => dport = Some(parse(name, value)?),
+                "--count" => t.count = parse(name, value)?,
+                "--interval-ms" => t.interval_ms = parse(name, value)?,
+                "--bad-checksum" => t.bad_checksum = true,
+                "--flags" => {
+                    t.flags = match value.unwrap_or_default() {
+                        "syn" => SYN,
+                        "finack" => FIN | ACK,
+                        "ack" => ACK,
+                        other => return Err(format!("--flags: syn, finack or ack, not {other}")),
+                    }
+                }
+                _ => return Err(format!("tcp: unknown option {name}\n{USAGE}")),
+            }
+        }
+        let missing = |what: &str| format!("tcp: {what} is required\n{USAGE}");
+        t.src = src.ok_or_else(|| missing("--src"))?;
+        t.dst = dst.ok_or_else(|| missing("--dst"))?;
+        t.sport = sport.ok_or_else(|| missing("--sport"))?;
+        t.dport = dport.ok_or_else(|| missing("--dport"))?;
+        if u32::from(t.dport) + t.count > 65536 {
+            return Err("tcp: --dport + --count runs past port 65535".into());
+        }
+        Ok(t)
+    }
+
+    fn send(&self) -> Result<(), String> {
+        // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our IP header as is, filling in
+        // only the IP checksum (and the ID when it is 0).
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(format!("raw socket: {}", Error::last_os_error()));
+        }
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(self.dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        for i in 0..self.count {
+            let dport = self.dport + i as u16;
+            let packet = self.packet(i, dport);
+            // SAFETY: valid fd, buffer and sockaddr_in of the given length.
+            let n = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if n != packet.len() as isize {
+                return Err(format!("sendto {}: {}", self.dst, Error::last_os_error()));
+            }
+            if self.interval_ms > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(self.interval_ms));
+            }
+        }
+        let flags = match self.flags {
+            SYN => "syn",
+            ACK => "ack",
+            _ => "finack",
+        };
+        println!(
+            "sent {} tcp {flags} {}:{} -> {}:{}..{} checksum={}",
+            self.count,
+            self.src,
+            self.sport,
+            self.dst,
+            self.dport,
+            u32::from(self.dport) + self.count.max(1) - 1,
+            if self.bad_checksum { "bad" } else { "good" }
+        );
+        Ok(())
+    }
+
+    /// IPv4 + TCP headers, no payload.
+    fn packet(&self, i: u32, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45; // version 4, 5-word header
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[4..6].copy_from_slice(&(1 + i as u16).to_be_bytes());
+        p[6] = 0x40; // don't fragment
+        p[8] = 64; // TTL
+        p[9] = libc::IPPROTO_TCP as u8;
+        p[12..16].copy_from_slice(&self.src.octets());
+        p[16..20].copy_from_slice(&self.dst.octets());
+
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&self.sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        let seq = 0x1000_0000u32.wrapping_add(u32::from(dport) << 8);
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        if self.flags & ACK != 0 {
+            t[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
+        }
+        t[12] = 5 << 4; // data offset: 5 words
+        t[13] = self.flags;
+        t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+
+        let mut csum = tcp_checksum(self.src, self.dst, &p[20..]);
+        if self.bad_checksum {
+            csum ^= 0x5a5a;
+        }
+        p[36..38].copy_from_slice(&csum.to_be_bytes());
+        p
+    }
+}
+
+/// Ones' complement sum over the IPv4 pseudo-header and the segment (checksum field zero).
+fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+    let mut bytes = Vec::with_capacity(12 + segment.len() + 1);
+    bytes.extend_from_slice(&src.octets());
+    bytes.extend_from_slice(&dst.octets());
+    bytes.extend_from_slice(&[0, libc::IPPROTO_TCP as u8]);
+    bytes.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(segment);
+    if bytes.len() % 2 == 1 {
+        bytes.push(0);
+    }
+    let mut sum: u32 = bytes
+        .chunks_exact(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+struct TapReader {
+    dev: String,
+    count_file: String,
+}
+
+impl TapReader {
+    fn parse(args: &[String]) -> Result<TapReader, String> {
+        let (mut dev, mut count_file) = (None, None);
+        for (name, value) in options(args, &[])? {
+            match name {
+                "--dev" => dev = value.map(str::to_string),
+                "--count-file" => count_file = value.map(str::to_string),
+                _ => return Err(format!("tap-reader: unknown option {name}\n{USAGE}")),
+            }
+        }
+        let dev = dev.ok_or_else(|| format!("tap-reader: --dev is required\n{USAGE}"))?;
+        if dev.is_empty() || dev.len() >= libc::IFNAMSIZ {
+            return Err(format!("tap-reader: bad device name {dev:?}"));
+        }
+        Ok(TapReader {
+            dev,
+            count_file: count_file
+                .ok_or_else(|| format!("tap-reader: --count-file is required\n{USAGE}"))?,
+        })
+    }
+
+    fn run(&self) -> Result<(), String> {
+        let fd = open_tap(&self.dev)?;
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        self.write_count(frames, bytes)?;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: valid fd and buffer of the given length.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                let err = Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(format!("read {}: {err}", self.dev));
+            }
+            frames += 1;
+            bytes += n as u64;
+            self.write_count(frames, bytes)?;
+        }
+    }
+
+    fn write_count(&self, frames: u64, bytes: u64) -> Result<(), String> {
+        let tmp = format!("{}.tmp", self.count_file);
+        let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{tmp}: {e}"))?;
+        writeln!(f, "frames {frames}\nbytes {bytes}").map_err(|e| format!("{tmp}: {e}"))?;
+        std::fs::rename(&tmp, &self.count_file).map_err(|e| format!("{}: {e}", self.count_file))
+    }
+}
+
+/// Opens /dev/net/tun as TAP `name` without packet information headers: every read is one
+/// Ethernet frame. The device lives while the fd is open (unless made persistent elsewhere).
+fn open_tap(name: &str) -> Result<OwnedFd, String> {
+    // SAFETY: open(2) on a NUL-terminated constant path.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("open /dev/net/tun: {}", Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by open(2) and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; libc::IFNAMSIZ],
+        flags: libc::c_short,
+        pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF takes a struct ifreq, whose layout IfReq reproduces.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req as *mut IfReq) };
+    if rc != 0 {
+        return Err(format!("TUNSETIFF {name}: {}", Error::last_os_error()));
+    }
+    Ok(fd)
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Boots the OVS kernel test bed: a Debian 12 kernel under qemu (software emulation; KVM does
+# not work on these machines) runs a scenario from tests/vm/guest/ with the exporter inside,
+# and hands every output back in <out>/results.txt, in blocks a Rust test can assert on:
+#
+#   === BEGIN <phase>/<what> ===      e.g. checksum1/metrics, checksum1/dump-flows
+#   ...
+#   === END <phase>/<what> ===
+#   === DONE ===                      last line of a run that went through
+#
+# usage: tests/vm/run.sh [--scenario NAME] [--out DIR] [--timeout SECONDS]
+#                        [--exporter PATH] [--pptraffic PATH] [--no-build]
+# Env:   PP_EXPORTER_FLAGS  extra exporter flags in the guest, e.g.
+#                           "--collector.ovs --collector.ovs_flows"
+#        PP_VM_CACHE, PP_VM_KERNEL  see build-initramfs.sh
+# Exits 0 when the guest wrote `=== DONE ===`; prints where results.txt is either way.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${PP_VM_CACHE:-$REPO/.cache/vm}
+
+scenario=seed out=$CACHE/run timeout=240 build=true exporter="" pptraffic=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --scenario) scenario=$2; shift ;;
+        --out) out=$2; shift ;;
+        --timeout) timeout=$2; shift ;;
+        --exporter) exporter=$2; shift ;;
+        --pptraffic) pptraffic=$2; shift ;;
+        --no-build) build=false ;;
+        *) echo "usage: $0 [--scenario NAME] [--out DIR] [--timeout S] [--exporter PATH]" \
+               "[--pptraffic PATH] [--no-build]" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ -f "$HERE/guest/scenario-$scenario.sh" ] || { echo "no scenario $scenario" >&2; exit 2; }
+
+# Build the release binaries no path was given for (a caller such as `cargo test` may pass
+# the debug ones it already has).
+targets=()
+[ -n "$exporter" ] || { exporter=$REPO/target/release/packetpath-exporter; targets+=(--bin packetpath-exporter); }
+[ -n "$pptraffic" ] || { pptraffic=$REPO/target/release/examples/pptraffic; targets+=(--example pptraffic); }
+if $build && [ ${#targets[@]} -gt 0 ]; then
+    (cd "$REPO" && cargo build --release --locked "${targets[@]}")
+fi
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+rm -f "$out/results.txt" "$out/console.log" "$out/initrd.img"
+
+# The guest reads its settings from /guest/env; single-quote them for its shell.
+quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+{
+    echo "PP_SCENARIO=$(quote "$scenario")"
+    echo "PP_EXPORTER_FLAGS=$(quote "${PP_EXPORTER_FLAGS:-}")"
+} >"$out/guest.env"
+
+paths=$("$HERE/build-initramfs.sh" --exporter "$exporter" --pptraffic "$pptraffic" \
+    --guest-env "$out/guest.env" --overlay-out "$out/overlay.cpio.gz")
+KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$paths")
+BASE=$(sed -n 's/^BASE=//p' <<<"$paths")
+OVERLAY=$(sed -n 's/^OVERLAY=//p' <<<"$paths")
+# qemu takes one initrd; the kernel unpacks concatenated archives one after the other.
+cat "$BASE" "$OVERLAY" >"$out/initrd.img"
+
+echo "booting (scenario $scenario, timeout ${timeout}s); console: $out/console.log" >&2
+start=$(date +%s)
+rc=0
+# Two CPUs, as conntrack statistics are per CPU and a test must sum them.
+timeout -k 10 "$timeout" qemu-system-x86_64 \
+    -accel tcg -cpu max -m 1024 -smp 2 \
+    -nodefaults -no-user-config -display none -monitor none -no-reboot -nic none \
+    -kernel "$KERNEL" -initrd "$out/initrd.img" \
+    -append "console=ttyS0 panic=-1 quiet" \
+    -serial "file:$out/console.log" -serial "file:$out/results.txt" \
+    </dev/null || rc=$?
+echo "guest ran $(($(date +%s) - start))s" >&2
+
+echo "results: $out/results.txt"
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "qemu killed after ${timeout}s" >&2
+fi
+if ! grep -qx '=== DONE ===' "$out/results.txt" 2>/dev/null; then
+    echo "the guest did not finish (qemu status $rc); last console lines:" >&2
+    tail -n 20 "$out/console.log" >&2 || true
+    sed -n '/^=== BEGIN fatal ===$/,/^=== END fatal ===$/p' "$out/results.txt" >&2 || true
+    exit 1
+fi
