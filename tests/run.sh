@@ -16,6 +16,7 @@ declare -A need=(
     [conntrack]=/usr/sbin/conntrack   # the kernel's own view, for fixture captures
     [prometheus]=/usr/bin/promtool    # promtool check metrics
     [util-linux]=/usr/bin/setpriv     # the unprivileged exporter
+    [qemu-system-x86]=/usr/bin/qemu-system-x86_64  # the OVS kernel test bed (tests/vm)
 )
 missing=()
 for pkg in "${!need[@]}"; do

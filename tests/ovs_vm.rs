@@ -1,0 +1,382 @@
+//! The seed incident in a real OVS kernel datapath: tests/vm/run.sh boots a Debian kernel
+//! in qemu with OVS 3.1, a Geneve tunnel feeding br-int and a TAP "VM", sends good and
+//! corrupt-checksum TCP through the tunnel, and hands back the exporter's /metrics beside
+//! the kernel tools' own numbers. Every asserted number must equal the kernel's.
+//!
+//! `UPDATE_FIXTURES=1` also rewrites tests/fixtures/ovs from the netlink replies the guest
+//! captured.
+
+mod common;
+#[path = "vm/results.rs"]
+mod vm_results;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Metrics;
+use vm_results::{
+    Results, conntrack_sum, dp_flows, dpctl_lookups, dpctl_port_packets, key_values, sysfs,
+};
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+/// Boots the bed once; the run takes about 30 s warm.
+fn run_bed() -> Option<Results> {
+    let have_qemu = Command::new("sh")
+        .args(["-c", "command -v qemu-system-x86_64"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    // Without qemu, run.sh installs it, which needs root; under CI=true that must not skip.
+    if !have_qemu && !common::require_root("seed_incident_in_a_real_ovs_datapath (installs qemu)") {
+        return None;
+    }
+    let out = std::env::temp_dir().join(format!("pp-vm-{}", std::process::id()));
+    let exporter = PathBuf::from(common::BIN);
+    let mut cmd = Command::new(repo("tests/vm/run.sh"));
+    cmd.env("PP_EXPORTER_FLAGS", "--collector.ovs --collector.ovs_flows")
+        .arg("--out")
+        .arg(&out)
+        .arg("--exporter")
+        .arg(&exporter);
+    // `cargo test` builds the examples beside the binaries; run.sh builds it otherwise.
+    let pptraffic = exporter.parent().map(|d| d.join("examples/pptraffic"));
+    if let Some(p) = pptraffic.filter(|p| p.exists()) {
+        cmd.arg("--pptraffic").arg(p);
+    }
+    let status = cmd.status().expect("run tests/vm/run.sh");
+    let results = out.join("results.txt");
+    assert!(
+        status.success(),
+        "the OVS test bed failed ({status}); see {} and {}",
+        results.display(),
+        out.join("console.log").display()
+    );
+    Some(Results::read(&results))
+}
+
+fn metrics(r: &Results, phase: &str) -> Metrics {
+    let text = r.get(&format!("{phase}/metrics"));
+    common::promtool_check(text);
+    Metrics::parse(text)
+}
+
+/// The one `+inv` drop flow of a dump: (packets, bytes).
+fn inv_drop_flow(r: &Results, block: &str) -> (u64, u64) {
+    let flows: Vec<_> = dp_flows(r.get(block))
+        .into_iter()
+        .filter(|f| f.has("ct_state(0x30/0x30)") && f.actions == "drop")
+        .collect();
+    assert_eq!(flows.len(), 1, "{block}: {flows:?}");
+    (flows[0].packets, flows[0].bytes)
+}
+
+/// Whether a logfmt line is about collector `c`.
+fn about(line: &str, c: &str) -> bool {
+    line.split_whitespace()
+        .any(|f| f == format!("collector={c}"))
+}
+
+fn success(m: &Metrics, c: &str) -> f64 {
+    m.value("packetpath_scrape_collector_success", &[("collector", c)])
+}
+
+/// Datapath, vport, drop-flow and conntrack numbers of one phase against the kernel tools.
+fn check_phase(r: &Results, phase: &str, drop_total: f64) {
+    let m = metrics(r, phase);
+    for c in ["interfaces", "conntrack", "ovs", "ovs_flows"] {
+        assert_eq!(success(&m, c), 1.0, "{phase}: {c}");
+    }
+    let show = r.get(&format!("{phase}/dpctl-show"));
+    let dp = [("datapath", "ovs-system")];
+    let lookups = |result: &str| {
+        m.value(
+            "packetpath_ovs_datapath_lookups_total",
+            &[("datapath", "ovs-system"), ("result", result)],
+        )
+    };
+    let (hit, missed, lost) = dpctl_lookups(show).expect("lookups line");
+    assert_eq!(
+        (lookups("hit"), lookups("missed"), lookups("lost")),
+        (hit as f64, missed as f64, lost as f64),
+        "{phase}"
+    );
+    let line = |prefix: &str| -> String {
+        show.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {show}"))
+            .to_owned()
+    };
+    let flows: f64 = line("flows: ")
+        .trim_start_matches("flows: ")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        m.value("packetpath_ovs_datapath_flows", &dp),
+        flows,
+        "{phase}"
+    );
+    let masks = line("masks: ");
+    let field = |k: &str| -> f64 {
+        masks
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        m.value("packetpath_ovs_datapath_mask_hits_total", &dp),
+        field("hit:"),
+        "{phase}"
+    );
+    assert_eq!(
+        m.value("packetpath_ovs_datapath_masks", &dp),
+        field("total:"),
+        "{phase}"
+    );
+
+    // Vports: the TAP's transmit is what the VM read; the tunnel's receive is sysfs's
+    // (ovs-dpctl prints 0 for OVS's own genev_sys_6081).
+    let sys = r.get(&format!("{phase}/sysfs"));
+    let vm = key_values(r.get(&format!("{phase}/vm-reader")));
+    let vport = |stem: &str, v: &str| {
+        m.value(
+            &format!("packetpath_ovs_vport_{stem}_total"),
+            &[("vport", v)],
+        )
+    };
+    assert_eq!(
+        vport("transmit_packets", "tap0"),
+        vm["frames"] as f64,
+        "{phase}"
+    );
+    assert_eq!(
+        vport("transmit_bytes", "tap0"),
+        vm["bytes"] as f64,
+        "{phase}"
+    );
+    assert_eq!(
+        vport("transmit_packets", "tap0"),
+        dpctl_port_packets(show, "tap0").unwrap().1 as f64
+    );
+    assert_eq!(
+        vport("transmit_packets", "tap0"),
+        sysfs(sys, "tap0", "tx_packets").unwrap() as f64
+    );
+    assert_eq!(
+        vport("receive_packets", "genev_sys_6081"),
+        sysfs(sys, "genev_sys_6081", "rx_packets").unwrap() as f64
+    );
+    let roles = |v: &str| {
+        m.select(
+            "packetpath_ovs_vport_receive_packets_total",
+            &[("vport", v)],
+        )
+        .next()
+        .unwrap()
+        .0["role"]
+            .clone()
+    };
+    assert_eq!(
+        roles("genev_sys_6081"),
+        "tunnel",
+        "OVS lists it as NETDEV; the role comes from its link kind"
+    );
+    assert_eq!(roles("tap0"), "vm");
+    assert_eq!(roles("br-int"), "ovs");
+    // The interfaces collector sees the same devices.
+    let iface = |stem: &str, d: &str| {
+        m.value(
+            &format!("packetpath_interface_{stem}_total"),
+            &[("device", d)],
+        )
+    };
+    assert_eq!(iface("transmit_packets", "tap0"), vm["frames"] as f64);
+    assert_eq!(
+        iface("receive_packets", "genev_sys_6081"),
+        sysfs(sys, "genev_sys_6081", "rx_packets").unwrap() as f64
+    );
+
+    // Drop attribution: the +inv drop flow, attributed to the tunnel port.
+    let drop = [
+        ("in_port", "genev_sys_6081"),
+        ("in_port_role", "tunnel"),
+        ("reason", "ct_invalid"),
+    ];
+    assert_eq!(
+        m.value("packetpath_ovs_drop_flow_packets_total", &drop),
+        drop_total,
+        "{phase}"
+    );
+    assert_eq!(
+        m.select("packetpath_ovs_drop_flow_packets_total", &[])
+            .count(),
+        1,
+        "{phase}"
+    );
+    assert_eq!(m.value("packetpath_ovs_flows_dump_truncated", &dp), 0.0);
+    assert_eq!(
+        m.value(
+            "packetpath_ovs_datapath_flows_by_action",
+            &[("in_port_role", "tunnel"), ("action", "drop")]
+        ),
+        1.0
+    );
+
+    // Conntrack, summed over CPUs, against `conntrack -S`.
+    let invalid = conntrack_sum(r.get(&format!("{phase}/conntrack-S")), "invalid").unwrap();
+    assert_eq!(
+        m.value("packetpath_conntrack_invalid_total", &[]),
+        invalid as f64,
+        "{phase}"
+    );
+}
+
+#[test]
+fn seed_incident_in_a_real_ovs_datapath() {
+    let Some(r) = run_bed() else { return };
+    assert!(
+        r.block("exporter-start-failed").is_none(),
+        "{}",
+        r.get("exporter-start-failed")
+    );
+
+    // checksum=1: every corrupt packet after the primer is dropped as ct_invalid by the
+    // datapath flow, and conntrack counts them (plus the primer's bad SYN).
+    let plan = key_values(r.get("checksum1/plan"));
+    let (pkts, bytes) = inv_drop_flow(&r, "checksum1/dump-flows");
+    assert_eq!(
+        pkts, plan["bad"],
+        "the kernel's own drop flow counts the corrupt packets"
+    );
+    check_phase(&r, "checksum1", pkts as f64);
+    let m1 = metrics(&r, "checksum1");
+    let drop = [("in_port", "genev_sys_6081"), ("reason", "ct_invalid")];
+    assert_eq!(
+        m1.value("packetpath_ovs_drop_flow_bytes_total", &drop),
+        bytes as f64
+    );
+    assert_eq!(
+        m1.value("packetpath_conntrack_invalid_total", &[]),
+        (plan["bad"] + plan["prime_bad_syn"]) as f64
+    );
+    assert_eq!(
+        m1.value(
+            "packetpath_conntrack_sysctl",
+            &[("name", "nf_conntrack_checksum")]
+        ),
+        1.0
+    );
+    // Six of the corrupt packets were FIN/ACKs with 54-byte frames, under the Ethernet minimum.
+    assert_eq!(plan["bad_finack"], 6);
+
+    // checksum=0: the corrupt SYNs reach the TAP; nothing more is attributed to ct_invalid.
+    let plan0 = key_values(r.get("checksum0/plan"));
+    assert_eq!(inv_drop_flow(&r, "checksum0/dump-flows").0, pkts);
+    check_phase(&r, "checksum0", pkts as f64);
+    let m0 = metrics(&r, "checksum0");
+    assert_eq!(
+        m0.value("packetpath_conntrack_invalid_total", &[]),
+        m1.value("packetpath_conntrack_invalid_total", &[])
+    );
+    let tap = |m: &Metrics| {
+        m.value(
+            "packetpath_ovs_vport_transmit_packets_total",
+            &[("vport", "tap0")],
+        )
+    };
+    assert_eq!(tap(&m0) - tap(&m1), (plan0["good"] + plan0["bad"]) as f64);
+
+    // Fault: vswitchd stopped, datapath deleted, module unloaded. The OVS collectors report
+    // failure, the others go on, and the log says why once, without a storm.
+    let mf = metrics(&r, "fault");
+    assert_eq!((success(&mf, "ovs"), success(&mf, "ovs_flows")), (0.0, 0.0));
+    assert_eq!(
+        (success(&mf, "interfaces"), success(&mf, "conntrack")),
+        (1.0, 1.0)
+    );
+    assert!(
+        mf.select("packetpath_ovs_datapath_lookups_total", &[])
+            .next()
+            .is_none()
+    );
+    // The tunnel still receives; the TAP gets nothing.
+    let plan_f = key_values(r.get("fault/plan"));
+    let iface = |m: &Metrics, stem: &str, d: &str| {
+        m.value(
+            &format!("packetpath_interface_{stem}_total"),
+            &[("device", d)],
+        )
+    };
+    assert_eq!(
+        iface(&mf, "receive_packets", "genev_sys_6081")
+            - iface(&m0, "receive_packets", "genev_sys_6081"),
+        plan_f["good"] as f64
+    );
+    assert_eq!(
+        iface(&mf, "transmit_packets", "tap0"),
+        iface(&m0, "transmit_packets", "tap0")
+    );
+    let log = r.get("fault/exporter-log");
+    for c in ["ovs", "ovs_flows"] {
+        let lines: Vec<&str> = log.lines().filter(|l| about(l, c)).collect();
+        assert_eq!(lines.len(), 1, "{c}: one line, not a storm:\n{log}");
+        assert!(
+            lines[0].contains("level=info") && lines[0].contains("openvswitch module not loaded"),
+            "{}",
+            lines[0]
+        );
+    }
+    // A scrape must never load the module by itself.
+    assert_eq!(r.get("fault/autoload").trim(), "openvswitch not loaded");
+
+    // Recovered: module and vswitchd back; the collectors recover and the drop counter
+    // continues from where it was (the new datapath's flow counts exactly the new batch).
+    let plan_r = key_values(r.get("recovered/plan"));
+    let (new_drops, _) = inv_drop_flow(&r, "recovered/dump-flows");
+    assert_eq!(new_drops, plan_r["bad"]);
+    check_phase(&r, "recovered", (pkts + new_drops) as f64);
+    let log = r.get("recovered/exporter-log");
+    for c in ["ovs", "ovs_flows"] {
+        assert_eq!(log.lines().filter(|l| about(l, c)).count(), 2, "{log}");
+        assert!(
+            log.contains(&format!(
+                "level=info msg=\"collector recovered\" collector={c}"
+            )),
+            "{log}"
+        );
+    }
+
+    if std::env::var("UPDATE_FIXTURES").as_deref() == Ok("1") {
+        save_fixtures(&r);
+    }
+}
+
+/// Writes the guest's captured netlink replies (od hex dumps) and the kernel tools' view of
+/// the same moment to tests/fixtures/ovs.
+fn save_fixtures(r: &Results) {
+    let dir = repo("tests/fixtures/ovs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in r.names() {
+        let Some(file) = name.strip_prefix("capture/") else {
+            continue;
+        };
+        let bytes: Vec<u8> = r
+            .get(name)
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    for (block, file) in [
+        ("capture-dpctl-show", "ovs-dpctl-show.txt"),
+        ("capture-dump-flows", "ovs-dpctl-dump-flows.txt"),
+        ("capture-conntrack-S", "conntrack-S.txt"),
+    ] {
+        std::fs::write(dir.join(file), r.get(block)).unwrap();
+    }
+}
