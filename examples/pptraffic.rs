@@ -12,6 +12,15 @@
 //! connections. The TCP checksum is right unless `--bad-checksum`; the kernel fills in the
 //! IP checksum.
 //!
+//! `flows` installs `count` exact-match flows into datapath `dp` over generic netlink, in
+//! batches (`ovs-dpctl add-flow` would take a process per flow): every `drop-every`-th has
+//! no actions (a drop), the rest output to the datapath's local port. Flow `i` matches
+//! IPv4 source 10.0.0.0 + `start` + i, protocol 253 (no L4 key needed), and has UFID i.
+//! It is the load for the ovs_flows benchmark (bench/ovs-flows-vm.sh).
+//!
+//! `measure` runs a command with its output discarded and prints its wall time and peak
+//! RSS (`wall_ms N`, `maxrss_kb N`, from wait4).
+//!
 //! `tap-reader` is the "VM": it creates (or attaches to) TAP device `dev`, reads frames
 //! until killed, and after every frame rewrites `count-file` as `frames N` and `bytes N`
 //! lines (written aside and renamed, so a reader never sees half a file). The file exists,
@@ -25,13 +34,17 @@ use std::process::exit;
 const USAGE: &str = "usage:
   pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
                 [--bad-checksum] [--interval-ms N]
-  pptraffic tap-reader --dev NAME --count-file PATH";
+  pptraffic tap-reader --dev NAME --count-file PATH
+  pptraffic flows --dp NAME --count N [--start N] [--drop-every K]
+  pptraffic measure COMMAND [ARG...]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("tcp") => Tcp::parse(&args[1..]).and_then(|t| t.send()),
         Some("tap-reader") => TapReader::parse(&args[1..]).and_then(|t| t.run()),
+        Some("flows") => install_flows(&args[1..]),
+        Some("measure") => measure(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -321,4 +334,127 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
         return Err(format!("TUNSETIFF {name}: {}", Error::last_os_error()));
     }
     Ok(fd)
+}
+
+/// Installs exact-match datapath flows in batches of messages per send(2).
+fn install_flows(args: &[String]) -> Result<(), String> {
+    use neli::consts::socket::{Msg, NlFamily};
+    use neli::socket::NlSocket;
+    use neli::utils::Groups;
+    use packetpath_exporter::netlink::{KernelTransport, Transport, genl, wire};
+
+    let (mut dp, mut count, mut start, mut drop_every) = (String::new(), 0u32, 0u32, 2u32);
+    for (name, value) in options(args, &[])? {
+        match name {
+            "--dp" => dp = value.unwrap_or_default().to_string(),
+            "--count" => count = parse(name, value)?,
+            "--start" => start = parse(name, value)?,
+            "--drop-every" => drop_every = parse(name, value)?,
+            _ => return Err(format!("unknown option {name}\n{USAGE}")),
+        }
+    }
+    let t = KernelTransport::new(std::time::Duration::from_secs(10));
+    let families = genl::parse_families(
+        &t.exchange(&genl::families_request())
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let flow_family = families
+        .iter()
+        .find(|(n, _)| n == "ovs_flow")
+        .map(|(_, f)| f.id)
+        .ok_or("no ovs_flow family: is openvswitch loaded?")?;
+    let name = std::ffi::CString::new(dp.clone()).map_err(|e| e.to_string())?;
+    // SAFETY: a valid C string.
+    let dp_ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if dp_ifindex == 0 {
+        return Err(format!("no datapath {dp}"));
+    }
+    let sock =
+        NlSocket::connect(NlFamily::Generic, None, Groups::empty()).map_err(|e| e.to_string())?;
+    sock.set_recv_buffer_size(8 << 20)
+        .map_err(|e| e.to_string())?;
+    let mut batch = Vec::with_capacity(64 * 1024);
+    let (mut sent, mut errors) = (0u32, 0u32);
+    let mut reply = vec![0u8; 64 * 1024];
+    for i in 0..count {
+        let n = start + i;
+        let mut key = Vec::new();
+        wire::push_attr(&mut key, 3, &0u32.to_ne_bytes()); // in_port: the local port
+        wire::push_attr(&mut key, 4, &[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2]); // eth src, dst
+        wire::push_attr(&mut key, 6, &0x0800u16.to_be_bytes()); // eth_type
+        let mut ipv4 = (0x0a00_0000u32 + n).to_be_bytes().to_vec();
+        ipv4.extend_from_slice(&Ipv4Addr::new(10, 255, 0, 1).octets());
+        ipv4.extend_from_slice(&[253, 0, 64, 0]); // proto, tos, ttl, frag=no
+        wire::push_attr(&mut key, 7, &ipv4);
+        let mut actions = Vec::new();
+        if drop_every == 0 || n % drop_every != 0 {
+            wire::push_attr(&mut actions, 1, &0u32.to_ne_bytes()); // output: the local port
+        }
+        let mut ufid = [0u8; 16];
+        ufid[..4].copy_from_slice(&n.to_be_bytes());
+        ufid[15] = 0x5a;
+        let mut body = vec![1, 1, 0, 0]; // OVS_FLOW_CMD_NEW, version 1
+        body.extend_from_slice(&dp_ifindex.to_ne_bytes());
+        wire::push_attr(&mut body, 1, &key);
+        wire::push_attr(&mut body, 2, &actions);
+        wire::push_attr(&mut body, 9, &ufid);
+        // NLM_F_CREATE; no ACK, so only failures answer.
+        batch.extend(wire::request(
+            flow_family,
+            wire::NLM_F_REQUEST | 0x400,
+            n,
+            &body,
+        ));
+        if batch.len() > 60 * 1024 || i + 1 == count {
+            sock.send(&batch, Msg::empty()).map_err(|e| e.to_string())?;
+            batch.clear();
+            sent = i + 1;
+            // Drain error replies so they do not fill the socket.
+            while let Ok((len, _)) = sock.recv(&mut reply[..], Msg::DONTWAIT) {
+                errors += wire::messages("ovs_flow", reply.get(..len).unwrap_or_default())
+                    .flatten()
+                    .filter(|m| m.ty == wire::NLMSG_ERROR)
+                    .count() as u32;
+            }
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    while let Ok((len, _)) = sock.recv(&mut reply[..], Msg::DONTWAIT) {
+        errors += wire::messages("ovs_flow", reply.get(..len).unwrap_or_default())
+            .flatten()
+            .filter(|m| m.ty == wire::NLMSG_ERROR)
+            .count() as u32;
+    }
+    println!(
+        "installed {} flows into {dp} ({errors} errors)",
+        sent - errors
+    );
+    if errors > 0 {
+        return Err(format!("{errors} flows were refused"));
+    }
+    Ok(())
+}
+
+/// Runs a command and reports its wall time and peak RSS.
+fn measure(args: &[String]) -> Result<(), String> {
+    let (cmd, rest) = args.split_first().ok_or(USAGE)?;
+    let started = std::time::Instant::now();
+    let child = std::process::Command::new(cmd)
+        .args(rest)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    let mut status = 0;
+    // SAFETY: zeroed rusage is valid; wait4 on our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    if pid < 0 {
+        return Err(format!("wait4: {}", Error::last_os_error()));
+    }
+    println!("wall_ms {}", started.elapsed().as_millis());
+    println!("maxrss_kb {}", usage.ru_maxrss);
+    println!("status {status}");
+    Ok(())
 }
