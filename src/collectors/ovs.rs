@@ -365,17 +365,6 @@ pub struct Topology {
     pub roles: Vec<&'static str>,
 }
 
-impl Topology {
-    /// The name and role of the port with this number.
-    pub fn port(&self, port_no: u32) -> Option<(&str, &'static str)> {
-        self.vports
-            .iter()
-            .zip(&self.roles)
-            .find(|(v, _)| v.port_no == port_no)
-            .map(|(v, r)| (v.name.as_str(), *r))
-    }
-}
-
 fn transport_error(e: TransportError) -> CollectError {
     CollectError::new(e.to_string())
 }

@@ -117,22 +117,32 @@ pub trait Transport: Send + Sync {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<StreamEnd, TransportError>;
 
-    /// The whole reply in one buffer. A dump that raced a change is taken again, a few
-    /// times at most.
+    /// The whole reply in one buffer.
     fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
         let mut out = Vec::new();
-        for _ in 0..4 {
-            out.clear();
-            let end = self.stream(req, &mut |chunk| {
-                out.extend_from_slice(chunk);
-                true
-            })?;
-            if !end.interrupted {
-                break;
-            }
-        }
+        read_whole(self, req, &mut out)?;
         Ok(out)
     }
+}
+
+/// Fills `out` with the whole reply; a dump that raced a change is taken again, a few
+/// times at most.
+fn read_whole<T: Transport + ?Sized>(
+    t: &T,
+    req: &Request,
+    out: &mut Vec<u8>,
+) -> Result<(), TransportError> {
+    for _ in 0..4 {
+        out.clear();
+        let end = t.stream(req, &mut |chunk| {
+            out.extend_from_slice(chunk);
+            true
+        })?;
+        if !end.interrupted {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Talks to the running kernel, in the network namespace of the calling thread.
@@ -220,16 +230,7 @@ impl Transport for KernelTransport {
             .map(|m| m.get(&(req.name, req.scope)).copied().unwrap_or(0))
             .unwrap_or(0);
         let mut out = Vec::with_capacity(expected + expected / 8);
-        for _ in 0..4 {
-            out.clear();
-            let end = self.stream(req, &mut |chunk| {
-                out.extend_from_slice(chunk);
-                true
-            })?;
-            if !end.interrupted {
-                break;
-            }
-        }
+        read_whole(self, req, &mut out)?;
         if let Ok(mut m) = self.last_len.lock() {
             m.insert((req.name, req.scope), out.len());
         }
