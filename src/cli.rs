@@ -83,6 +83,34 @@ pub struct Args {
     #[arg(long = "collector.ovs_flows.max-flows", alias = "collector.ovs-flows.max-flows", value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub ovs_flows_max: u32,
 
+    /// nf_conntrack_log_invalid while the conntrack_invalid collector runs: an IP protocol
+    /// number, or 255 for all.
+    #[arg(
+        long = "collector.conntrack_invalid.protocol",
+        alias = "collector.conntrack-invalid.protocol",
+        value_name = "N",
+        default_value_t = 255
+    )]
+    pub conntrack_invalid_protocol: u8,
+
+    /// Where conntrack_invalid records the settings it changed, to restore them even after a crash.
+    #[arg(
+        long = "collector.conntrack_invalid.state-file",
+        alias = "collector.conntrack-invalid.state-file",
+        value_name = "PATH",
+        default_value = "/run/packetpath-exporter/conntrack-invalid.state"
+    )]
+    pub conntrack_invalid_state_file: PathBuf,
+
+    /// Input devices conntrack_invalid counts separately; the rest count as "other".
+    #[arg(
+        long = "collector.conntrack_invalid.max-devices",
+        alias = "collector.conntrack-invalid.max-devices",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub conntrack_invalid_max_devices: usize,
+
     /// Serve netlink replies from DIR/<request>.bin instead of the kernel (for tests).
     #[arg(long = "debug.netlink-replay-dir", value_name = "DIR", hide = true)]
     pub netlink_replay_dir: Option<PathBuf>,
@@ -142,10 +170,13 @@ fn command() -> clap::Command {
         let on = format!("collector.{}", spec.name);
         let off = format!("no-collector.{}", spec.name);
         let default = if spec.default_enabled { "on" } else { "off" };
+        // node_exporter names use underscores; accept dashes too (--collector.conntrack-invalid).
+        let dashed = spec.name.replace('_', "-");
         cmd = cmd
             .arg(
                 Arg::new(on.clone())
                     .long(on.clone())
+                    .alias(format!("collector.{dashed}"))
                     .action(ArgAction::SetTrue)
                     .overrides_with(off.clone())
                     .help(format!(
@@ -156,6 +187,7 @@ fn command() -> clap::Command {
             .arg(
                 Arg::new(off.clone())
                     .long(off.clone())
+                    .alias(format!("no-collector.{dashed}"))
                     .action(ArgAction::SetTrue)
                     .overrides_with(on)
                     .help(format!("Disable the {} collector.", spec.name)),
@@ -266,6 +298,11 @@ impl Cli {
             ovs_flows: collectors::ovs_flows::Options {
                 max_flows: a.ovs_flows_max as usize,
             },
+            conntrack_invalid: collectors::conntrack_invalid::Options {
+                protocol: a.conntrack_invalid_protocol,
+                state_file: a.conntrack_invalid_state_file.clone(),
+                max_devices: a.conntrack_invalid_max_devices,
+            },
         };
         Ok(self
             .enabled
@@ -324,11 +361,11 @@ mod tests {
     fn bad_input_is_one_line() {
         assert_eq!(
             usage(&["--collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, ovs, ovs_flows)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows)"
         );
         assert_eq!(
             usage(&["--no-collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, ovs, ovs_flows)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows)"
         );
         let re = usage(&["--collector.interfaces.device-include", "(tap"]);
         assert!(

@@ -26,15 +26,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> Result<(), String> {
-    let collectors = cli.build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("start runtime: {e}"))?;
     runtime.block_on(async {
+        // Bind first: a port in use must fail before any collector changes the host.
         let listener = server::bind(&cli.args.listen_address).await?;
-        let scraper = Scraper::new(collectors, cli.args.scrape_timeout);
+        let scraper = Scraper::new(cli.build()?, cli.args.scrape_timeout);
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -46,9 +46,11 @@ fn run(cli: cli::Cli) -> Result<(), String> {
             version = packetpath_exporter::scrape::VERSION,
             "listening"
         );
-        let app = server::router(scraper, &cli.args.telemetry_path);
-        server::serve(listener, app)
+        let app = server::router(scraper.clone(), &cli.args.telemetry_path);
+        let served = server::serve(listener, app)
             .await
-            .map_err(|e| format!("serve: {e}"))
+            .map_err(|e| format!("serve: {e}"));
+        scraper.shutdown();
+        served
     })
 }

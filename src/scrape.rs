@@ -21,6 +21,7 @@ type Reply = tokio::sync::oneshot::Sender<Result<Vec<Family>, CollectError>>;
 
 struct Slot {
     name: &'static str,
+    collector: Arc<dyn Collector>,
     /// Requests to the collector's own thread. One long-lived thread per collector keeps
     /// its allocations in one malloc arena scrape after scrape, instead of spreading them
     /// over every thread of a blocking pool.
@@ -82,7 +83,8 @@ impl Scraper {
                 let busy = Arc::new(AtomicBool::new(false));
                 Slot {
                     name,
-                    requests: Mutex::new(spawn_worker(name, collector, busy.clone())),
+                    requests: Mutex::new(spawn_worker(name, collector.clone(), busy.clone())),
+                    collector,
                     busy,
                     last_error: LogOnce::default(),
                 }
@@ -95,6 +97,13 @@ impl Scraper {
             last_len: AtomicUsize::new(0),
             inflight: Mutex::new(None),
         })
+    }
+
+    /// Lets every collector undo what it changed on the host (on exit).
+    pub fn shutdown(&self) {
+        for s in &self.slots {
+            s.collector.shutdown();
+        }
     }
 
     pub fn names(&self) -> Vec<&'static str> {

@@ -36,9 +36,9 @@ fn invalid_regex() {
 #[test]
 fn unknown_collector() {
     one_line_error(
-        &["--collector.conntrack_invalid"],
+        &["--collector.conntrack_bogus"],
         2,
-        "unknown collector \"conntrack_invalid\" (known: interfaces, conntrack, ovs, ovs_flows)",
+        "unknown collector \"conntrack_bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows)",
     );
 }
 

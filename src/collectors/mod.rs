@@ -5,6 +5,7 @@
 //! metric families built on each scrape).
 
 pub mod conntrack;
+pub mod conntrack_invalid;
 pub mod interfaces;
 pub mod ovs;
 pub mod ovs_flows;
@@ -44,6 +45,9 @@ impl CollectError {
 pub trait Collector: Send + Sync + 'static {
     /// Runs on a blocking thread; must not panic and should finish well inside the timeout.
     fn collect(&self) -> Result<Vec<Family>, CollectError>;
+
+    /// Undoes whatever the collector changed on the host; called once, on exit.
+    fn shutdown(&self) {}
 }
 
 /// What collectors are built from: paths, the netlink transport, and per-collector options.
@@ -56,6 +60,7 @@ pub struct Config {
     pub interfaces: interfaces::Options,
     pub conntrack: conntrack::Options,
     pub ovs_flows: ovs_flows::Options,
+    pub conntrack_invalid: conntrack_invalid::Options,
 }
 
 /// The enabled collectors, by name, in registry order.
@@ -72,6 +77,7 @@ pub struct Spec {
 pub const REGISTRY: &[Spec] = &[
     interfaces::SPEC,
     conntrack::SPEC,
+    conntrack_invalid::SPEC,
     ovs::SPEC,
     ovs_flows::SPEC,
 ];

@@ -661,6 +661,7 @@ mod tests {
             interfaces: Default::default(),
             conntrack: Default::default(),
             ovs_flows: Options { max_flows },
+            conntrack_invalid: Default::default(),
         };
         OvsFlows::new(&config)
     }
