@@ -35,11 +35,14 @@ fn run_bed() -> Option<Results> {
     let out = std::env::temp_dir().join(format!("pp-vm-{}", std::process::id()));
     let exporter = PathBuf::from(common::BIN);
     let mut cmd = Command::new(repo("tests/vm/run.sh"));
-    cmd.env("PP_EXPORTER_FLAGS", "--collector.ovs --collector.ovs_flows")
-        .arg("--out")
-        .arg(&out)
-        .arg("--exporter")
-        .arg(&exporter);
+    cmd.env(
+        "PP_EXPORTER_FLAGS",
+        "--collector.ovs --collector.ovs_flows --collector.conntrack_invalid",
+    )
+    .arg("--out")
+    .arg(&out)
+    .arg("--exporter")
+    .arg(&exporter);
     // `cargo test` builds the examples beside the binaries; run.sh builds it otherwise.
     let pptraffic = exporter.parent().map(|d| d.join("examples/pptraffic"));
     if let Some(p) = pptraffic.filter(|p| p.exists()) {
@@ -85,7 +88,13 @@ fn success(m: &Metrics, c: &str) -> f64 {
 /// Datapath, vport, drop-flow and conntrack numbers of one phase against the kernel tools.
 fn check_phase(r: &Results, phase: &str, drop_total: f64) {
     let m = metrics(r, phase);
-    for c in ["interfaces", "conntrack", "ovs", "ovs_flows"] {
+    for c in [
+        "interfaces",
+        "conntrack",
+        "conntrack_invalid",
+        "ovs",
+        "ovs_flows",
+    ] {
         assert_eq!(success(&m, c), 1.0, "{phase}: {c}");
     }
     let show = r.get(&format!("{phase}/dpctl-show"));
@@ -273,6 +282,50 @@ fn seed_incident_in_a_real_ovs_datapath() {
     // Six of the corrupt packets were FIN/ACKs with 54-byte frames, under the Ethernet minimum.
     assert_eq!(plan["bad_finack"], 6);
 
+    // OVS's ct() action logs invalid packets through nf_log like the host's conntrack does,
+    // so the classifier sees them: all bad checksums, all frames under 60 bytes, and with
+    // no input device (the datapath calls conntrack without one).
+    let inv = |m: &Metrics, flags: &str| {
+        m.value(
+            "packetpath_conntrack_invalid_packets_total",
+            &[
+                ("family", "ipv4"),
+                ("protocol", "tcp"),
+                ("reason", "bad_checksum"),
+                ("size_class", "lt60"),
+                ("tcp_flags", flags),
+            ],
+        )
+    };
+    assert_eq!(inv(&m1, "fin"), plan["bad_finack"] as f64);
+    assert_eq!(
+        inv(&m1, "syn"),
+        (plan["bad_syn"] + plan["prime_bad_syn"]) as f64
+    );
+    assert_eq!(
+        m1.select("packetpath_conntrack_invalid_packets_total", &[])
+            .count(),
+        2
+    );
+    assert_eq!(
+        m1.value("packetpath_conntrack_invalid_log_messages_total", &[]),
+        m1.value("packetpath_conntrack_invalid_total", &[])
+    );
+    for lossless in ["overruns", "lost", "errors"] {
+        assert_eq!(
+            m1.value(
+                &format!("packetpath_conntrack_invalid_log_{lossless}_total"),
+                &[]
+            ),
+            0.0
+        );
+    }
+    assert_eq!(
+        m1.select("packetpath_conntrack_invalid_device_packets_total", &[])
+            .count(),
+        0
+    );
+
     // checksum=0: the corrupt SYNs reach the TAP; nothing more is attributed to ct_invalid.
     let plan0 = key_values(r.get("checksum0/plan"));
     assert_eq!(inv_drop_flow(&r, "checksum0/dump-flows").0, pkts);
@@ -339,6 +392,16 @@ fn seed_incident_in_a_real_ovs_datapath() {
     let (new_drops, _) = inv_drop_flow(&r, "recovered/dump-flows");
     assert_eq!(new_drops, plan_r["bad"]);
     check_phase(&r, "recovered", (pkts + new_drops) as f64);
+    let mr = metrics(&r, "recovered");
+    assert_eq!(
+        inv(&mr, "fin"),
+        (plan["bad_finack"] + plan_r["bad_finack"]) as f64
+    );
+    assert_eq!(
+        inv(&mr, "syn"),
+        (plan["bad_syn"] + plan["prime_bad_syn"] + plan_r["bad_syn"] + plan_r["prime_bad_syn"])
+            as f64
+    );
     let log = r.get("recovered/exporter-log");
     for c in ["ovs", "ovs_flows"] {
         assert_eq!(log.lines().filter(|l| about(l, c)).count(), 2, "{log}");

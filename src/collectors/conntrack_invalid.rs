@@ -524,7 +524,12 @@ fn bind_group(sock: &NlSocket) -> Result<(), String> {
             );
         }
         Err(libc::EPERM) => return Err("binding NFLOG group 0 needs CAP_NET_ADMIN".into()),
-        Err(e) => return Err(format!("binding NFLOG group 0: {}", wire::Errno(e))),
+        Err(e) => {
+            return Err(format!(
+                "binding NFLOG group 0: {} (is nfnetlink_log built or loaded?)",
+                wire::Errno(e)
+            ));
+        }
     }
     let mut mode = COPY_RANGE.to_be_bytes().to_vec();
     mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);

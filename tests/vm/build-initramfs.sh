@@ -27,7 +27,7 @@ CACHE=${PP_VM_CACHE:-$REPO/.cache/vm}
 DEBS=$CACHE/debs
 
 # Modules the guest loads; the build adds their dependencies from modules.dep.
-MODULES="openvswitch geneve veth tun nf_conntrack_netlink"
+MODULES="openvswitch geneve veth tun nf_conntrack_netlink nfnetlink_log"
 # Files the guest runs or reads; elfdeps.py adds the shared libraries they load.
 WANT=(
     bin/busybox
