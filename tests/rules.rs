@@ -59,9 +59,72 @@ fn documented() -> BTreeSet<String> {
 }
 
 #[test]
+fn rules_file_is_the_rendered_template() {
+    let out = Command::new(path("alerts/render.sh"))
+        .output()
+        .expect("run alerts/render.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !rendered.contains("${"),
+        "a placeholder has no value in thresholds.env"
+    );
+    let committed = std::fs::read_to_string(path("alerts/packetpath.rules.yml")).unwrap();
+    assert!(
+        rendered == committed,
+        "alerts/packetpath.rules.yml is stale: run alerts/render.sh > alerts/packetpath.rules.yml"
+    );
+}
+
+/// Alert names in the rules file, in order.
+fn alerts() -> Vec<String> {
+    std::fs::read_to_string(path("alerts/packetpath.rules.yml"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: ").map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn every_alert_has_severity_runbook_and_unit_tests() {
+    let rules = std::fs::read_to_string(path("alerts/packetpath.rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(path("alerts/tests/packetpath.test.yml")).unwrap();
+    let readme = std::fs::read_to_string(path("README.md")).unwrap();
+    let names = alerts();
+    assert_eq!(names.len(), 11);
+    for (i, block) in rules.split("- alert: ").skip(1).enumerate() {
+        let name = &names[i];
+        assert!(name.starts_with("Packetpath"), "{name}");
+        for key in ["severity: ", "summary: ", "description: ", "runbook_url: "] {
+            assert!(block.contains(key), "{name} lacks {key}");
+        }
+        // The runbook anchor is a README heading.
+        let anchor = format!("#{}", name.to_lowercase());
+        assert!(
+            block.contains(&format!("{anchor}\"")),
+            "{name}: runbook anchor"
+        );
+        assert!(
+            readme.contains(&format!("\n### {name}\n")),
+            "README has no runbook heading for {name}"
+        );
+        // Unit tests: at least one firing case (expected labels) for it.
+        let firing = tests
+            .split("alertname: ")
+            .skip(1)
+            .any(|t| t.starts_with(name.as_str()) && t.contains("exp_labels"));
+        assert!(firing, "{name} has no firing unit test");
+    }
+}
+
+#[test]
 fn rules_pass_promtool_check_and_unit_tests() {
     if let Some(out) = promtool(&["check", "rules", &path("alerts/packetpath.rules.yml")]) {
-        assert!(out.contains("SUCCESS: 2 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 18 rules found"), "{out}");
     }
     if let Some(out) = promtool(&["test", "rules", &path("alerts/tests/packetpath.test.yml")]) {
         assert!(out.contains("SUCCESS"), "{out}");
