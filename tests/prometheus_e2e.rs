@@ -241,7 +241,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
-    let mut bed = ConntrackBed::new();
+    let bed = ConntrackBed::new();
     bed.set_checksum(true);
     let tap = bed.srv.enter(|| common::open_tap("tap0"));
     bed.srv.exec("ip link set tap0 up");
