@@ -508,6 +508,21 @@ fn configure(sock: &NlSocket, seq: u32, payload: &[u8]) -> Result<(), i32> {
     }
 }
 
+const GROUP_TAKEN: &str =
+    "NFLOG group 0 is already bound by another process (ulogd?); not taking it";
+
+/// Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff in /proc/self/status).
+fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}
+
 /// Binds NFLOG group 0 and sets its copy mode; the group's owner is the caller's socket.
 fn bind_group(sock: &NlSocket) -> Result<(), String> {
     // No PF_BIND: it would make nfnetlink_log the logger for the family before the group
@@ -518,11 +533,10 @@ fn bind_group(sock: &NlSocket) -> Result<(), String> {
         &config_msg(0, 0, &[(NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND])]),
     ) {
         Ok(()) => {}
-        Err(libc::EBUSY) => {
-            return Err(
-                "NFLOG group 0 is already bound by another process (ulogd?); not taking it".into(),
-            );
-        }
+        // nfnetlink_log answers EPERM both without CAP_NET_ADMIN and when another socket
+        // owns the group; the capability set tells the two apart.
+        Err(libc::EBUSY) => return Err(GROUP_TAKEN.into()),
+        Err(libc::EPERM) if has_net_admin() => return Err(GROUP_TAKEN.into()),
         Err(libc::EPERM) => return Err("binding NFLOG group 0 needs CAP_NET_ADMIN".into()),
         Err(e) => {
             return Err(format!(
