@@ -93,12 +93,12 @@ pub struct Args {
     )]
     pub conntrack_invalid_protocol: u8,
 
-    /// Where conntrack_invalid records the settings it changed, to restore them even after a crash.
+    /// Where conntrack_invalid records the settings it changed, to restore them after a crash; {netns} becomes the namespace's inode.
     #[arg(
         long = "collector.conntrack_invalid.state-file",
         alias = "collector.conntrack-invalid.state-file",
         value_name = "PATH",
-        default_value = "/run/packetpath-exporter/conntrack-invalid.state"
+        default_value = "/run/packetpath-exporter/conntrack-invalid-{netns}.state"
     )]
     pub conntrack_invalid_state_file: PathBuf,
 

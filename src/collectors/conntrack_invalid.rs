@@ -63,7 +63,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             protocol: 255,
-            state_file: PathBuf::from("/run/packetpath-exporter/conntrack-invalid.state"),
+            state_file: PathBuf::from("/run/packetpath-exporter/conntrack-invalid-{netns}.state"),
             max_devices: 64,
         }
     }
@@ -596,6 +596,7 @@ pub struct ConntrackInvalid {
 impl ConntrackInvalid {
     pub fn start(c: &Config) -> Self {
         let o = &c.conntrack_invalid;
+        let state_file = per_namespace(&o.state_file);
         let shared = Arc::new(Shared {
             counts: Counts::new(o.max_devices),
             failure: Mutex::new(None),
@@ -605,7 +606,7 @@ impl ConntrackInvalid {
         let me = ConntrackInvalid {
             shared: shared.clone(),
             procfs: c.procfs.clone(),
-            state_file: o.state_file.clone(),
+            state_file,
             thread: Mutex::new(None),
         };
         match me.setup(o.protocol) {
@@ -698,6 +699,18 @@ impl ConntrackInvalid {
             }
         }
     }
+}
+
+/// Replaces `{netns}` in the state file path with this network namespace's inode, so
+/// exporters in different namespaces (qrouter-…, say) never take each other's settings.
+fn per_namespace(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    if !text.contains("{netns}") {
+        return path.to_path_buf();
+    }
+    use std::os::unix::fs::MetadataExt;
+    let id = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    PathBuf::from(text.replace("{netns}", &id.to_string()))
 }
 
 /// The listener: reads datagrams until told to stop; ENOBUFS means the kernel dropped
@@ -916,6 +929,20 @@ mod tests {
         let devices = counts.devices.lock().unwrap();
         assert_eq!(devices.len(), 3);
         assert_eq!(devices[&OTHER_DEVICE], 3);
+    }
+
+    #[test]
+    fn state_file_is_per_namespace() {
+        let plain = Path::new("/run/x.state");
+        assert_eq!(per_namespace(plain), plain);
+        let p = per_namespace(Path::new("/run/x-{netns}.state"))
+            .display()
+            .to_string();
+        let id = p.trim_start_matches("/run/x-").trim_end_matches(".state");
+        assert!(
+            !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()),
+            "{p}"
+        );
     }
 
     #[test]

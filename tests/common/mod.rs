@@ -641,3 +641,133 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
     panic!("timed out waiting for {what}");
 }
+
+/// TCP flag bits for [`tcp_segment`].
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// Internet checksum (ones' complement of the ones' complement sum) of `bytes`.
+pub fn inet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A TCP segment from [`CLIENT`] to [`SERVER`] with a 20-byte header, any `flags` and
+/// `payload`; the checksum is right unless `corrupt`. Send it with [`send_segments`]: the IP
+/// packet is 40 + `payload.len()` bytes, the Ethernet frame 14 more.
+pub fn tcp_segment(sport: u16, dport: u16, flags: u8, payload: &[u8], corrupt: bool) -> Vec<u8> {
+    let mut h = vec![0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dport.to_be_bytes());
+    h[4..8].copy_from_slice(&0x1000_0000u32.wrapping_add(u32::from(sport)).to_be_bytes());
+    if flags & tcp::ACK != 0 {
+        h[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
+    }
+    h[12] = 5 << 4;
+    h[13] = flags;
+    h[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    h.extend_from_slice(payload);
+    let csum = l4_checksum(libc::IPPROTO_TCP as u8, &h) ^ if corrupt { 0x5a5a } else { 0 };
+    h[16..18].copy_from_slice(&csum.to_be_bytes());
+    h
+}
+
+/// A UDP datagram from [`CLIENT`] to [`SERVER`]; the checksum is right unless `corrupt`.
+/// Send it with [`send_l4`] and `libc::IPPROTO_UDP`.
+pub fn udp_datagram(sport: u16, dport: u16, payload: &[u8], corrupt: bool) -> Vec<u8> {
+    let mut d = Vec::with_capacity(8 + payload.len());
+    d.extend_from_slice(&sport.to_be_bytes());
+    d.extend_from_slice(&dport.to_be_bytes());
+    d.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    d.extend_from_slice(payload);
+    let mut csum = l4_checksum(libc::IPPROTO_UDP as u8, &d) ^ if corrupt { 0x5a5a } else { 0 };
+    if csum == 0 {
+        csum = 0xffff; // 0 means "no checksum" in UDP over IPv4
+    }
+    d[6..8].copy_from_slice(&csum.to_be_bytes());
+    d
+}
+
+/// An ICMP echo request; the checksum is right unless `corrupt`. Send it with [`send_l4`]
+/// and `libc::IPPROTO_ICMP`.
+pub fn icmp_echo(id: u16, seq: u16, payload: &[u8], corrupt: bool) -> Vec<u8> {
+    let mut m = vec![8, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(payload);
+    let csum = inet_checksum(&m) ^ if corrupt { 0x5a5a } else { 0 };
+    m[2..4].copy_from_slice(&csum.to_be_bytes());
+    m
+}
+
+/// TCP/UDP checksum over the IPv4 pseudo-header ([`CLIENT`] to [`SERVER`]) and `segment`.
+fn l4_checksum(proto: u8, segment: &[u8]) -> u16 {
+    let mut b = Vec::with_capacity(12 + segment.len());
+    b.extend_from_slice(&CLIENT);
+    b.extend_from_slice(&SERVER);
+    b.extend_from_slice(&[0, proto]);
+    b.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    b.extend_from_slice(segment);
+    inet_checksum(&b)
+}
+
+/// Sends payloads of IP protocol `proto` (headers and checksums as given) to [`SERVER`]
+/// from a raw socket; the kernel adds the IP header. Must run inside the client namespace.
+pub fn send_l4(proto: i32, packets: &[Vec<u8>]) {
+    // SAFETY: socket(2) with constant arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(SERVER),
+        },
+        sin_zero: [0; 8],
+    };
+    send_to(&fd, packets.iter().map(Vec::as_slice), &addr, "raw IP");
+}
+
+/// A sysctl under /proc/sys/net/netfilter/ (`name` like `nf_log/2`) inside a namespace.
+pub fn netfilter_sysctl(ns: &Netns, name: &str) -> String {
+    ns.exec(&format!("cat /proc/sys/net/netfilter/{name}"))
+        .trim()
+        .to_owned()
+}
+
+pub fn set_netfilter_sysctl(ns: &Netns, name: &str, value: &str) {
+    ns.exec(&format!("echo {value} > /proc/sys/net/netfilter/{name}"));
+}
+
+impl ConntrackBed {
+    /// Sends raw packets of IP protocol `proto` from the client and waits until the
+    /// server's interface has received all of them.
+    pub fn send_raw(&self, proto: i32, packets: Vec<Vec<u8>>) {
+        let want = self.s0_rx_packets() + packets.len() as u64;
+        self.cli.enter(move || send_l4(proto, &packets));
+        wait_for("packets at the server", Duration::from_secs(10), || {
+            self.s0_rx_packets() >= want
+        });
+    }
+}
+
+impl Exporter {
+    /// The exporter's process id (`ip netns exec` execs it, so it is the child's own).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Throughput of the conntrack_invalid collector's NFLOG listener: how many conntrack-invalid
+# log messages per second the exporter takes in, whether any are lost, and what they cost
+# it in CPU time.
+#
+# A client namespace sends COUNT zero-payload TCP FIN/ACKs with bad checksums (the seed
+# incident's packets) over a veth pair, as fast as target/release/examples/pptraffic can,
+# into a server namespace where nf_conntrack_checksum=1 and nftables drops
+# `ct state invalid` (counting them). The release exporter runs in the server namespace
+# with --collector.conntrack_invalid only. pptraffic sends at most 65,535 packets per run
+# (one destination port each), so the send is a sequence of runs on different source ports.
+#
+# Figures:
+#   kernel invalid   the nftables counter: packets conntrack marked invalid
+#   messages         packetpath_conntrack_invalid_log_messages_total
+#   overruns, lost   ..._log_overruns_total (ENOBUFS), ..._log_lost_total (NFULA_SEQ gaps)
+#   loss             kernel invalid - messages
+#   send rate        COUNT / wall time of the send
+#   receive rate     messages / (first send .. last message received)
+#   CPU              the exporter's utime+stime (/proc/PID/stat) over the run
+#
+# Usage (from the repository root, as root):  bench/nflog-throughput.sh
+# Environment:
+#   COUNT=2000000     packets to send
+#   SENDERS=1         pptraffic processes in parallel (each sends COUNT/SENDERS)
+#   SENDER_CPUS=0     taskset CPU list for the senders (the kernel's receive path, conntrack
+#                     and the NFLOG message building run there too, in softirq)
+#   EXPORTER_CPUS=1   taskset CPU list for the exporter ("one core": a single CPU)
+#   PORT=19600        exporter listen port inside the server namespace
+#   BASELINE=1        first send COUNT packets with no exporter (nothing bound to the
+#                     NFLOG group), to show the generator's own rate; 0 skips it
+set -euo pipefail
+
+COUNT=${COUNT:-2000000}
+SENDERS=${SENDERS:-1}
+SENDER_CPUS=${SENDER_CPUS:-0}
+EXPORTER_CPUS=${EXPORTER_CPUS:-1}
+PORT=${PORT:-19600}
+BASELINE=${BASELINE:-1}
+PER_RUN=65000
+
+die() { echo "nflog-throughput: $*" >&2; exit 1; }
+[[ $EUID -eq 0 ]] || die "must run as root (network namespaces, sysctls, NFLOG)"
+for tool in ip nft curl taskset awk; do
+    command -v $tool >/dev/null || die "$tool not found"
+done
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+echo "==> cargo build --release (exporter and pptraffic)"
+cargo build --release --quiet
+cargo build --release --quiet --example pptraffic
+BIN=$repo/target/release/packetpath-exporter
+GEN=$repo/target/release/examples/pptraffic
+
+SRV=ppnf-srv-$$
+CLI=ppnf-cli-$$
+work=$(mktemp -d /tmp/ppnflog.XXXXXX)
+exporter_pid=""
+cleanup() {
+    local rc=$?
+    set +e
+    for job in $(jobs -p); do
+        [[ $job == "$exporter_pid" ]] || { pkill -TERM -P "$job"; kill -TERM "$job"; } 2>/dev/null
+    done
+    wait $(jobs -p | grep -vx "${exporter_pid:-none}") 2>/dev/null
+    if [[ -n $exporter_pid ]] && kill -0 "$exporter_pid" 2>/dev/null; then
+        kill -TERM "$exporter_pid"
+        wait "$exporter_pid" 2>/dev/null
+    fi
+    ip netns del "$SRV" 2>/dev/null
+    ip netns del "$CLI" 2>/dev/null
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- namespaces, like tests/common ConntrackBed --------------------------------------------
+ip netns add "$SRV"
+ip netns add "$CLI"
+for ns in "$SRV" "$CLI"; do
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    ip -n "$ns" link set lo up
+done
+ip -n "$CLI" link add c0 type veth peer name s0 netns "$SRV"
+ip -n "$CLI" addr add 10.201.0.1/30 dev c0
+ip -n "$CLI" link set c0 up
+ip -n "$SRV" addr add 10.201.0.2/30 dev s0
+ip -n "$SRV" link set s0 up
+ip netns exec "$SRV" nft -f - <<'EOF'
+table inet pp {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        ct state invalid counter drop
+    }
+}
+EOF
+ip netns exec "$SRV" sysctl -qw net.netfilter.nf_conntrack_checksum=1
+
+in_srv() { ip netns exec "$SRV" "$@"; }
+nft_invalid() {
+    in_srv nft list chain inet pp input | awk '{for (i = 1; i < NF; i++) if ($i == "packets") {print $(i + 1); exit}}'
+}
+scrape() { in_srv curl -sf "http://127.0.0.1:$PORT/metrics"; }
+# metric NAME: its value in the last scrape ($work/m), 0 when absent.
+metric() { awk -v n="$1" '$1 == n {v = $2} END {printf "%d", v + 0}' "$work/m"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+now_ns() { date +%s%N; }
+# cpu_busy: "cpuN busy total" per CPU from /proc/stat (jiffies; busy excludes idle and iowait).
+cpu_busy() { awk '/^cpu[0-9]/ {b = 0; for (i = 2; i <= NF; i++) if (i != 5 && i != 6) b += $i; t = b + $5 + $6; print $1, b, t}' /proc/stat; }
+
+# send TOTAL: TOTAL packets from SENDERS parallel pptraffic loops; sets send_ns to the wall
+# time in ns. The loops are jobs of this shell, so the cleanup trap can stop them.
+send() {
+    local total=$1 per=$(( $1 / SENDERS )) start s pids=()
+    start=$(now_ns)
+    for ((s = 0; s < SENDERS; s++)); do
+        (
+            left=$per
+            [[ $s -eq $((SENDERS - 1)) ]] && left=$((total - per * (SENDERS - 1)))
+            run=0
+            while ((left > 0)); do
+                n=$((left < PER_RUN ? left : PER_RUN))
+                # Source ports differ per sender and run, so no two runs share a flow.
+                ip netns exec "$CLI" taskset -c "$SENDER_CPUS" "$GEN" tcp \
+                    --src 10.201.0.1 --dst 10.201.0.2 --sport $((1024 + s * 1000 + run)) \
+                    --dport 1 --flags finack --bad-checksum --count "$n" >/dev/null
+                left=$((left - n))
+                run=$((run + 1))
+            done
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    send_ns=$(( $(now_ns) - start ))
+}
+
+hz=$(getconf CLK_TCK)
+rate() { awk -v n="$1" -v ns="$2" 'BEGIN {printf "%.0f", (ns > 0 ? n / (ns / 1e9) : 0)}'; }
+secs() { awk -v ns="$1" 'BEGIN {printf "%.3f", ns / 1e9}'; }
+
+# --- 1. the generator alone --------------------------------------------------------------
+# nf_conntrack_log_invalid=255 with nf_log/2 = nfnetlink_log but no listener: conntrack
+# still calls the logger, which finds no instance for group 0 and returns.
+nf=/proc/sys/net/netfilter
+orig_log_invalid=$(in_srv cat $nf/nf_conntrack_log_invalid)
+orig_nf_log=$(in_srv cat $nf/nf_log/2)
+if [[ $BASELINE == 1 ]]; then
+    in_srv sh -c 'echo 255 > /proc/sys/net/netfilter/nf_conntrack_log_invalid; echo nfnetlink_log > /proc/sys/net/netfilter/nf_log/2'
+    k0=$(nft_invalid)
+    echo "==> baseline: $COUNT packets, no NFLOG listener"
+    send "$COUNT"
+    base_ns=$send_ns
+    sleep 0.5
+    base_invalid=$(( $(nft_invalid) - k0 ))
+    in_srv sh -c "echo $orig_log_invalid > $nf/nf_conntrack_log_invalid; echo $orig_nf_log > $nf/nf_log/2"
+fi
+
+# --- 2. with the exporter ----------------------------------------------------------------
+echo "==> exporter (CPUs $EXPORTER_CPUS) with --collector.conntrack_invalid"
+taskset -c "$EXPORTER_CPUS" ip netns exec "$SRV" "$BIN" \
+    --web.listen-address="127.0.0.1:$PORT" --collector.disable-defaults \
+    --collector.conntrack_invalid \
+    --collector.conntrack_invalid.state-file "$work/conntrack-invalid.state" \
+    2>"$work/exporter.log" &
+exporter_pid=$!
+for _ in $(seq 100); do
+    in_srv curl -sf "http://127.0.0.1:$PORT/-/healthy" >/dev/null 2>&1 && break
+    kill -0 "$exporter_pid" 2>/dev/null || { cat "$work/exporter.log" >&2; die "exporter exited"; }
+    sleep 0.1
+done
+scrape >"$work/m" || die "no metrics"
+grep -q '^packetpath_scrape_collector_success{collector="conntrack_invalid"} 1' "$work/m" || {
+    cat "$work/m" "$work/exporter.log" >&2
+    die "conntrack_invalid collector is not running"
+}
+echo "    nf_conntrack_log_invalid=$(in_srv cat /proc/sys/net/netfilter/nf_conntrack_log_invalid)" \
+    "nf_log/2=$(in_srv cat /proc/sys/net/netfilter/nf_log/2)"
+msg0=$(metric packetpath_conntrack_invalid_log_messages_total)
+ovr0=$(metric packetpath_conntrack_invalid_log_overruns_total)
+lost0=$(metric packetpath_conntrack_invalid_log_lost_total)
+k0=$(nft_invalid)
+cpu0=$(cpu_ticks "$exporter_pid")
+
+echo "==> sending $COUNT bad-checksum FIN/ACKs ($SENDERS sender(s), CPUs $SENDER_CPUS)"
+cpu_busy >"$work/stat0"
+t0=$(now_ns)
+send "$COUNT"
+cpu_busy >"$work/stat1"
+
+# Drain: poll every 0.1 s until the message count has not moved for 0.3 s (the kernel
+# flushes a partial batch to the collector after 100 ms); the receive window ends at the
+# first poll that saw the final count.
+last=-1
+t_last=$(now_ns)
+still=0
+for _ in $(seq 600); do
+    scrape >"$work/m"
+    cur=$(metric packetpath_conntrack_invalid_log_messages_total)
+    if [[ $cur == "$last" ]]; then
+        still=$((still + 1))
+        ((still < 3)) || break
+    else
+        still=0
+        last=$cur
+        t_last=$(now_ns)
+    fi
+    sleep 0.1
+done
+cpu1=$(cpu_ticks "$exporter_pid")
+kernel=$(( $(nft_invalid) - k0 ))
+msgs=$(( $(metric packetpath_conntrack_invalid_log_messages_total) - msg0 ))
+ovr=$(( $(metric packetpath_conntrack_invalid_log_overruns_total) - ovr0 ))
+lost=$(( $(metric packetpath_conntrack_invalid_log_lost_total) - lost0 ))
+errors=$(metric packetpath_conntrack_invalid_log_errors_total)
+fin_lt60=$(awk '/^packetpath_conntrack_invalid_packets_total\{.*reason="bad_checksum".*size_class="lt60".*tcp_flags="fin"/ {v += $2} END {printf "%d", v}' "$work/m")
+recv_ns=$((t_last - t0))
+cpu_s=$(awk -v t=$((cpu1 - cpu0)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
+per_cpu_s=$(awk -v n="$msgs" -v c="$cpu_s" 'BEGIN {printf "%.0f", (c > 0 ? n / c : 0)}')
+
+kill -TERM "$exporter_pid"
+wait "$exporter_pid" || true
+exporter_pid=""
+restored=$(in_srv cat /proc/sys/net/netfilter/nf_conntrack_log_invalid)
+
+echo
+echo "=== nflog-throughput: $COUNT packets, kernel $(uname -r), $(nproc) CPUs ==="
+if [[ $BASELINE == 1 ]]; then
+    printf '%-34s %s packets in %s s = %s packets/s (kernel invalid %s)\n' \
+        "generator alone (no listener):" "$COUNT" "$(secs "$base_ns")" "$(rate "$COUNT" "$base_ns")" "$base_invalid"
+fi
+printf '%-34s %s packets in %s s = %s packets/s\n' "send with the exporter:" \
+    "$COUNT" "$(secs "$send_ns")" "$(rate "$COUNT" "$send_ns")"
+printf '%-34s %s\n' "kernel invalid (nftables):" "$kernel"
+printf '%-34s %s\n' "messages received:" "$msgs"
+printf '%-34s %s (overruns %s, lost by NFULA_SEQ %s, decode errors %s)\n' \
+    "loss (kernel - messages):" "$((kernel - msgs))" "$ovr" "$lost" "$errors"
+printf '%-34s %s\n' "classified bad_checksum/lt60/fin:" "$fin_lt60"
+printf '%-34s %s s = %s messages/s\n' "receive window (first send..last):" \
+    "$(secs "$recv_ns")" "$(rate "$msgs" "$recv_ns")"
+printf '%-34s %s s on CPUs %s = %s messages per CPU-second\n' "exporter CPU (utime+stime):" \
+    "$cpu_s" "$EXPORTER_CPUS" "$per_cpu_s"
+printf '%-34s %s\n' "CPU busy during the send:" "$(join "$work/stat0" "$work/stat1" |
+    awk '{printf "%s %.0f%%  ", $1, 100 * ($4 - $2) / ($5 - $3)}')"
+printf '%-34s %s (before the exporter: %s)\n' "log_invalid after SIGTERM:" "$restored" "$orig_log_invalid"
