@@ -89,7 +89,8 @@ pub struct Args {
         long = "collector.conntrack_invalid.protocol",
         alias = "collector.conntrack-invalid.protocol",
         value_name = "N",
-        default_value_t = 255
+        default_value_t = 255,
+        value_parser = clap::value_parser!(u8).range(1..)
     )]
     pub conntrack_invalid_protocol: u8,
 
@@ -131,11 +132,17 @@ fn parse_regex(s: &str) -> Result<Regex, String> {
 }
 
 fn parse_http_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') {
-        Ok(s.to_owned())
-    } else {
-        Err("must start with '/'".into())
+    if !s.starts_with('/') {
+        return Err("must start with '/'".into());
     }
+    // The router would take these for captures or wildcards, or clash with its own routes.
+    if s.contains(['{', '}']) || s.split('/').any(|seg| seg.starts_with([':', '*'])) {
+        return Err("must be a plain path (no {, }, :name or *name segments)".into());
+    }
+    if s == "/-/healthy" || s.contains("//") {
+        return Err("must not be /-/healthy or contain an empty segment".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// Accepts Prometheus-style durations: 500ms, 5s, 1m.
@@ -375,6 +382,23 @@ mod tests {
         assert!(re.contains("unclosed group"), "{re}");
         assert!(!re.contains('\n'));
         assert!(usage(&["--scrape.timeout", "5x"]).contains("not a duration"));
+    }
+
+    #[test]
+    fn telemetry_paths() {
+        assert_eq!(parse_http_path("/metrics"), Ok("/metrics".into()));
+        assert_eq!(parse_http_path("/"), Ok("/".into()));
+        for bad in [
+            "metrics",
+            "/-/healthy",
+            "/:x",
+            "/*rest",
+            "/{",
+            "/a{b",
+            "/a//b",
+        ] {
+            assert!(parse_http_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -32,9 +32,12 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         .build()
         .map_err(|e| format!("start runtime: {e}"))?;
     runtime.block_on(async {
+        let signals = server::Signals::register().map_err(|e| format!("signal handlers: {e}"))?;
         // Bind first: a port in use must fail before any collector changes the host.
         let listener = server::bind(&cli.args.listen_address).await?;
         let scraper = Scraper::new(cli.build()?, cli.args.scrape_timeout);
+        // Whatever happens from here (an error, a panic), collectors undo their changes.
+        let _guard = RestoreOnDrop(scraper.clone());
         let addr = listener
             .local_addr()
             .map(|a| a.to_string())
@@ -47,10 +50,17 @@ fn run(cli: cli::Cli) -> Result<(), String> {
             "listening"
         );
         let app = server::router(scraper.clone(), &cli.args.telemetry_path);
-        let served = server::serve(listener, app)
+        server::serve_until_signal(listener, app, signals, || scraper.shutdown())
             .await
-            .map_err(|e| format!("serve: {e}"));
-        scraper.shutdown();
-        served
+            .map_err(|e| format!("serve: {e}"))
     })
+}
+
+/// Runs every collector's shutdown when dropped; shutdown is idempotent.
+struct RestoreOnDrop(std::sync::Arc<Scraper>);
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
 }

@@ -66,7 +66,8 @@ pub struct Scraper {
     collections: AtomicU64,
     /// Size of the last exposition, to size the next one's buffer in one allocation.
     last_len: AtomicUsize,
-    inflight: Mutex<Option<InFlight>>,
+    /// The collection in flight, by its number.
+    inflight: Mutex<Option<(u64, InFlight)>>,
 }
 
 struct Outcome {
@@ -121,25 +122,30 @@ impl Scraper {
         let fut = {
             let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             match slot.as_ref() {
-                Some(f) => f.clone(),
+                Some((_, f)) => f.clone(),
                 None => {
+                    let generation = self.collections.load(Ordering::Relaxed) + 1;
                     let me = Arc::clone(self);
-                    // Spawned, so a scraper that hangs up does not cancel the others' result.
-                    let task = tokio::spawn(async move { me.collect_all().await });
+                    // Spawned, so a scraper that hangs up does not cancel the others'
+                    // result; the task itself retires the slot when done, so a result
+                    // nobody waited for is never served later as if it were fresh.
+                    let task = tokio::spawn(async move {
+                        let out = me.collect_all().await;
+                        let mut slot = me.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+                            *slot = None;
+                        }
+                        out
+                    });
                     let f = async move { task.await.unwrap_or_default() }
                         .boxed()
                         .shared();
-                    *slot = Some(f.clone());
+                    *slot = Some((generation, f.clone()));
                     f
                 }
             }
         };
-        let out = fut.clone().await;
-        let mut slot = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|f| f.ptr_eq(&fut)) {
-            *slot = None;
-        }
-        out
+        fut.await
     }
 
     async fn run_one(&self, slot: &Slot) -> Outcome {

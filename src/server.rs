@@ -1,8 +1,10 @@
 //! HTTP: the metrics path, a landing page and a health check, with graceful shutdown.
 
+use std::future::IntoFuture;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -122,26 +124,78 @@ pub async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("listen on {addr}: {e}"))
 }
 
-/// Serves until SIGTERM or SIGINT, then finishes in-flight requests.
+/// Serves until the listener fails; for tests and embedding.
 pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    axum::serve(listener, app).await
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// The signals that end the exporter, registered before anything changes the host so
+/// that none of them can kill it with the host's settings still changed.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub fn register() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
+    }
+}
+
+/// How long open connections may take to finish after a signal.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves until a signal; then runs `on_signal` at once (collectors restore what they
+/// changed before anything else can go wrong) and drains connections for at most
+/// [`DRAIN`], or until a second signal.
+pub async fn serve_until_signal(
+    listener: TcpListener,
+    app: Router,
+    mut signals: Signals,
+    on_signal: impl FnOnce(),
+) -> std::io::Result<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let name = tokio::select! {
+        done = &mut server => {
+            on_signal();
+            return done.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        }
+        name = signals.next() => name,
     };
+    tracing::info!("{name} received, shutting down");
+    on_signal();
+    let _ = stop.send(());
     tokio::select! {
-        _ = term => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, shutting down"),
+        done = &mut server => done.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        _ = tokio::time::sleep(DRAIN) => {
+            tracing::warn!("connections still open {DRAIN:?} after {name}; exiting");
+            Ok(())
+        }
+        again = signals.next() => {
+            tracing::info!("{again} received again; exiting now");
+            Ok(())
+        }
     }
 }
 

@@ -126,3 +126,14 @@ fn version_and_help() {
     }
     assert!(!help.contains("--debug."), "debug flags are hidden");
 }
+
+#[test]
+fn telemetry_path_the_router_would_misread() {
+    for bad in ["/:metrics", "/{x}", "/-/healthy"] {
+        one_line_error(
+            &[&format!("--web.telemetry-path={bad}")],
+            2,
+            "--web.telemetry-path",
+        );
+    }
+}

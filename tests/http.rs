@@ -85,3 +85,23 @@ async fn a_collector_past_its_timeout_reports_failure_and_is_not_stacked() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert!(third.contains("packetpath_scrape_collector_success{collector=\"slow\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_nobody_waited_for_is_not_served_later() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow: Arc<dyn Collector> = Arc::new(Slow {
+        calls: calls.clone(),
+    });
+    let scraper = Scraper::new(vec![("slow", slow)], Duration::from_secs(5));
+    // The only scraper gives up before the collection ends (Prometheus' scrape timeout).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), scraper.scrape())
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The next scrape starts a collection of its own instead of taking the stale result.
+    let text = String::from_utf8(scraper.scrape().await.to_vec()).unwrap();
+    assert!(text.contains("\ntest_dumps_total 2\n"), "{text}");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -5,9 +5,10 @@
 //! `/proc/net/stat/nf_conntrack`. Everything is per network namespace: the exporter sees
 //! the namespace it runs in.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{CollectError, Collector, Config, Spec};
 use crate::LogOnce;
@@ -362,6 +363,28 @@ pub struct Conntrack {
     procfs: PathBuf,
     opts: Options,
     fallback_notice: LogOnce,
+    widened: Mutex<Widen>,
+}
+
+/// The kernel keeps these per-CPU statistics in 32 bits; summed, one CPU wrapping would
+/// make the total fall by 2^32. Each (cpu, statistic) is widened to 64 bits by adding the
+/// wrapping difference from the last read: the one piece of state this collector keeps.
+#[derive(Debug, Default)]
+struct Widen(HashMap<(u32, usize), (u32, u64)>);
+
+impl Widen {
+    fn apply(&mut self, cpus: &mut [CpuStats]) {
+        for c in cpus {
+            for (i, v) in c.values.iter_mut().enumerate() {
+                let Some(raw) = v.as_mut() else { continue };
+                let now = *raw as u32;
+                let (last, total) = self.0.entry((c.cpu, i)).or_insert((now, u64::from(now)));
+                *total = total.wrapping_add(u64::from(now.wrapping_sub(*last)));
+                *last = now;
+                *raw = *total;
+            }
+        }
+    }
 }
 
 impl Conntrack {
@@ -371,6 +394,7 @@ impl Conntrack {
             procfs: c.procfs.clone(),
             opts: c.conntrack.clone(),
             fallback_notice: LogOnce::default(),
+            widened: Mutex::new(Widen::default()),
         }
     }
 
@@ -407,7 +431,7 @@ impl Conntrack {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, CollectError> {
-        let (source, counters) = match self.read_netlink() {
+        let (source, mut counters) = match self.read_netlink() {
             Ok(c) => {
                 self.fallback_notice.reset();
                 (Source::Netlink, c)
@@ -424,6 +448,10 @@ impl Conntrack {
                 (Source::Procfs, c)
             }
         };
+        self.widened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&mut counters.cpus);
         let nf = self.procfs.join("sys/net/netfilter");
         let sysctls = SYSCTLS
             .iter()
@@ -440,5 +468,30 @@ impl Conntrack {
 impl Collector for Conntrack {
     fn collect(&self) -> Result<Vec<Family>, CollectError> {
         Ok(render(&self.snapshot()?, &self.opts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrapping_cpu_counter_keeps_the_sum_monotonic() {
+        let mut w = Widen::default();
+        let cpu = |v: u64| {
+            vec![CpuStats {
+                cpu: 1,
+                values: vec![Some(v)],
+            }]
+        };
+        let mut a = cpu(u64::from(u32::MAX) - 5);
+        w.apply(&mut a);
+        assert_eq!(a[0].values[0], Some(u64::from(u32::MAX) - 5));
+        let mut b = cpu(10);
+        w.apply(&mut b);
+        assert_eq!(b[0].values[0], Some(u64::from(u32::MAX) + 11));
+        let mut c = cpu(12);
+        w.apply(&mut c);
+        assert_eq!(c[0].values[0], Some(u64::from(u32::MAX) + 13));
     }
 }

@@ -105,6 +105,9 @@ pub struct Record {
     pub flags: TcpFlags,
     pub indev: Option<u32>,
     pub seq: Option<u32>,
+    /// Logged by conntrack ("nf_ct_…" prefix). Anything else on group 0 (an iptables or
+    /// nftables NFLOG rule, say) only advances the sequence numbers.
+    pub from_conntrack: bool,
 }
 
 /// The kernel's reason text (after "nf_ct_proto_N: ") in a bounded set.
@@ -237,14 +240,16 @@ pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
         Proto::Tcp => p.get(l4_at + 13).map_or(TcpFlags::Other, |f| flags_of(*f)),
         _ => TcpFlags::None,
     };
+    let prefix = prefix.unwrap_or_default();
     Ok(Some(Record {
         family,
         proto,
-        reason: reason_of(prefix.unwrap_or_default()),
+        reason: reason_of(prefix),
         size: size_of_frame(ip_len),
         flags,
         indev,
         seq,
+        from_conntrack: prefix.starts_with("nf_ct_"),
     }))
 }
 
@@ -289,6 +294,10 @@ impl Counts {
     }
 
     pub fn record(&self, r: &Record) {
+        self.track_seq(r.seq);
+        if !r.from_conntrack {
+            return;
+        }
         self.messages.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.classes.get(class_index(r)) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +311,10 @@ impl Counts {
             };
             *devices.entry(key).or_default() += 1;
         }
-        if let Some(seq) = r.seq {
+    }
+
+    fn track_seq(&self, seq: Option<u32>) {
+        if let Some(seq) = seq {
             // NFULA_SEQ counts every message the instance sent: a jump is messages lost.
             let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(prev) = *last {
@@ -446,17 +458,29 @@ impl Settings {
         })
     }
 
-    pub fn write(&self, procfs: &Path) -> std::io::Result<()> {
+    /// Writes every setting, trying all three even when one fails. Applying, the loggers
+    /// go first (so nothing logs to syslog meanwhile); restoring, logging stops first.
+    pub fn write(&self, procfs: &Path, restoring: bool) -> Result<(), String> {
         let [a, b, c] = Settings::paths(procfs);
-        for (path, value) in [
-            (&b, &self.nf_log_v4),
-            (&c, &self.nf_log_v6),
-            (&a, &self.log_invalid),
-        ] {
-            std::fs::write(path, value)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let mut steps = vec![(b, &self.nf_log_v4), (c, &self.nf_log_v6)];
+        if restoring {
+            steps.insert(0, (a, &self.log_invalid));
+        } else {
+            steps.push((a, &self.log_invalid));
         }
-        Ok(())
+        let errors: Vec<String> = steps
+            .into_iter()
+            .filter_map(|(path, value)| {
+                std::fs::write(&path, value)
+                    .err()
+                    .map(|e| format!("{}: {e}", path.display()))
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     fn to_state(&self) -> String {
@@ -502,7 +526,11 @@ fn configure(sock: &NlSocket, seq: u32, payload: &[u8]) -> Result<(), i32> {
         for m in wire::messages(FAMILY, buf.get(..n).unwrap_or_default()).flatten() {
             if m.seq == seq && m.ty == wire::NLMSG_ERROR {
                 let code = wire::read_u32_ne(m.payload, 0).map_or(0, |c| c as i32);
-                return if code < 0 { Err(-code) } else { Ok(()) };
+                return if code < 0 {
+                    Err(code.saturating_neg())
+                } else {
+                    Ok(())
+                };
             }
         }
     }
@@ -666,7 +694,7 @@ impl ConntrackInvalid {
             nf_log_v4: "nfnetlink_log".into(),
             nf_log_v6: "nfnetlink_log".into(),
         };
-        if let Err(e) = ours.write(&self.procfs) {
+        if let Err(e) = ours.write(&self.procfs, false) {
             self.restore();
             return Err(format!("changing conntrack log settings: {e}"));
         }
@@ -689,7 +717,7 @@ impl ConntrackInvalid {
         else {
             return;
         };
-        match original.write(&self.procfs) {
+        match original.write(&self.procfs, true) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&self.state_file);
                 tracing::info!(nf_conntrack_log_invalid = %original.log_invalid, "conntrack log settings restored");
@@ -880,12 +908,29 @@ mod tests {
             flags: TcpFlags::Fin,
             indev: Some(7),
             seq: None,
+            from_conntrack: true,
         };
         assert_eq!(counts.classes[class_index(&r)].load(Ordering::Relaxed), 2);
         let mut out = Vec::new();
         crate::render::encode_text(counts.render(), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("packetpath_conntrack_invalid_packets_total{family=\"ipv4\",protocol=\"tcp\",reason=\"bad_checksum\",size_class=\"lt60\",tcp_flags=\"fin\"} 2\n"), "{text}");
+    }
+
+    #[test]
+    fn other_nflog_users_are_not_counted_as_invalid() {
+        let counts = Counts::new(4);
+        let mut dgram = packet_msg(2, b"nf_ct_proto_6: bad checksum \0", &finack_v4(), 1);
+        dgram.extend(packet_msg(2, b"DROP-IN \0", &finack_v4(), 2));
+        dgram.extend(packet_msg(
+            2,
+            b"nf_ct_proto_6: bad checksum \0",
+            &finack_v4(),
+            3,
+        ));
+        counts.ingest(&dgram);
+        assert_eq!(counts.messages.load(Ordering::Relaxed), 2);
+        assert_eq!(counts.lost.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -924,6 +969,7 @@ mod tests {
                 flags: TcpFlags::None,
                 indev: Some(dev),
                 seq: None,
+                from_conntrack: true,
             });
         }
         let devices = counts.devices.lock().unwrap();

@@ -260,13 +260,14 @@ pub fn read_dump(
                     Control::Skip => Ok(None),
                 });
             match step {
+                Ok(Some(_)) if dump.flows >= max => {
+                    // A flow past the cap: the dump really is cut short.
+                    dump.truncated = true;
+                    return false;
+                }
                 Ok(Some(f)) => {
                     on_flow(f);
                     dump.flows += 1;
-                    if dump.flows >= max {
-                        dump.truncated = true;
-                        return false;
-                    }
                 }
                 Ok(None) if done => return false,
                 Ok(None) => {}
@@ -382,10 +383,10 @@ impl OvsFlows {
             },
         )?;
         // Flows missing from a complete dump were evicted: their counts are already in the
-        // totals. A truncated dump proves nothing about the flows it did not reach.
-        if !dump.truncated {
-            dp.flows.retain(|_, (_, _, g)| *g == generation);
-        }
+        // totals. A truncated dump proves nothing about the flows it did not reach, so
+        // those are kept a few scrapes more, never for ever (memory stays bounded).
+        let keep = if dump.truncated { 3 } else { 0 };
+        dp.flows.retain(|_, (_, _, g)| generation - *g <= keep);
         // Totals follow the ports that exist, so deleted VM ports do not pile up; flows
         // from ports the vport dump did not name ("port<N>", "none") are kept as they are.
         dp.totals.retain(|(port, role, _), _| {
@@ -703,6 +704,15 @@ mod tests {
         let text = scrape(&c);
         assert!(text.contains(&format!("{SERIES} 9\n")), "{text}");
         assert!(text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 1\n"));
+        // Exactly at the cap is a complete dump.
+        let kernel = Arc::new(FakeKernel {
+            flows: Mutex::new(vec![inv_drop(1, 4), inv_drop(2, 5)]),
+        });
+        let text = scrape(&collector(kernel, 2));
+        assert!(
+            text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]
