@@ -34,6 +34,10 @@ pub struct Args {
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
     pub telemetry_path: String,
 
+    /// Concurrent scrapes served at most; more get 503 (0: no limit).
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
+    pub max_requests: usize,
+
     /// Disable every collector that is on by default; enable some again with --collector.<name>.
     #[arg(long = "collector.disable-defaults")]
     pub disable_defaults: bool,

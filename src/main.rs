@@ -49,7 +49,11 @@ fn run(cli: cli::Cli) -> Result<(), String> {
             version = packetpath_exporter::scrape::VERSION,
             "listening"
         );
-        let app = server::router(scraper.clone(), &cli.args.telemetry_path);
+        let app = server::router(
+            scraper.clone(),
+            &cli.args.telemetry_path,
+            cli.args.max_requests,
+        );
         server::serve_until_signal(listener, app, signals, || scraper.shutdown())
             .await
             .map_err(|e| format!("serve: {e}"))

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -23,15 +24,31 @@ struct App {
     landing: Arc<String>,
 }
 
-pub fn router(scraper: Arc<Scraper>, telemetry_path: &str) -> Router {
+/// `max_requests` caps concurrent scrapes of the metrics path (0: no cap); past it a
+/// request gets 503 at once, as node_exporter's --web.max-requests does.
+pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, max_requests: usize) -> Router {
     let landing = landing_page(telemetry_path, &scraper.names());
     let app = App {
         scraper,
         landing: Arc::new(landing),
     };
+    let mut metrics_route = get(metrics);
+    if max_requests > 0 {
+        metrics_route = metrics_route.layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: axum::BoxError| async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many concurrent scrapes\n",
+                    )
+                }))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                .layer(tower::limit::ConcurrencyLimitLayer::new(max_requests)),
+        );
+    }
     let mut r = Router::new()
         .route("/-/healthy", get(|| async { "OK\n" }))
-        .route(telemetry_path, get(metrics));
+        .route(telemetry_path, metrics_route);
     if telemetry_path != "/" {
         r = r.route("/", get(landing_handler));
     }

@@ -92,6 +92,7 @@ fn version_and_help() {
     for flag in [
         "--web.listen-address",
         "--web.telemetry-path",
+        "--web.max-requests",
         "--collector.disable-defaults",
         "--path.procfs",
         "--path.sysfs",

@@ -48,7 +48,7 @@ async fn ten_concurrent_scrapes_cause_one_collection() {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(server::serve(
         listener,
-        server::router(scraper.clone(), "/metrics"),
+        server::router(scraper.clone(), "/metrics", 40),
     ));
 
     let bodies = futures::future::join_all((0..10).map(|_| get(port))).await;
@@ -104,4 +104,30 @@ async fn a_result_nobody_waited_for_is_not_served_later() {
     let text = String::from_utf8(scraper.scrape().await.to_vec()).unwrap();
     assert!(text.contains("\ntest_dumps_total 2\n"), "{text}");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_beyond_max_requests_get_503() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow: Arc<dyn Collector> = Arc::new(Slow {
+        calls: calls.clone(),
+    });
+    let scraper = Scraper::new(vec![("slow", slow)], Duration::from_secs(5));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(server::serve(
+        listener,
+        server::router(scraper, "/metrics", 1),
+    ));
+    let first = tokio::spawn(get(port));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = get(port).await;
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    assert!(
+        second.ends_with("too many concurrent scrapes\n"),
+        "{second}"
+    );
+    assert!(first.await.unwrap().starts_with("HTTP/1.1 200"));
+    // The slot is free again once the first scrape is done.
+    assert!(get(port).await.starts_with("HTTP/1.1 200"));
 }

@@ -18,6 +18,7 @@ declare -A need=(
     [util-linux]=/usr/bin/setpriv     # the unprivileged exporter
     [qemu-system-x86]=/usr/bin/qemu-system-x86_64  # the OVS kernel test bed (tests/vm)
     [python3]=/usr/bin/python3        # tests/vm/elfdeps.py, the guest's library closure
+    [systemd]=/usr/bin/systemd-analyze  # systemd-analyze verify of the unit
 )
 missing=()
 for pkg in "${!need[@]}"; do
