@@ -19,6 +19,7 @@ declare -A need=(
     [qemu-system-x86]=/usr/bin/qemu-system-x86_64  # the OVS kernel test bed (tests/vm)
     [python3]=/usr/bin/python3        # tests/vm/elfdeps.py, the guest's library closure
     [systemd]=/usr/bin/systemd-analyze  # systemd-analyze verify of the unit
+    [python3-yaml]=/usr/lib/python3/dist-packages/yaml/__init__.py  # parsing deploy/kubernetes
 )
 missing=()
 for pkg in "${!need[@]}"; do
