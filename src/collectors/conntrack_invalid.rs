@@ -744,20 +744,8 @@ fn per_namespace(path: &Path) -> PathBuf {
 /// The listener: reads datagrams until told to stop; ENOBUFS means the kernel dropped
 /// messages for want of socket buffer, and is counted, never ignored.
 fn listen(sock: NlSocket, shared: &Shared) {
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: a valid fd and timeval.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    // Wake up regularly to see whether shutdown asked the thread to stop.
+    let _ = crate::netlink::set_recv_timeout(&sock, std::time::Duration::from_millis(200));
     let mut buf = vec![0u8; 256 * 1024];
     while !shared.stop.load(Ordering::Relaxed) {
         match sock.recv(&mut buf[..], Msg::empty()) {

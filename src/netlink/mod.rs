@@ -238,7 +238,8 @@ impl Transport for KernelTransport {
     }
 }
 
-fn set_recv_timeout(sock: &NlSocket, timeout: Duration) -> std::io::Result<()> {
+/// SO_RCVTIMEO: a receive that waits longer fails with EAGAIN instead of blocking.
+pub fn set_recv_timeout(sock: &NlSocket, timeout: Duration) -> std::io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
         tv_usec: timeout.subsec_micros().into(),
