@@ -41,7 +41,9 @@ pub struct Options {
 }
 
 impl Options {
-    fn wants(&self, device: &str) -> bool {
+    /// Whether a device passes --collector.interfaces.device-include/exclude (the OVS
+    /// vport series follow the same filter).
+    pub fn wants(&self, device: &str) -> bool {
         self.device_include
             .as_ref()
             .is_none_or(|re| re.is_match(device))

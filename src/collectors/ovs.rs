@@ -400,7 +400,7 @@ pub fn fetch_topology(
         .collect()
 }
 
-pub fn render(topo: &[Topology]) -> Vec<Family> {
+pub fn render(topo: &[Topology], devices: &super::interfaces::Options) -> Vec<Family> {
     const DP: &[&str] = &["datapath"];
     let mut lookups = Family::counter(
         "packetpath_ovs_datapath_lookups_total",
@@ -460,7 +460,12 @@ pub fn render(topo: &[Topology]) -> Vec<Family> {
                 cache_hits.push(&[dp], c as f64);
             }
         }
-        for (v, role) in t.vports.iter().zip(&t.roles) {
+        for (v, role) in t
+            .vports
+            .iter()
+            .zip(&t.roles)
+            .filter(|(v, _)| devices.wants(&v.name))
+        {
             if let Some(s) = &v.stats {
                 for (f, c) in vport_families.iter_mut().zip(vport_counters) {
                     f.push(&[dp, &v.name, role], (c.get)(s) as f64);
@@ -480,6 +485,7 @@ pub fn render(topo: &[Topology]) -> Vec<Family> {
 pub struct Ovs {
     transport: Arc<dyn Transport>,
     rules: RoleRules,
+    devices: super::interfaces::Options,
     families: FamilyCache,
     kinds: LinkKinds,
 }
@@ -489,6 +495,7 @@ impl Ovs {
         Ovs {
             transport: c.transport.clone(),
             rules: c.roles.clone(),
+            devices: c.interfaces.clone(),
             families: FamilyCache::default(),
             kinds: LinkKinds::default(),
         }
@@ -501,6 +508,47 @@ impl Collector for Ovs {
         let topo = self
             .families
             .with(t, |f| fetch_topology(t, f, &self.kinds, &self.rules))?;
-        Ok(render(&topo))
+        Ok(render(&topo, &self.devices))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vport_series_follow_the_device_filter() {
+        let vport = |no: u32, name: &str| Vport {
+            port_no: no,
+            ty: 1,
+            name: name.into(),
+            ifindex: None,
+            stats: Some(Stats::default()),
+            upcalls: None,
+        };
+        let topo = [Topology {
+            datapath: Datapath {
+                ifindex: 7,
+                name: "ovs-system".into(),
+                stats: None,
+                megaflow: None,
+            },
+            vports: vec![
+                vport(1, "genev_sys_6081"),
+                vport(2, "tap1"),
+                vport(3, "tap2"),
+            ],
+            roles: vec!["tunnel", "vm", "vm"],
+        }];
+        let devices = crate::collectors::interfaces::Options {
+            device_include: None,
+            device_exclude: Some(regex::Regex::new("^tap2$").unwrap()),
+        };
+        let mut out = Vec::new();
+        crate::render::encode_text(render(&topo, &devices), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("vport=\"tap1\""));
+        assert!(text.contains("vport=\"genev_sys_6081\""));
+        assert!(!text.contains("tap2"), "{text}");
     }
 }
