@@ -149,18 +149,8 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let user = Command::new("podman")
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--runtime",
-            "runc",
-            "top",
-            &name,
-            "user",
-        ])
+    let user = podman()
+        .args(["top", &name, "user"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();

@@ -37,8 +37,9 @@ async fn get(port: u16) -> String {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_concurrent_scrapes_cause_one_collection() {
+/// A server on an ephemeral port over one slow collector: (its call count, the scraper,
+/// the port).
+async fn serve_slow(max_requests: usize) -> (Arc<AtomicUsize>, Arc<Scraper>, u16) {
     let calls = Arc::new(AtomicUsize::new(0));
     let slow: Arc<dyn Collector> = Arc::new(Slow {
         calls: calls.clone(),
@@ -48,8 +49,14 @@ async fn ten_concurrent_scrapes_cause_one_collection() {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(server::serve(
         listener,
-        server::router(scraper.clone(), "/metrics", 40),
+        server::router(scraper.clone(), "/metrics", max_requests),
     ));
+    (calls, scraper, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_scrapes_cause_one_collection() {
+    let (calls, scraper, port) = serve_slow(40).await;
 
     let bodies = futures::future::join_all((0..10).map(|_| get(port))).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -108,17 +115,7 @@ async fn a_result_nobody_waited_for_is_not_served_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrapes_beyond_max_requests_get_503() {
-    let calls = Arc::new(AtomicUsize::new(0));
-    let slow: Arc<dyn Collector> = Arc::new(Slow {
-        calls: calls.clone(),
-    });
-    let scraper = Scraper::new(vec![("slow", slow)], Duration::from_secs(5));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(server::serve(
-        listener,
-        server::router(scraper, "/metrics", 1),
-    ));
+    let (_, _, port) = serve_slow(1).await;
     let first = tokio::spawn(get(port));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let second = get(port).await;
