@@ -19,7 +19,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -74,6 +73,22 @@ fn start(ns: &Netns, port: u16, state: &Path, enable: &str, extra: &[&str]) -> E
     ];
     args.extend_from_slice(extra);
     Exporter::start(ns, port, None, &args)
+}
+
+/// A conntrack bed with checksum checking on and the exporter (conntrack_invalid enabled,
+/// its own state file) in the server namespace.
+fn checksum_bed(tag: &str, port: u16) -> (ConntrackBed, StateDir, Exporter) {
+    let bed = ConntrackBed::new();
+    bed.set_checksum(true);
+    let state = StateDir::new(tag);
+    let e = start(
+        &bed.srv,
+        port,
+        &state.file(),
+        "--collector.conntrack_invalid",
+        &[],
+    );
+    (bed, state, e)
 }
 
 /// The three settings the collector changes, as the namespace has them now.
@@ -265,16 +280,7 @@ fn every_class_of_invalid_packet_is_counted_exactly() {
     if !require_root("every_class_of_invalid_packet_is_counted_exactly") {
         return;
     }
-    let bed = ConntrackBed::new();
-    bed.set_checksum(true);
-    let state = StateDir::new("classes");
-    let e = start(
-        &bed.srv,
-        19500,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let (bed, _state, e) = checksum_bed("classes", 19500);
     let kinds = kinds();
     // The test's own arithmetic first: each kind's frames are in the class it expects.
     for k in &kinds {
@@ -591,21 +597,11 @@ impl NflogListener {
         let sock = ns.enter(|| {
             NlSocket::connect(NlFamily::Netfilter, None, Groups::empty()).expect("nfnetlink socket")
         });
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        // SAFETY: a valid fd and timeval.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
+        packetpath_exporter::netlink::set_recv_timeout(
+            &sock,
+            std::time::Duration::from_millis(200),
+        )
+        .expect("SO_RCVTIMEO");
         let l = NflogListener { sock };
         assert_eq!(
             l.config(1, NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND]),
@@ -764,16 +760,7 @@ fn messages_lost_while_the_exporter_is_stalled_are_counted_exactly() {
     if !require_root("messages_lost_while_the_exporter_is_stalled_are_counted_exactly") {
         return;
     }
-    let bed = ConntrackBed::new();
-    bed.set_checksum(true);
-    let state = StateDir::new("loss");
-    let e = start(
-        &bed.srv,
-        19505,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let (bed, _state, e) = checksum_bed("loss", 19505);
     let m0 = e.scrape();
     let nft0 = bed.nft_invalid_drops();
     let finack = tcp_segment(45000, 80, tcp::FIN | tcp::ACK, &[], true);

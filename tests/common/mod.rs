@@ -493,20 +493,7 @@ pub fn tcp_syn(sport: u16, dport: u16, corrupt: bool) -> Vec<u8> {
 /// Sends segments from a raw IPPROTO_TCP socket; the kernel adds the IP header and leaves
 /// the TCP checksum as given. Must run inside the client namespace.
 pub fn send_segments(segments: &[Vec<u8>]) {
-    // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
-    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd was just returned by socket(2).
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(SERVER),
-        },
-        sin_zero: [0; 8],
-    };
-    send_to(&fd, segments.iter().map(Vec::as_slice), &addr, "raw TCP");
+    send_l4(libc::IPPROTO_TCP, segments);
 }
 
 /// A server namespace with conntrack active (nftables drops ct state invalid) and a
