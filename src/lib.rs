@@ -2,7 +2,8 @@
 //!
 //! Layout: `collectors/` holds one module per source (fetch → parse → render) and the one
 //! registry list; `netlink/` the transport trait and the pure wire decoder; `scrape` runs
-//! collectors; `server` serves HTTP; `cli` turns flags into a [`collectors::Config`].
+//! collectors; `server` serves HTTP and `web` secures it (TLS, basic auth); `cli` turns
+//! flags into a [`collectors::Config`].
 
 pub mod cli;
 pub mod collectors;
@@ -12,6 +13,7 @@ pub mod render;
 pub mod roles;
 pub mod scrape;
 pub mod server;
+pub mod web;
 
 use std::sync::Mutex;
 

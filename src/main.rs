@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use packetpath_exporter::cli::{self, Exit};
-use packetpath_exporter::{logging, scrape::Scraper, server};
+use packetpath_exporter::{logging, scrape::Scraper, server, web};
 
 fn main() -> ExitCode {
     let cli = match cli::parse_from(std::env::args_os()) {
@@ -33,6 +33,10 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         .map_err(|e| format!("start runtime: {e}"))?;
     runtime.block_on(async {
         let signals = server::Signals::register().map_err(|e| format!("signal handlers: {e}"))?;
+        let web = match &cli.args.web_config_file {
+            Some(file) => web::load(file).map_err(|e| e.to_string())?,
+            None => web::WebConfig::default(),
+        };
         // Bind first: a port in use must fail before any collector changes the host.
         let listener = server::bind(&cli.args.listen_address).await?;
         let scraper = Scraper::new(cli.build()?, cli.args.scrape_timeout);
@@ -45,18 +49,27 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         tracing::info!(
             address = %addr,
             path = %cli.args.telemetry_path,
+            tls = web.tls.is_some(),
+            basic_auth = web.guard.requires_auth(),
             collectors = %scraper.names().join(","),
             version = packetpath_exporter::scrape::VERSION,
             "listening"
         );
-        let app = server::router(
+        let app = web.guard.protect(server::router(
             scraper.clone(),
             &cli.args.telemetry_path,
             cli.args.max_requests,
-        );
-        server::serve_until_signal(listener, app, signals, || scraper.shutdown())
-            .await
-            .map_err(|e| format!("serve: {e}"))
+        ));
+        let restore = || scraper.shutdown();
+        match web.tls {
+            Some(tls) => {
+                let listener =
+                    web::TlsListener::new(listener, tls).map_err(|e| format!("listen: {e}"))?;
+                server::serve_until_signal(listener, app, signals, restore).await
+            }
+            None => server::serve_until_signal(listener, app, signals, restore).await,
+        }
+        .map_err(|e| format!("serve: {e}"))
     })
 }
 

@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 use crate::scrape::{self, Scraper};
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Answers "OK" to anyone, credentials or not: it is what liveness probes ask.
+pub const HEALTH_PATH: &str = "/-/healthy";
 
 #[derive(Clone)]
 struct App {
@@ -47,7 +49,7 @@ pub fn router(scraper: Arc<Scraper>, telemetry_path: &str, max_requests: usize) 
         );
     }
     let mut r = Router::new()
-        .route("/-/healthy", get(|| async { "OK\n" }))
+        .route(HEALTH_PATH, get(|| async { "OK\n" }))
         .route(telemetry_path, metrics_route);
     if telemetry_path != "/" {
         r = r.route("/", get(landing_handler));
@@ -179,12 +181,16 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Serves until a signal; then runs `on_signal` at once (collectors restore what they
 /// changed before anything else can go wrong) and drains connections for at most
 /// [`DRAIN`], or until a second signal.
-pub async fn serve_until_signal(
-    listener: TcpListener,
+pub async fn serve_until_signal<L>(
+    listener: L,
     app: Router,
     mut signals: Signals,
     on_signal: impl FnOnce(),
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
         axum::serve(listener, app)

@@ -1,28 +1,8 @@
 //! Bad input ends the program with one clear line on stderr and a non-zero status.
 
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_packetpath-exporter");
-
-/// Runs the binary; returns (exit code, stdout, stderr).
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn one_line_error(args: &[&str], code: i32, contains: &str) {
-    let (c, out, err) = run(args);
-    assert_eq!(c, code, "{args:?}: {err}");
-    assert_eq!(out, "");
-    assert_eq!(err.lines().count(), 1, "{args:?} printed:\n{err}");
-    assert!(err.starts_with("packetpath-exporter: "), "{err}");
-    assert!(err.contains(contains), "{args:?}: {err}");
-    assert!(!err.contains("panicked") && !err.contains("backtrace"));
-}
+use common::{one_line_error, run};
 
 #[test]
 fn invalid_regex() {

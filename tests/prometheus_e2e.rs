@@ -16,12 +16,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ConntrackBed, Exporter, Netns, require_root, send_segments, tcp_syn};
+use common::{ConntrackBed, Exporter, KillOnDrop, Netns, require_root, send_segments, tcp_syn};
 
 const PROM_PORT: u16 = 19090;
 const ALERTS: [&str; 3] = [
@@ -38,15 +38,8 @@ fn repo(p: &str) -> String {
 }
 
 struct Prometheus {
-    child: Child,
+    _child: KillOnDrop,
     ns: String,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Prometheus {
@@ -75,26 +68,8 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let child = match Command::new("ip")
-            .args(["netns", "exec", &ns.name, "prometheus"])
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{PROM_PORT}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => panic!("starting prometheus (Debian package prometheus): {e}"),
-        };
         let p = Prometheus {
-            child,
+            _child: common::spawn_prometheus(&["ip", "netns", "exec", &ns.name], dir, PROM_PORT),
             ns: ns.name.clone(),
         };
         common::wait_for("prometheus to be ready", Duration::from_secs(30), || {

@@ -23,7 +23,9 @@ declare -A need=(
     [buildah]=/usr/bin/buildah        # building the image (tests/container.rs)
     [podman]=/usr/bin/podman          # running it
     [runc]=/usr/bin/runc               # podman's runtime here (crun fails on hybrid cgroups)
-    [curl]=/usr/bin/curl              # scraping the container
+    [curl]=/usr/bin/curl              # scraping the container; the TLS client in tests/web.rs
+    [openssl]=/usr/bin/openssl        # certificates for the TLS tests
+    [apache2-utils]=/usr/bin/htpasswd  # bcrypt hashes for the basic auth tests
 )
 missing=()
 for pkg in "${!need[@]}"; do

@@ -41,6 +41,67 @@ pub fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs the binary; returns (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("spawn exporter");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts the binary stops with `code` and one line on stderr that contains `contains`;
+/// returns that line.
+pub fn one_line_error(args: &[&str], code: i32, contains: &str) -> String {
+    let (c, out, err) = run(args);
+    assert_eq!(c, code, "{args:?}: {err}");
+    assert_eq!(out, "");
+    assert_eq!(err.lines().count(), 1, "{args:?} printed:\n{err}");
+    assert!(err.starts_with("packetpath-exporter: "), "{err}");
+    assert!(err.contains(contains), "{args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"));
+    err
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts Debian's prometheus on `dir`/prometheus.yml with its data under `dir`/data,
+/// listening on 127.0.0.1:`port`; `wrapper` runs it (e.g. `ip netns exec NS`).
+pub fn spawn_prometheus(wrapper: &[&str], dir: &std::path::Path, port: u16) -> KillOnDrop {
+    let (program, args) = match wrapper.split_first() {
+        Some((p, rest)) => (*p, rest.iter().copied().chain(["prometheus"]).collect()),
+        None => ("prometheus", Vec::new()),
+    };
+    let child = Command::new(program)
+        .args(args)
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting prometheus (Debian package prometheus): {e}"));
+    KillOnDrop(child)
+}
+
 /// A network namespace that is deleted (with everything in it) when dropped.
 pub struct Netns {
     pub name: String,

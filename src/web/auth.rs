@@ -1,0 +1,202 @@
+//! Basic auth against bcrypt hashes, and the response headers the web config sets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+
+use crate::server::HEALTH_PATH;
+
+/// Users and their bcrypt hashes. A bcrypt check costs tens of milliseconds by design, so
+/// the password last verified for each user is remembered and a scrape every few seconds
+/// does not pay it again; wrong passwords always pay it, one at a time.
+pub(super) struct BasicAuth {
+    users: BTreeMap<String, String>,
+    verified: Mutex<HashMap<String, Vec<u8>>>,
+    bcrypt_turn: tokio::sync::Mutex<()>,
+}
+
+impl BasicAuth {
+    /// Checks every hash; the error names the user, never the hash.
+    pub(super) fn new(users: BTreeMap<String, String>) -> Result<BasicAuth, (String, String)> {
+        for (user, hash) in &users {
+            if user.contains(':') {
+                return Err((user.clone(), "a user name cannot contain ':'".into()));
+            }
+            if hash.parse::<bcrypt::HashParts>().is_err() {
+                return Err((user.clone(), "the password is not a bcrypt hash".into()));
+            }
+        }
+        Ok(BasicAuth {
+            users,
+            verified: Mutex::new(HashMap::new()),
+            bcrypt_turn: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub(super) async fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some((user, password)) = authorization.and_then(credentials) else {
+            return false;
+        };
+        {
+            let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if verified
+                .get(&user)
+                .is_some_and(|known| same(known, &password))
+            {
+                return true;
+            }
+        }
+        let known = self.users.get(&user).cloned();
+        // An unknown user is checked against a real hash too, so that the answer takes as
+        // long as for a known one and does not tell which users exist.
+        let Some(hash) = known
+            .clone()
+            .or_else(|| self.users.values().next().cloned())
+        else {
+            return false;
+        };
+        let _turn = self.bcrypt_turn.lock().await;
+        let pw = password.clone();
+        let matched = tokio::task::spawn_blocking(move || bcrypt::verify(&pw, &hash))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+        let ok = matched && known.is_some();
+        if ok {
+            self.verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(user, password);
+        }
+        ok
+    }
+}
+
+/// `Basic base64(user:password)` → (user, password); None for anything else.
+fn credentials(v: &HeaderValue) -> Option<(String, Vec<u8>)> {
+    let (scheme, rest) = v.to_str().ok()?.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let colon = raw.iter().position(|&b| b == b':')?;
+    let (user, password) = raw.split_at(colon);
+    let user = String::from_utf8(user.to_vec()).ok()?;
+    Some((user, password.get(1..)?.to_vec()))
+}
+
+/// Equality whose time does not depend on where the inputs differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What the web config puts in front of every route: basic auth (all but the health check,
+/// which kubelet and systemd probes reach without credentials and which says only "OK"),
+/// and extra response headers.
+#[derive(Clone, Default)]
+pub struct Guard {
+    auth: Option<Arc<BasicAuth>>,
+    headers: Arc<HeaderMap>,
+}
+
+impl Guard {
+    pub(super) fn new(auth: Option<Arc<BasicAuth>>, headers: HeaderMap) -> Guard {
+        Guard {
+            auth,
+            headers: Arc::new(headers),
+        }
+    }
+
+    pub fn requires_auth(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    pub fn protect(&self, router: Router) -> Router {
+        if self.auth.is_none() && self.headers.is_empty() {
+            return router;
+        }
+        router.layer(axum::middleware::from_fn_with_state(self.clone(), guard))
+    }
+}
+
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let allowed = match &g.auth {
+        Some(auth) if req.uri().path() != HEALTH_PATH => {
+            auth.allows(req.headers().get(header::AUTHORIZATION)).await
+        }
+        _ => true,
+    };
+    let mut resp = if allowed {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic")],
+            "Unauthorized\n",
+        )
+            .into_response()
+    };
+    for (name, value) in g.headers.iter() {
+        resp.headers_mut().insert(name, value.clone());
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(s: &str) -> HeaderValue {
+        let enc = base64::engine::general_purpose::STANDARD.encode(s);
+        HeaderValue::from_str(&format!("Basic {enc}")).unwrap()
+    }
+
+    #[test]
+    fn credentials_split_at_the_first_colon() {
+        assert_eq!(
+            credentials(&basic("u:p:q")),
+            Some(("u".into(), b"p:q".to_vec()))
+        );
+        assert_eq!(credentials(&basic("u:")), Some(("u".into(), vec![])));
+        assert_eq!(credentials(&basic("nocolon")), None);
+        assert_eq!(credentials(&HeaderValue::from_static("Bearer abc")), None);
+        assert_eq!(credentials(&HeaderValue::from_static("Basic !!!")), None);
+        assert_eq!(credentials(&HeaderValue::from_static("Basic")), None);
+    }
+
+    #[test]
+    fn hashes_are_checked_at_load() {
+        let users = |h: &str| BTreeMap::from([("prom".to_owned(), h.to_owned())]);
+        let e = BasicAuth::new(users("secret")).err().unwrap();
+        assert_eq!(
+            e,
+            ("prom".into(), "the password is not a bcrypt hash".into())
+        );
+        let colon = BTreeMap::from([("a:b".to_owned(), "x".to_owned())]);
+        assert!(BasicAuth::new(colon).is_err());
+    }
+
+    #[tokio::test]
+    async fn right_wrong_and_unknown() {
+        // Cost 4 keeps the test fast; htpasswd's $2y$ hashes are tested in tests/web.rs.
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
+        assert!(!auth.allows(None).await);
+        assert!(!auth.allows(Some(&basic("prom:wrong"))).await);
+        assert!(!auth.allows(Some(&basic("other:s3cret"))).await);
+        assert!(auth.allows(Some(&basic("prom:s3cret"))).await);
+        // Remembered, and the memory does not widen what passes.
+        assert!(auth.allows(Some(&basic("prom:s3cret"))).await);
+        assert!(!auth.allows(Some(&basic("prom:s3cret2"))).await);
+        assert!(!auth.allows(Some(&basic("prom:s3cre"))).await);
+    }
+}

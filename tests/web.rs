@@ -1,0 +1,601 @@
+//! `--web.config.file` against real clients: curl for TLS versions, client certificates and
+//! basic auth, openssl s_client for certificate rotation, and Debian's Prometheus scraping
+//! over TLS with a client certificate and basic auth. Certificates come from the openssl
+//! command, password hashes from htpasswd (`$2y$`, as the Prometheus docs suggest).
+//!
+//! Everything runs on 127.0.0.1 with the unprivileged interfaces collector, so no root.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, KillOnDrop, one_line_error, sh, wait_for};
+
+const PASSWORD: &str = "s3cret-Passw0rd";
+
+/// A scratch directory with a CA, a server certificate for 127.0.0.1/localhost, a client
+/// certificate from the same CA, and a client certificate from a CA the server does not
+/// trust.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("pp-web-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let pki = Pki { dir };
+        pki.ca("ca");
+        pki.ca("rogue-ca");
+        pki.leaf("server", "ca", "ec", "serverAuth");
+        pki.leaf("client", "ca", "ec", "clientAuth");
+        pki.leaf("rogue-client", "rogue-ca", "ec", "clientAuth");
+        pki
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn openssl(&self, args: &str) {
+        sh(&format!("cd {} && openssl {args} 2>&1", self.dir.display()));
+    }
+
+    fn ca(&self, name: &str) {
+        self.openssl(&format!(
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+             -subj /CN={name} -keyout {name}.key -out {name}.crt"
+        ));
+    }
+
+    /// A leaf certificate `name`.crt signed by `ca`; `key` "ec" (PKCS#8) or "rsa" (PKCS#1,
+    /// "BEGIN RSA PRIVATE KEY", as older tooling writes it).
+    fn leaf(&self, name: &str, ca: &str, key: &str, usage: &str) {
+        match key {
+            "rsa" => self.openssl(&format!("genrsa -traditional -out {name}.key 2048")),
+            _ => self.openssl(&format!(
+                "genpkey -algorithm ec -pkeyopt ec_paramgen_curve:P-256 -out {name}.key"
+            )),
+        }
+        self.openssl(&format!(
+            "req -new -key {name}.key -subj /CN={name} -out {name}.csr"
+        ));
+        fs::write(
+            self.dir.join(format!("{name}.ext")),
+            format!(
+                "basicConstraints=critical,CA:FALSE\nextendedKeyUsage={usage}\n\
+                 subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+            ),
+        )
+        .unwrap();
+        self.openssl(&format!(
+            "x509 -req -in {name}.csr -CA {ca}.crt -CAkey {ca}.key -CAcreateserial -days 2 \
+             -extfile {name}.ext -out {name}.crt"
+        ));
+    }
+
+    fn serial(&self, cert: &str) -> String {
+        sh(&format!(
+            "openssl x509 -noout -serial -in {}",
+            self.path(cert)
+        ))
+        .trim()
+        .to_owned()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        fs::write(self.dir.join(name), text).unwrap();
+        self.path(name)
+    }
+}
+
+fn htpasswd(user: &str, password: &str) -> String {
+    let line = sh(&format!("htpasswd -nbBC 10 {user} '{password}'"));
+    let hash = line.trim().split_once(':').unwrap().1.to_owned();
+    assert!(hash.starts_with("$2y$10$"), "{hash}");
+    hash
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The exporter with a web config; its log (at debug level) is kept for inspection.
+struct Exporter {
+    _child: KillOnDrop,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Exporter {
+    /// Starts with `config` and waits until the health check answers over TLS (or plain
+    /// HTTP), with `client` curl's client certificate options if the server wants one.
+    fn start(pki: &Pki, config: &str, https: bool, client: &str) -> Exporter {
+        let port = free_port();
+        let log = pki.dir.join(format!("exporter-{port}.log"));
+        let child = Command::new(BIN)
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.config.file={config}"))
+            .args([
+                "--collector.disable-defaults",
+                "--collector.interfaces",
+                "--log.level=debug",
+            ])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let e = Exporter {
+            _child: KillOnDrop(child),
+            port,
+            log,
+        };
+        let scheme = if https { "https" } else { "http" };
+        wait_for(
+            "the exporter's health check",
+            Duration::from_secs(10),
+            || {
+                curl(
+                    pki,
+                    &e,
+                    &format!("{scheme}://127.0.0.1:{port}/-/healthy"),
+                    client,
+                )
+                .0 == "200"
+            },
+        );
+        e
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap()
+    }
+}
+
+/// curl with the test CA: (HTTP status or "000", response headers, body, curl's exit code).
+fn curl(pki: &Pki, e: &Exporter, url: &str, extra: &str) -> (String, String, String, i32) {
+    let head = pki.dir.join(format!("head-{}", e.port));
+    let body = pki.dir.join(format!("body-{}", e.port));
+    let _ = fs::remove_file(&head);
+    let _ = fs::remove_file(&body);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "curl -sS --max-time 10 --cacert {} -D {} -o {} -w '%{{http_code}}' {extra} '{url}'",
+            pki.path("ca.crt"),
+            head.display(),
+            body.display()
+        ))
+        .output()
+        .expect("curl (Debian package curl)");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        fs::read_to_string(&head).unwrap_or_default().to_lowercase(),
+        fs::read_to_string(&body).unwrap_or_default(),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+fn tls_config(extra: &str) -> String {
+    format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}")
+}
+
+#[test]
+fn basic_auth_over_tls_with_curl() {
+    let pki = Pki::new("auth");
+    let hash = htpasswd("prometheus", PASSWORD);
+    let config = pki.write(
+        "web.yml",
+        &format!(
+            "{}basic_auth_users:\n  prometheus: {hash}\nhttp_server_config:\n  headers:\n    Strict-Transport-Security: max-age=31536000\n",
+            tls_config("")
+        ),
+    );
+    let e = Exporter::start(&pki, &config, true, "");
+    let good = format!("-u prometheus:{PASSWORD}");
+
+    let (code, head, body, _) = curl(&pki, &e, &e.url("/metrics"), &good);
+    assert_eq!(code, "200", "{head}{body}");
+    assert!(
+        body.contains("packetpath_scrape_collector_success{collector=\"interfaces\"} 1\n"),
+        "{body}"
+    );
+    assert!(
+        head.contains("strict-transport-security: max-age=31536000"),
+        "{head}"
+    );
+    // Again: the remembered password gives the same answer.
+    assert_eq!(curl(&pki, &e, &e.url("/metrics"), &good).0, "200");
+
+    for (what, creds) in [
+        ("no credentials", String::new()),
+        ("wrong password", "-u prometheus:wrong-password".to_owned()),
+        (
+            "password prefix",
+            format!("-u prometheus:{}", &PASSWORD[..6]),
+        ),
+        ("unknown user", format!("-u grafana:{PASSWORD}")),
+    ] {
+        let (code, head, body, _) = curl(&pki, &e, &e.url("/metrics"), &creds);
+        assert_eq!(code, "401", "{what}: {head}");
+        assert!(head.contains("www-authenticate: basic"), "{what}: {head}");
+        assert_eq!(body, "Unauthorized\n", "{what}");
+        assert!(!body.contains("packetpath_"), "{what}");
+    }
+    // Every path but the health check is guarded.
+    assert_eq!(curl(&pki, &e, &e.url("/"), "").0, "401");
+    assert_eq!(curl(&pki, &e, &e.url("/nope"), "").0, "401");
+    assert_eq!(curl(&pki, &e, &e.url("/nope"), &good).0, "404");
+    let (code, _, body, _) = curl(&pki, &e, &e.url("/-/healthy"), "");
+    assert_eq!((code.as_str(), body.as_str()), ("200", "OK\n"));
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let (code, _, _, rc) = curl(
+        &pki,
+        &e,
+        &format!("http://127.0.0.1:{}/metrics", e.port),
+        &good,
+    );
+    assert_eq!(code, "000");
+    assert_ne!(rc, 0);
+
+    // TLS 1.2 and 1.3 are offered; 1.1 is not.
+    assert_eq!(
+        curl(&pki, &e, &e.url("/-/healthy"), "--tlsv1.2 --tls-max 1.2").0,
+        "200"
+    );
+    assert_eq!(curl(&pki, &e, &e.url("/-/healthy"), "--tlsv1.3").0, "200");
+    let (code, _, _, rc) = curl(&pki, &e, &e.url("/-/healthy"), "--tlsv1.1 --tls-max 1.1");
+    assert_eq!((code.as_str(), rc != 0), ("000", true));
+
+    let log = e.log();
+    assert!(log.contains("tls=true basic_auth=true"), "{log}");
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    for secret in [PASSWORD, "wrong-password", &hash, "cHJvbWV0aGV1czp"] {
+        assert!(!log.contains(secret), "log contains {secret:?}:\n{log}");
+    }
+}
+
+#[test]
+fn min_version_and_client_certificates() {
+    let pki = Pki::new("mtls");
+    let client = format!(
+        "--cert {} --key {}",
+        pki.path("client.crt"),
+        pki.path("client.key")
+    );
+    let rogue = format!(
+        "--cert {} --key {}",
+        pki.path("rogue-client.crt"),
+        pki.path("rogue-client.key")
+    );
+
+    let config = pki.write(
+        "required.yml",
+        &tls_config(
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS13\n",
+        ),
+    );
+    let e = Exporter::start(&pki, &config, true, &client);
+    assert_eq!(curl(&pki, &e, &e.url("/metrics"), &client).0, "200");
+    assert_eq!(
+        curl(&pki, &e, &e.url("/metrics"), "").0,
+        "000",
+        "no client certificate"
+    );
+    assert_eq!(
+        curl(&pki, &e, &e.url("/metrics"), &rogue).0,
+        "000",
+        "untrusted CA"
+    );
+    let tls12 = format!("{client} --tlsv1.2 --tls-max 1.2");
+    assert_eq!(
+        curl(&pki, &e, &e.url("/metrics"), &tls12).0,
+        "000",
+        "TLS 1.2 below min_version"
+    );
+    drop(e);
+
+    let config = pki.write(
+        "if-given.yml",
+        &tls_config("  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n"),
+    );
+    let e = Exporter::start(&pki, &config, true, "");
+    assert_eq!(curl(&pki, &e, &e.url("/metrics"), "").0, "200");
+    assert_eq!(curl(&pki, &e, &e.url("/metrics"), &client).0, "200");
+    assert_eq!(
+        curl(&pki, &e, &e.url("/metrics"), &rogue).0,
+        "000",
+        "untrusted CA"
+    );
+}
+
+/// The serial of the certificate a fresh TLS connection is served.
+fn served_serial(pki: &Pki, port: u16) -> String {
+    sh(&format!(
+        "openssl s_client -connect 127.0.0.1:{port} -CAfile {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        pki.path("ca.crt")
+    ))
+    .trim()
+    .to_owned()
+}
+
+#[test]
+fn certificate_rotation_needs_no_restart() {
+    let pki = Pki::new("rotate");
+    let config = pki.write("web.yml", &tls_config(""));
+    let e = Exporter::start(&pki, &config, true, "");
+    let first = pki.serial("server.crt");
+    assert_eq!(served_serial(&pki, e.port), first);
+
+    // A new RSA pair (PKCS#1 key) moved into place, as cert-manager or certbot would.
+    pki.leaf("next", "ca", "rsa", "serverAuth");
+    let second = pki.serial("next.crt");
+    assert_ne!(first, second);
+    fs::rename(pki.dir.join("next.key"), pki.dir.join("server.key")).unwrap();
+    fs::rename(pki.dir.join("next.crt"), pki.dir.join("server.crt")).unwrap();
+    assert_eq!(served_serial(&pki, e.port), second);
+    assert_eq!(curl(&pki, &e, &e.url("/metrics"), "").0, "200");
+
+    // A broken file is reported once; the last good certificate stays in service.
+    pki.write("server.crt", "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    assert_eq!(served_serial(&pki, e.port), second);
+    assert_eq!(served_serial(&pki, e.port), second);
+    let log = e.log();
+    assert_eq!(log.matches("TLS certificate reloaded").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("TLS certificate not reloaded, still serving the previous one")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn basic_auth_without_tls() {
+    let pki = Pki::new("plain");
+    let config = pki.write(
+        "web.yml",
+        &format!(
+            "basic_auth_users:\n  prometheus: {}\n",
+            htpasswd("prometheus", PASSWORD)
+        ),
+    );
+    let e = Exporter::start(&pki, &config, false, "");
+    let url = format!("http://127.0.0.1:{}/metrics", e.port);
+    assert_eq!(
+        curl(&pki, &e, &url, &format!("-u prometheus:{PASSWORD}")).0,
+        "200"
+    );
+    assert_eq!(curl(&pki, &e, &url, "-u prometheus:nope").0, "401");
+    assert!(e.log().contains("tls=false basic_auth=true"));
+}
+
+#[test]
+fn a_bad_config_file_is_one_clear_line_at_start() {
+    let pki = Pki::new("bad");
+    let d = pki.dir.display().to_string();
+    let cases: Vec<(String, String)> = vec![
+        (
+            format!("{d}/absent.yml"),
+            format!("web config {d}/absent.yml: No such file or directory"),
+        ),
+        (
+            pki.write("syntax.yml", "tls_server_config: [\n"),
+            format!("web config {d}/syntax.yml: "),
+        ),
+        (
+            pki.write("typo.yml", "tls_server_config:\n  cert_fle: server.crt\n"),
+            "unknown field `cert_fle`".into(),
+        ),
+        (
+            pki.write("nocert.yml", "tls_server_config:\n  cert_file: gone.crt\n  key_file: server.key\n"),
+            format!("tls_server_config.cert_file: {d}/gone.crt: "),
+        ),
+        (
+            pki.write("mismatch.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: client.key\n"),
+            format!("tls_server_config.key_file: {d}/client.key does not fit {d}/server.crt"),
+        ),
+        (
+            pki.write("notakey.yml", "tls_server_config:\n  cert_file: server.crt\n  key_file: server.crt\n"),
+            "tls_server_config.key_file: ".into(),
+        ),
+        (
+            pki.write("ca.yml", &tls_config("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: server.key\n")),
+            "tls_server_config.client_ca_file: ".into(),
+        ),
+        (
+            pki.write("tls10.yml", &tls_config("  min_version: TLS10\n")),
+            "tls_server_config.min_version: TLS10 is not supported".into(),
+        ),
+        (
+            pki.write("plain.yml", "basic_auth_users:\n  prometheus: hunter2\n"),
+            "basic_auth_users.prometheus: the password is not a bcrypt hash".into(),
+        ),
+    ];
+    for (file, want) in cases {
+        let port = free_port();
+        let line = one_line_error(
+            &[
+                &format!("--web.listen-address=127.0.0.1:{port}"),
+                &format!("--web.config.file={file}"),
+            ],
+            1,
+            &want,
+        );
+        assert!(
+            !line.contains("hunter2") && !line.contains("PRIVATE"),
+            "{line}"
+        );
+    }
+}
+
+/// Debian's prometheus in a scratch directory, on a free port.
+struct Prometheus {
+    _child: KillOnDrop,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, scrape_configs: &str) -> Prometheus {
+        let port = free_port();
+        let config = dir.join("prometheus.yml");
+        fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n{scrape_configs}"),
+        )
+        .unwrap();
+        Prometheus {
+            _child: common::spawn_prometheus(&[], dir, port),
+            port,
+        }
+    }
+
+    fn api(&self, path: &str) -> serde_json::Value {
+        let mut out = String::new();
+        let mut child = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "-G"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        child.wait().unwrap();
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// job → (health, lastError) of each active target.
+    fn targets(&self) -> Vec<(String, String, String)> {
+        let v = self.api("/api/v1/targets?state=active");
+        v["data"]["activeTargets"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|t| {
+                        (
+                            t["labels"]["job"].as_str().unwrap_or("").to_owned(),
+                            t["health"].as_str().unwrap_or("").to_owned(),
+                            t["lastError"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
+    let pki = Pki::new("prom");
+    let config = pki.write(
+        "web.yml",
+        &format!(
+            "{}basic_auth_users:\n  prometheus: {}\n",
+            tls_config(
+                "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+            ),
+            htpasswd("prometheus", PASSWORD)
+        ),
+    );
+    let client = format!(
+        "--cert {} --key {}",
+        pki.path("client.crt"),
+        pki.path("client.key")
+    );
+    let e = Exporter::start(&pki, &config, true, &client);
+    pki.write("password", PASSWORD);
+    pki.write("wrong-password", "not-it");
+    let job = |name: &str, password_file: &str, cert: bool| {
+        let client_cert = if cert {
+            format!(
+                "      cert_file: {}\n      key_file: {}\n",
+                pki.path("client.crt"),
+                pki.path("client.key")
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {}\n{client_cert}\
+             \x20   basic_auth:\n      username: prometheus\n      password_file: {}\n\
+             \x20   static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            pki.path("ca.crt"),
+            pki.path(password_file),
+            e.port
+        )
+    };
+    let prom = Prometheus::start(
+        &pki.dir,
+        &[
+            job("secured", "password", true),
+            job("wrong_password", "wrong-password", true),
+            job("no_client_cert", "password", false),
+        ]
+        .concat(),
+    );
+
+    let mut targets = Vec::new();
+    wait_for(
+        "prometheus to scrape all three jobs",
+        Duration::from_secs(60),
+        || {
+            targets = prom.targets();
+            targets.len() == 3 && targets.iter().all(|(_, health, _)| health != "unknown")
+        },
+    );
+    targets.sort();
+    let by_job = |job: &str| targets.iter().find(|t| t.0 == job).cloned().unwrap();
+    let (_, health, err) = by_job("secured");
+    assert_eq!((health.as_str(), err.as_str()), ("up", ""));
+    let (_, health, err) = by_job("wrong_password");
+    assert_eq!(health, "down");
+    assert!(err.contains("401 Unauthorized"), "{err}");
+    let (_, health, err) = by_job("no_client_cert");
+    assert_eq!(health, "down");
+    assert!(err.contains("tls") || err.contains("certificate"), "{err}");
+
+    // The series came through: the query answers from what Prometheus stored.
+    let mut value = String::new();
+    wait_for(
+        "the scraped series in prometheus",
+        Duration::from_secs(30),
+        || {
+            let v = prom.api(
+            "/api/v1/query?query=packetpath_scrape_collector_success%7Bjob%3D%22secured%22%2Ccollector%3D%22interfaces%22%7D",
+        );
+            value = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .unwrap_or("")
+                .to_owned();
+            !value.is_empty()
+        },
+    );
+    assert_eq!(value, "1");
+    let log = e.log();
+    assert!(!log.contains(PASSWORD) && !log.contains("not-it"), "{log}");
+}
