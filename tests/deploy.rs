@@ -161,3 +161,86 @@ fn prometheus_rule_and_dashboard_configmap_equal_their_sources() {
         "the dashboard ConfigMap is stale: run deploy/kubernetes/render.sh"
     );
 }
+
+const MANIFESTS: [&str; 3] = [
+    "deploy/kubernetes/daemonset.yaml",
+    "deploy/kubernetes/prometheusrule.yaml",
+    "deploy/kubernetes/dashboard-configmap.yaml",
+];
+
+/// Runs a schema validator on `files`: (success, stdout + stderr).
+fn validate(program: &str, args: &[&str], files: &[String]) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program}: {e} (tests/run.sh installs the schema validators under .cache)")
+        });
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// kubernetes-validate (PyPI) checks the built-in kinds strictly (unknown fields fail);
+/// the prometheus-operator CRD schemas (npm @kubernetes-models/prometheus-operator) check
+/// the PodMonitor and the PrometheusRule. Both must also reject a broken copy.
+#[test]
+fn manifests_match_the_published_schemas() {
+    let kv = repo(".cache/kubernetes-validate/bin/kubernetes-validate");
+    let crd_dir = Path::new(&repo(".cache/k8s-schema")).to_owned();
+    // The script runs beside its node_modules; copied each time so edits take effect.
+    std::fs::copy(
+        repo("tests/k8s-schema/validate-crds.mjs"),
+        crd_dir.join("validate-crds.mjs"),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}: run tests/run.sh once", crd_dir.display()));
+    let crd_script = crd_dir.join("validate-crds.mjs").display().to_string();
+    let files: Vec<String> = MANIFESTS.iter().map(|f| repo(f)).collect();
+
+    let (ok, text) = validate(&kv, &["--strict"], &files);
+    assert!(ok, "{text}");
+    for resource in [
+        "daemonset/packetpath-exporter",
+        "service/packetpath-exporter",
+        "configmap/packetpath-exporter-dashboard",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {resource} ")),
+            "{resource} not validated:\n{text}"
+        );
+    }
+    let (ok, text) = validate("node", &[&crd_script], &files);
+    assert!(ok, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("valid ")).count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("PodMonitor/packetpath-exporter"), "{text}");
+    assert!(
+        text.contains("PrometheusRule/packetpath-exporter"),
+        "{text}"
+    );
+
+    // Broken copies: a misspelt pod field, a PodMonitor interval that is no duration.
+    let dir = std::env::temp_dir().join(format!("pp-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ds = std::fs::read_to_string(repo(MANIFESTS[0])).unwrap();
+    let misspelt = dir.join("misspelt.yaml");
+    std::fs::write(&misspelt, ds.replace("hostNetwork:", "hostNetwrk:")).unwrap();
+    let (ok, text) = validate(&kv, &["--strict"], &[misspelt.display().to_string()]);
+    assert!(!ok && text.contains("hostNetwrk"), "{text}");
+    let interval = dir.join("interval.yaml");
+    std::fs::write(
+        &interval,
+        ds.replace("interval: 30s", "interval: 30 seconds"),
+    )
+    .unwrap();
+    let (ok, text) = validate("node", &[&crd_script], &[interval.display().to_string()]);
+    assert!(
+        !ok && text.contains("interval must match pattern"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

