@@ -9,16 +9,36 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use tokio::sync::Semaphore;
 
 use crate::server::HEALTH_PATH;
 
 /// Users and their bcrypt hashes. A bcrypt check costs tens of milliseconds by design, so
 /// the password last verified for each user is remembered and a scrape every few seconds
-/// does not pay it again; wrong passwords always pay it, one at a time.
+/// does not pay it again; other attempts pay it one at a time, and only a few may wait.
 pub(super) struct BasicAuth {
     users: BTreeMap<String, String>,
     verified: Mutex<HashMap<String, Vec<u8>>>,
-    bcrypt_turn: tokio::sync::Mutex<()>,
+    /// One bcrypt at a time. The permit moves into the blocking task, so a client that
+    /// hangs up mid-check does not let the next check start beside it.
+    bcrypt: Arc<Semaphore>,
+    /// Checks that may wait for their turn; past it the answer is 503 at once, so a flood
+    /// of wrong passwords cannot hold a first right one for longer than a scrape timeout.
+    waiting: Semaphore,
+}
+
+/// See [`BasicAuth::waiting`]: at cost 10 (about 50 ms) the last in line waits under 1 s.
+const MAX_WAITING: usize = 16;
+/// Costs accepted in a hash: below 4 bcrypt cannot check it, above 16 one check takes
+/// seconds and would hold every other attempt.
+const COSTS: std::ops::RangeInclusive<u32> = 4..=16;
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Allowed,
+    Denied,
+    /// Too many checks waiting.
+    Busy,
 }
 
 impl BasicAuth {
@@ -28,20 +48,32 @@ impl BasicAuth {
             if user.contains(':') {
                 return Err((user.clone(), "a user name cannot contain ':'".into()));
             }
-            if hash.parse::<bcrypt::HashParts>().is_err() {
+            let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
                 return Err((user.clone(), "the password is not a bcrypt hash".into()));
+            };
+            if !COSTS.contains(&parts.get_cost()) {
+                return Err((
+                    user.clone(),
+                    format!(
+                        "bcrypt cost {} is outside {}-{} (htpasswd -B uses 5, 10 is common)",
+                        parts.get_cost(),
+                        COSTS.start(),
+                        COSTS.end()
+                    ),
+                ));
             }
         }
         Ok(BasicAuth {
             users,
             verified: Mutex::new(HashMap::new()),
-            bcrypt_turn: tokio::sync::Mutex::new(()),
+            bcrypt: Arc::new(Semaphore::new(1)),
+            waiting: Semaphore::new(MAX_WAITING),
         })
     }
 
-    pub(super) async fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+    pub(super) async fn check(&self, authorization: Option<&HeaderValue>) -> Verdict {
         let Some((user, password)) = authorization.and_then(credentials) else {
-            return false;
+            return Verdict::Denied;
         };
         {
             let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
@@ -49,7 +81,7 @@ impl BasicAuth {
                 .get(&user)
                 .is_some_and(|known| same(known, &password))
             {
-                return true;
+                return Verdict::Allowed;
             }
         }
         let known = self.users.get(&user).cloned();
@@ -59,23 +91,31 @@ impl BasicAuth {
             .clone()
             .or_else(|| self.users.values().next().cloned())
         else {
-            return false;
+            return Verdict::Denied;
         };
-        let _turn = self.bcrypt_turn.lock().await;
+        let Ok(_in_line) = self.waiting.try_acquire() else {
+            return Verdict::Busy;
+        };
+        let Ok(turn) = self.bcrypt.clone().acquire_owned().await else {
+            return Verdict::Denied;
+        };
         let pw = password.clone();
-        let matched = tokio::task::spawn_blocking(move || bcrypt::verify(&pw, &hash))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
-        let ok = matched && known.is_some();
-        if ok {
-            self.verified
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(user, password);
+        let matched = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            bcrypt::verify(&pw, &hash)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false);
+        if !(matched && known.is_some()) {
+            return Verdict::Denied;
         }
-        ok
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user, password);
+        Verdict::Allowed
     }
 }
 
@@ -129,21 +169,25 @@ impl Guard {
 }
 
 async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    let allowed = match &g.auth {
+    let verdict = match &g.auth {
         Some(auth) if req.uri().path() != HEALTH_PATH => {
-            auth.allows(req.headers().get(header::AUTHORIZATION)).await
+            auth.check(req.headers().get(header::AUTHORIZATION)).await
         }
-        _ => true,
+        _ => Verdict::Allowed,
     };
-    let mut resp = if allowed {
-        next.run(req).await
-    } else {
-        (
+    let mut resp = match verdict {
+        Verdict::Allowed => next.run(req).await,
+        Verdict::Denied => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic")],
             "Unauthorized\n",
         )
-            .into_response()
+            .into_response(),
+        Verdict::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many authentication attempts in progress\n",
+        )
+            .into_response(),
     };
     for (name, value) in g.headers.iter() {
         resp.headers_mut().insert(name, value.clone());
@@ -185,18 +229,22 @@ mod tests {
         assert!(BasicAuth::new(colon).is_err());
     }
 
+    async fn login(auth: &BasicAuth, user_password: &str) -> Verdict {
+        auth.check(Some(&basic(user_password))).await
+    }
+
     #[tokio::test]
     async fn right_wrong_and_unknown() {
         // Cost 4 keeps the test fast; htpasswd's $2y$ hashes are tested in tests/web.rs.
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
-        assert!(!auth.allows(None).await);
-        assert!(!auth.allows(Some(&basic("prom:wrong"))).await);
-        assert!(!auth.allows(Some(&basic("other:s3cret"))).await);
-        assert!(auth.allows(Some(&basic("prom:s3cret"))).await);
+        assert_eq!(auth.check(None).await, Verdict::Denied);
+        assert_eq!(login(&auth, "prom:wrong").await, Verdict::Denied);
+        assert_eq!(login(&auth, "other:s3cret").await, Verdict::Denied);
+        assert_eq!(login(&auth, "prom:s3cret").await, Verdict::Allowed);
         // Remembered, and the memory does not widen what passes.
-        assert!(auth.allows(Some(&basic("prom:s3cret"))).await);
-        assert!(!auth.allows(Some(&basic("prom:s3cret2"))).await);
-        assert!(!auth.allows(Some(&basic("prom:s3cre"))).await);
+        assert_eq!(login(&auth, "prom:s3cret").await, Verdict::Allowed);
+        assert_eq!(login(&auth, "prom:s3cret2").await, Verdict::Denied);
+        assert_eq!(login(&auth, "prom:s3cre").await, Verdict::Denied);
     }
 }

@@ -39,7 +39,8 @@ pub struct WebConfig {
 
 // The file, as exporter-toolkit spells it. Unknown keys are errors there too; keys it knows
 // that this exporter cannot honour are listed so that the error says so instead of
-// "unknown field".
+// "unknown field". Every value is optional: Go reads `key: null` (templated files write
+// it) as empty.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map of web settings")]
 struct File {
@@ -51,14 +52,10 @@ struct File {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, expecting = "a map of TLS settings")]
 struct TlsFile {
-    #[serde(default)]
-    cert_file: String,
-    #[serde(default)]
-    key_file: String,
-    #[serde(default)]
-    client_ca_file: String,
-    #[serde(default)]
-    client_auth_type: String,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_ca_file: Option<String>,
+    client_auth_type: Option<String>,
     min_version: Option<String>,
     max_version: Option<String>,
     // Has had no effect in Go since 1.18; accepted so shared files keep working.
@@ -78,8 +75,7 @@ struct HttpFile {
     // This server speaks HTTP/1.1 only, which every Prometheus scrapes.
     #[allow(dead_code)]
     http2: Option<bool>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: Option<BTreeMap<String, String>>,
 }
 
 /// What `tls_server_config` asks for, with paths resolved against the file's directory.
@@ -170,13 +166,17 @@ pub(super) fn parse(text: &str, dir: &Path) -> Result<Parsed, Problem> {
     let f: File = if text.trim().is_empty() {
         File::default()
     } else {
-        yaml_serde::from_str(text).map_err(|e| Problem::Syntax(one_line(&e.to_string())))?
+        yaml_serde::from_str(text).map_err(|e| Problem::Syntax(redacted(&e.to_string())))?
     };
     let tls = match f.tls_server_config {
         Some(t) => tls_settings(t, dir)?,
         None => None,
     };
-    let headers = headers(f.http_server_config.map(|h| h.headers).unwrap_or_default())?;
+    let headers = headers(
+        f.http_server_config
+            .and_then(|h| h.headers)
+            .unwrap_or_default(),
+    )?;
     let users = f.basic_auth_users.filter(|u| !u.is_empty());
     Ok(Parsed {
         tls,
@@ -186,6 +186,13 @@ pub(super) fn parse(text: &str, dir: &Path) -> Result<Parsed, Problem> {
 }
 
 fn tls_settings(t: TlsFile, dir: &Path) -> Result<Option<TlsSettings>, Problem> {
+    let [cert_file, key_file, client_ca_file, client_auth_type] = [
+        t.cert_file,
+        t.key_file,
+        t.client_ca_file,
+        t.client_auth_type,
+    ]
+    .map(Option::unwrap_or_default);
     for (name, set) in [
         ("cipher_suites", t.cipher_suites.is_some()),
         ("curve_preferences", t.curve_preferences.is_some()),
@@ -214,24 +221,24 @@ fn tls_settings(t: TlsFile, dir: &Path) -> Result<Option<TlsSettings>, Problem> 
             dir.join(p)
         }
     };
-    let client_auth = match t.client_auth_type.as_str() {
+    let client_auth = match client_auth_type.as_str() {
         "" | "NoClientCert" => {
-            if !t.client_ca_file.is_empty() {
+            if !client_ca_file.is_empty() {
                 return Err(key(
                     "tls_server_config.client_ca_file",
-                    "set without client_auth_type (use VerifyClientCertIfGiven or RequireAndVerifyClientCert)",
+                    "needs client_auth_type VerifyClientCertIfGiven or RequireAndVerifyClientCert",
                 ));
             }
             ClientAuth::None
         }
         kind @ ("VerifyClientCertIfGiven" | "RequireAndVerifyClientCert") => {
-            if t.client_ca_file.is_empty() {
+            if client_ca_file.is_empty() {
                 return Err(key(
                     "tls_server_config.client_auth_type",
                     format!("{kind} needs client_ca_file"),
                 ));
             }
-            let ca = resolve(&t.client_ca_file);
+            let ca = resolve(&client_ca_file);
             if kind == "VerifyClientCertIfGiven" {
                 ClientAuth::IfGiven(ca)
             } else {
@@ -255,7 +262,7 @@ fn tls_settings(t: TlsFile, dir: &Path) -> Result<Option<TlsSettings>, Problem> 
             ));
         }
     };
-    if t.cert_file.is_empty() && t.key_file.is_empty() {
+    if cert_file.is_empty() && key_file.is_empty() {
         if client_auth != ClientAuth::None {
             return Err(key(
                 "tls_server_config.client_auth_type",
@@ -265,7 +272,7 @@ fn tls_settings(t: TlsFile, dir: &Path) -> Result<Option<TlsSettings>, Problem> 
         // exporter-toolkit serves plain HTTP when no certificate is given.
         return Ok(None);
     }
-    for (name, v) in [("cert_file", &t.cert_file), ("key_file", &t.key_file)] {
+    for (name, v) in [("cert_file", &cert_file), ("key_file", &key_file)] {
         if v.is_empty() {
             return Err(key(
                 &format!("tls_server_config.{name}"),
@@ -284,8 +291,8 @@ fn tls_settings(t: TlsFile, dir: &Path) -> Result<Option<TlsSettings>, Problem> 
         .map(|(_, p)| p)
         .collect();
     Ok(Some(TlsSettings {
-        cert_file: resolve(&t.cert_file),
-        key_file: resolve(&t.key_file),
+        cert_file: resolve(&cert_file),
+        key_file: resolve(&key_file),
         client_auth,
         versions,
     }))
@@ -325,8 +332,12 @@ fn headers(given: BTreeMap<String, String>) -> Result<HeaderMap, Problem> {
     Ok(out)
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The parser's message on one line, without the values it quotes: a hash pasted in the
+/// wrong place (`basic_auth_users: prom:$2y$…`) must not reach the log.
+fn redacted(message: &str) -> String {
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    let quoted = regex::Regex::new(r#""(?:[^"\\]|\\.)*""#).expect("a valid regex literal");
+    quoted.replace_all(&one_line, "\"…\"").into_owned()
 }
 
 #[cfg(test)]
@@ -419,6 +430,25 @@ mod tests {
         assert_eq!(k, "<syntax>");
         assert!(m.contains("unknown field `cert_fle`"), "{m}");
         assert!(!m.contains('\n'));
+    }
+
+    #[test]
+    fn null_is_empty_as_in_go() {
+        let p = ok(
+            "tls_server_config:\n  cert_file: null\n  key_file: ~\n  client_auth_type: null\n  client_ca_file:\nhttp_server_config:\n  headers: null\nbasic_auth_users: null\n",
+        );
+        assert!(p.tls.is_none() && p.users.is_none() && p.headers.is_empty());
+    }
+
+    #[test]
+    fn quoted_values_stay_out_of_errors() {
+        let (k, m) = err("basic_auth_users: prom:$2y$10$abcdefghijklmnopqrstuv\n");
+        assert_eq!(k, "<syntax>");
+        assert!(!m.contains("$2y$"), "{m}");
+        assert!(
+            m.contains("basic_auth_users: invalid type: string \"…\", expected a map"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -78,8 +78,19 @@ struct ReloadingCert {
     cert_file: PathBuf,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
-    current: Mutex<(Stamp, Arc<CertifiedKey>)>,
+    current: Mutex<Current>,
 }
+
+#[derive(Debug)]
+struct Current {
+    stamp: Stamp,
+    checked: Instant,
+    pair: Arc<CertifiedKey>,
+}
+
+/// How often the files are looked at, at most: handshakes stay free of file system calls
+/// in between.
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// What identifies a version of the two files: (inode, size, mtime) of each.
 type Stamp = [Option<(u64, u64, i64, i64)>; 2];
@@ -101,7 +112,11 @@ impl ReloadingCert {
             cert_file: cert.to_owned(),
             key_file: key.to_owned(),
             provider,
-            current: Mutex::new((stamp, Arc::new(loaded))),
+            current: Mutex::new(Current {
+                stamp,
+                checked: Instant::now(),
+                pair: Arc::new(loaded),
+            }),
         })
     }
 }
@@ -143,33 +158,34 @@ fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let now = stamp(&self.cert_file, &self.key_file);
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if now != current.0 {
-            // Recorded before loading, so a half-written pair is reported once and retried
-            // when the other file lands.
-            current.0 = now;
-            match load_pair(&self.cert_file, &self.key_file, &self.provider) {
-                Ok(pair) => {
-                    current.1 = Arc::new(pair);
-                    tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
-                }
-                Err((_, why)) => {
-                    tracing::warn!(
+        if current.checked.elapsed() >= RECHECK {
+            current.checked = Instant::now();
+            let now = stamp(&self.cert_file, &self.key_file);
+            if now != current.stamp {
+                // Recorded before loading, so a half-written pair is reported once and
+                // retried when the other file lands.
+                current.stamp = now;
+                match load_pair(&self.cert_file, &self.key_file, &self.provider) {
+                    Ok(pair) => {
+                        current.pair = Arc::new(pair);
+                        tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate reloaded");
+                    }
+                    Err((_, why)) => tracing::warn!(
                         "TLS certificate not reloaded, still serving the previous one: {why}"
-                    )
+                    ),
                 }
             }
         }
-        Some(current.1.clone())
+        Some(current.pair.clone())
     }
 }
 
-/// Handshakes in flight at most; past it new connections are closed at once, so a flood of
-/// idle TLS clients cannot hold the exporter's memory.
-const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in flight at most; past it accepting pauses and new connections wait in the
+/// kernel's queue (dropping them would let a few idle sockets lock every client out).
+const MAX_HANDSHAKES: usize = 1024;
 /// Time a client has to finish its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts TCP and hands out connections whose TLS handshake has completed. Handshakes run
 /// in their own tasks: a slow client never delays the next one.
@@ -205,16 +221,15 @@ async fn accept_loop(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match tcp.accept().await {
             Ok(c) => c,
             Err(e) => {
                 accept_error(e).await;
                 continue;
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "{MAX_HANDSHAKES} TLS handshakes in flight; connection closed");
-            continue;
         };
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
