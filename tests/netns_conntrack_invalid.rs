@@ -372,8 +372,8 @@ fn every_class_of_invalid_packet_is_counted_exactly() {
 }
 
 #[test]
-fn devices_past_the_cap_count_as_other() {
-    if !require_root("devices_past_the_cap_count_as_other") {
+fn devices_past_the_cap_count_as_other_until_a_slot_frees() {
+    if !require_root("devices_past_the_cap_count_as_other_until_a_slot_frees") {
         return;
     }
     let bed = ConntrackBed::new();
@@ -413,48 +413,62 @@ fn devices_past_the_cap_count_as_other() {
             .parse()
             .unwrap()
     };
-    let want = s1_rx() + 2;
-    let segs = finacks(2);
-    bed.cli.enter(move || {
-        // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
-        assert!(fd >= 0);
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([10, 201, 1, 2]),
-            },
-            sin_zero: [0; 8],
-        };
-        for s in &segs {
-            // SAFETY: valid fd, buffer and sockaddr_in.
-            let n = unsafe {
-                libc::sendto(
-                    fd,
-                    s.as_ptr().cast(),
-                    s.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
+    let send_to_s1 = |segs: Vec<Vec<u8>>| {
+        let want = s1_rx() + segs.len() as u64;
+        bed.cli.enter(move || {
+            // SAFETY: socket(2) with constant arguments.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+            assert!(fd >= 0);
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes([10, 201, 1, 2]),
+                },
+                sin_zero: [0; 8],
             };
-            assert_eq!(n, s.len() as isize, "{}", std::io::Error::last_os_error());
-        }
-        // SAFETY: our fd.
-        unsafe { libc::close(fd) };
-    });
-    wait_for("segments at s1", Duration::from_secs(5), || s1_rx() >= want);
+            for s in &segs {
+                // SAFETY: valid fd, buffer and sockaddr_in.
+                let n = unsafe {
+                    libc::sendto(
+                        fd,
+                        s.as_ptr().cast(),
+                        s.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    )
+                };
+                assert_eq!(n, s.len() as isize, "{}", std::io::Error::last_os_error());
+            }
+            // SAFETY: our fd.
+            unsafe { libc::close(fd) };
+        });
+        wait_for("segments at s1", Duration::from_secs(5), || s1_rx() >= want);
+    };
+    send_to_s1(finacks(2));
     wait_for("5 messages", Duration::from_secs(5), || {
         scalar(&e.scrape(), MESSAGES) == 5.0
     });
-    let m = e.scrape();
-    let devices: BTreeMap<String, f64> = m
-        .select(DEVICES, &[])
-        .map(|(l, v)| (l["device"].clone(), v))
-        .collect();
-    let want: BTreeMap<String, f64> = [("s0".to_owned(), 3.0), ("other".to_owned(), 2.0)].into();
-    assert_eq!(devices, want);
+    let devices = || -> BTreeMap<String, f64> {
+        e.scrape()
+            .select(DEVICES, &[])
+            .map(|(l, v)| (l["device"].clone(), v))
+            .collect()
+    };
+    let counted = |v: &[(&str, f64)]| -> BTreeMap<String, f64> {
+        v.iter().map(|(d, n)| (d.to_string(), *n)).collect()
+    };
+    assert_eq!(devices(), counted(&[("s0", 3.0), ("other", 2.0)]));
+
+    // s0 deleted (a VM's TAP gone with the VM): its series ends and s1 takes the slot.
+    bed.srv.exec("ip link del s0");
+    assert_eq!(devices(), counted(&[("other", 2.0)]));
+    send_to_s1(finacks(2));
+    wait_for("7 messages", Duration::from_secs(5), || {
+        scalar(&e.scrape(), MESSAGES) == 7.0
+    });
+    assert_eq!(devices(), counted(&[("s1", 2.0), ("other", 2.0)]));
     e.stop();
 }
 

@@ -304,7 +304,8 @@ impl Counts {
         }
         if let Some(dev) = r.indev {
             let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-            let key = if devices.contains_key(&dev) || devices.len() < self.max_devices {
+            let named = devices.len() - usize::from(devices.contains_key(&OTHER_DEVICE));
+            let key = if devices.contains_key(&dev) || named < self.max_devices {
                 dev
             } else {
                 OTHER_DEVICE
@@ -340,6 +341,22 @@ impl Counts {
         }
     }
 
+    /// (name, count) of each device counted, by the name it has now. Devices gone since
+    /// (a VM's TAP, deleted with the VM) are forgotten: their series end and their slot
+    /// goes to the next device, instead of TAP churn filling the cap with dead ifindexes.
+    fn live_devices(&self, name: impl Fn(u32) -> Option<String>) -> Vec<(String, u64)> {
+        let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        let mut live = Vec::with_capacity(devices.len());
+        devices.retain(|idx, n| match name(*idx) {
+            Some(dev) => {
+                live.push((dev, *n));
+                true
+            }
+            None => false,
+        });
+        live
+    }
+
     pub fn render(&self) -> Vec<Family> {
         let mut classes = Family::counter(
             "packetpath_conntrack_invalid_packets_total",
@@ -371,13 +388,7 @@ impl Counts {
             "Conntrack-invalid packets by input device (capped; the rest count as device=\"other\").",
             &["device"],
         );
-        let mut by_dev: Vec<(String, u64)> = self
-            .devices
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(idx, n)| (device_name(*idx), *n))
-            .collect();
+        let mut by_dev = self.live_devices(device_name);
         by_dev.sort();
         for (name, n) in &by_dev {
             devices.push(&[name], *n as f64);
@@ -414,20 +425,20 @@ impl Counts {
     }
 }
 
-fn device_name(idx: u32) -> String {
+/// The device's name now; None once it no longer exists.
+fn device_name(idx: u32) -> Option<String> {
     if idx == OTHER_DEVICE {
-        return "other".into();
+        return Some("other".into());
     }
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname requires.
     let p = unsafe { libc::if_indextoname(idx, buf.as_mut_ptr()) };
     if p.is_null() {
-        return format!("ifindex{idx}");
+        return None;
     }
     // SAFETY: on success buf holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The host settings this collector changes, as they were before it started.
@@ -946,23 +957,40 @@ mod tests {
     }
 
     #[test]
-    fn device_cardinality_is_capped() {
+    fn device_cardinality_is_capped_and_gone_devices_free_their_slot() {
         let counts = Counts::new(2);
+        let from = |dev: u32| Record {
+            family: IpFamily::V4,
+            proto: Proto::Udp,
+            reason: Reason::Other,
+            size: SizeClass::Lt60,
+            flags: TcpFlags::None,
+            indev: Some(dev),
+            seq: None,
+            from_conntrack: true,
+        };
         for dev in 1..=5 {
-            counts.record(&Record {
-                family: IpFamily::V4,
-                proto: Proto::Udp,
-                reason: Reason::Other,
-                size: SizeClass::Lt60,
-                flags: TcpFlags::None,
-                indev: Some(dev),
-                seq: None,
-                from_conntrack: true,
-            });
+            counts.record(&from(dev));
         }
-        let devices = counts.devices.lock().unwrap();
-        assert_eq!(devices.len(), 3);
-        assert_eq!(devices[&OTHER_DEVICE], 3);
+        let name = |gone: u32| {
+            move |i: u32| match i {
+                OTHER_DEVICE => Some("other".to_owned()),
+                i => (i != gone).then(|| format!("d{i}")),
+            }
+        };
+        let mut live = counts.live_devices(name(0));
+        live.sort();
+        let want = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(d, n)| (d.to_string(), *n)).collect()
+        };
+        assert_eq!(live, want(&[("d1", 1), ("d2", 1), ("other", 3)]));
+        // Device 1 is deleted: its series ends and device 6 takes its slot.
+        counts.live_devices(name(1));
+        counts.record(&from(6));
+        counts.record(&from(7));
+        let mut live = counts.live_devices(name(1));
+        live.sort();
+        assert_eq!(live, want(&[("d2", 1), ("d6", 1), ("other", 4)]));
     }
 
     #[test]
