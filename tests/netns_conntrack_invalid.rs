@@ -415,35 +415,9 @@ fn devices_past_the_cap_count_as_other_until_a_slot_frees() {
     };
     let send_to_s1 = |segs: Vec<Vec<u8>>| {
         let want = s1_rx() + segs.len() as u64;
-        bed.cli.enter(move || {
-            // SAFETY: socket(2) with constant arguments.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
-            assert!(fd >= 0);
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes([10, 201, 1, 2]),
-                },
-                sin_zero: [0; 8],
-            };
-            for s in &segs {
-                // SAFETY: valid fd, buffer and sockaddr_in.
-                let n = unsafe {
-                    libc::sendto(
-                        fd,
-                        s.as_ptr().cast(),
-                        s.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    )
-                };
-                assert_eq!(n, s.len() as isize, "{}", std::io::Error::last_os_error());
-            }
-            // SAFETY: our fd.
-            unsafe { libc::close(fd) };
-        });
+        let s1: std::net::IpAddr = [10, 201, 1, 2].into();
+        bed.cli
+            .enter(move || common::send_raw_to(s1, libc::IPPROTO_TCP, &segs, None));
         wait_for("segments at s1", Duration::from_secs(5), || s1_rx() >= want);
     };
     send_to_s1(finacks(2));
@@ -469,6 +443,68 @@ fn devices_past_the_cap_count_as_other_until_a_slot_frees() {
         scalar(&e.scrape(), MESSAGES) == 7.0
     });
     assert_eq!(devices(), counted(&[("s1", 2.0), ("other", 2.0)]));
+    e.stop();
+}
+
+/// IPv6 packets with a Destination Options header before TCP are classified by their TCP
+/// header, as conntrack itself finds it.
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    if !require_root("ipv6_extension_headers_are_walked") {
+        return;
+    }
+    let bed = ConntrackBed::new();
+    bed.set_checksum(true);
+    // New namespaces inherit this host's disable_ipv6=1.
+    for (ns, dev, addr) in [
+        (&bed.cli, "c0", "fd00:201::1"),
+        (&bed.srv, "s0", "fd00:201::2"),
+    ] {
+        ns.exec(&format!(
+            "echo 0 > /proc/sys/net/ipv6/conf/{dev}/disable_ipv6 && ip -6 addr add {addr}/64 dev {dev} nodad"
+        ));
+    }
+    let state = StateDir::new("v6");
+    let e = start(
+        &bed.srv,
+        19506,
+        &state.file(),
+        "--collector.conntrack_invalid",
+        &[],
+    );
+    let server: std::net::IpAddr = "fd00:201::2".parse().unwrap();
+    // Bad-checksum FIN/ACKs: 3 behind an 8-byte Destination Options header (PadN), 2 bare.
+    let dest_opts = [0u8, 0, 1, 4, 0, 0, 0, 0];
+    let finacks = |base: u16, n: u16| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| tcp_segment(base + i, 80, tcp::FIN | tcp::ACK, &[], true))
+            .collect()
+    };
+    let (with, bare) = (finacks(44000, 3), finacks(44100, 2));
+    let want = bed.s0_rx_packets() + 5;
+    bed.cli.enter(move || {
+        common::send_raw_to(server, libc::IPPROTO_TCP, &with, Some(&dest_opts));
+        common::send_raw_to(server, libc::IPPROTO_TCP, &bare, None);
+    });
+    wait_for("packets at the server", Duration::from_secs(10), || {
+        bed.s0_rx_packets() >= want
+    });
+    wait_for("5 messages", Duration::from_secs(5), || {
+        scalar(&e.scrape(), MESSAGES) == 5.0
+    });
+    // Ethernet frames of 82 (14 + 40 + 8 + 20) and 74 bytes.
+    let want: BTreeMap<Class, f64> = [(
+        (
+            "ipv6".to_owned(),
+            "tcp".to_owned(),
+            "bad_checksum".to_owned(),
+            "60to127".to_owned(),
+            "fin".to_owned(),
+        ),
+        5.0,
+    )]
+    .into();
+    assert_eq!(classes(&e.scrape()), want);
     e.stop();
 }
 

@@ -170,6 +170,46 @@ fn flags_of(tcp_flags: u8) -> TcpFlags {
     }
 }
 
+/// Follows IPv6 extension headers from the fixed header's Next Header to the upper-layer
+/// protocol: (protocol, offset of its header). The offset is None when the header is not
+/// in this packet: a non-first fragment, or the payload cut short (then the protocol is
+/// the last extension header reached, which classifies as "other").
+fn ipv6_upper_layer(p: &[u8], first: u8) -> (u8, Option<usize>) {
+    const HOP_BY_HOP: u8 = 0;
+    const ROUTING: u8 = 43;
+    const FRAGMENT: u8 = 44;
+    const AH: u8 = 51;
+    const DEST_OPTS: u8 = 60;
+    const MOBILITY: u8 = 135;
+    const HIP: u8 = 139;
+    const SHIM6: u8 = 140;
+    let (mut next, mut at) = (first, 40usize);
+    // Each header is at least 8 bytes, so the walk ends with the packet; the bound only
+    // keeps it short on a long chain.
+    for _ in 0..16 {
+        let len = match next {
+            HOP_BY_HOP | ROUTING | DEST_OPTS | MOBILITY | HIP | SHIM6 => {
+                p.get(at + 1).map(|l| (usize::from(*l) + 1) * 8)
+            }
+            AH => p.get(at + 1).map(|l| (usize::from(*l) + 2) * 4),
+            FRAGMENT => match wire::read_u16_ne(p, at + 2).map(u16::from_be) {
+                Some(off) if off >> 3 != 0 => return (p.get(at).copied().unwrap_or(next), None),
+                Some(_) => Some(8),
+                None => None,
+            },
+            _ => return (next, Some(at)),
+        };
+        match (len, p.get(at).copied()) {
+            (Some(len), Some(n)) => {
+                next = n;
+                at += len;
+            }
+            _ => return (next, None),
+        }
+    }
+    (next, None)
+}
+
 /// Decodes one NFULNL_MSG_PACKET into a [`Record`]; other messages give `None`.
 pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
     if m.ty != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
@@ -220,24 +260,24 @@ pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
             (
                 usize::from(total),
                 *p.get(9).ok_or_else(|| ip_short(20))?,
-                ihl,
+                Some(ihl),
             )
         }
         IpFamily::V6 => {
             let plen = wire::read_u16_ne(p, 4)
                 .map(u16::from_be)
                 .ok_or_else(|| ip_short(40))?;
-            (
-                usize::from(plen) + 40,
-                *p.get(6).ok_or_else(|| ip_short(40))?,
-                40,
-            )
+            let (upper, at) = ipv6_upper_layer(p, *p.get(6).ok_or_else(|| ip_short(40))?);
+            (usize::from(plen) + 40, upper, at)
         }
     };
     let proto = proto_of(family, l4proto);
     let flags = match proto {
-        // The flags byte sits 13 bytes into the TCP header; a cut header says "other".
-        Proto::Tcp => p.get(l4_at + 13).map_or(TcpFlags::Other, |f| flags_of(*f)),
+        // The flags byte sits 13 bytes into the TCP header; a cut header (or a later
+        // fragment, which has none) says "other".
+        Proto::Tcp => l4_at
+            .and_then(|at| p.get(at + 13))
+            .map_or(TcpFlags::Other, |f| flags_of(*f)),
         _ => TcpFlags::None,
     };
     let prefix = prefix.unwrap_or_default();
@@ -884,6 +924,84 @@ mod tests {
         tcp[13] = 0x11;
         ip.extend(tcp);
         ip
+    }
+
+    /// An IPv6 packet: fixed header with `first` as Next Header, then `rest`.
+    fn v6(first: u8, rest: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend((rest.len() as u16).to_be_bytes());
+        ip.extend([first, 64]);
+        ip.extend([0u8; 32]);
+        ip.extend(rest);
+        ip
+    }
+
+    #[test]
+    fn ipv6_extension_headers_are_walked_to_the_transport() {
+        let mut fin_ack = vec![0u8; 20];
+        fin_ack[12] = 5 << 4;
+        fin_ack[13] = 0x11;
+        let ext = |next: u8, len8: u8| -> Vec<u8> {
+            let mut h = vec![next, len8];
+            h.resize((usize::from(len8) + 1) * 8, 0);
+            h
+        };
+        let frag = |next: u8, offset: u16| -> Vec<u8> {
+            let mut h = vec![next, 0];
+            h.extend((offset << 3).to_be_bytes());
+            h.extend([0, 0, 0, 1]);
+            h
+        };
+        let ah = [vec![6, 4], vec![0; 22]].concat(); // (4 + 2) * 4 bytes
+        let cases: Vec<(&str, Vec<u8>, Proto, TcpFlags)> = vec![
+            ("no extension", v6(6, &fin_ack), Proto::Tcp, TcpFlags::Fin),
+            (
+                "hop-by-hop, destination options",
+                v6(0, &[ext(60, 0), ext(6, 1), fin_ack.clone()].concat()),
+                Proto::Tcp,
+                TcpFlags::Fin,
+            ),
+            (
+                "routing, first fragment",
+                v6(43, &[ext(44, 0), frag(6, 0), fin_ack.clone()].concat()),
+                Proto::Tcp,
+                TcpFlags::Fin,
+            ),
+            (
+                "AH",
+                v6(51, &[ah, fin_ack.clone()].concat()),
+                Proto::Tcp,
+                TcpFlags::Fin,
+            ),
+            (
+                "later fragment: no TCP header in it",
+                v6(44, &[frag(6, 185), vec![0xff; 16]].concat()),
+                Proto::Tcp,
+                TcpFlags::Other,
+            ),
+            (
+                "cut inside an extension",
+                v6(60, &[60, 2, 0, 0]),
+                Proto::Other,
+                TcpFlags::None,
+            ),
+            (
+                "ICMPv6 after hop-by-hop",
+                v6(0, &[ext(58, 0), vec![128, 0, 0, 0]].concat()),
+                Proto::Icmpv6,
+                TcpFlags::None,
+            ),
+        ];
+        for (what, packet, proto, flags) in cases {
+            let m = packet_msg(10, b"nf_ct_proto_6: bad checksum \0", &packet, 1);
+            let msg = wire::messages(FAMILY, &m).next().unwrap().unwrap();
+            let r = parse_record(&msg).unwrap().unwrap();
+            assert_eq!(
+                (r.family, r.proto, r.flags),
+                (IpFamily::V6, proto, flags),
+                "{what}"
+            );
+        }
     }
 
     #[test]

@@ -774,20 +774,72 @@ fn l4_checksum(proto: u8, segment: &[u8]) -> u16 {
 /// Sends payloads of IP protocol `proto` (headers and checksums as given) to [`SERVER`]
 /// from a raw socket; the kernel adds the IP header. Must run inside the client namespace.
 pub fn send_l4(proto: i32, packets: &[Vec<u8>]) {
+    send_raw_to(
+        std::net::Ipv4Addr::from(SERVER).into(),
+        proto,
+        packets,
+        None,
+    );
+}
+
+/// Raw packets of IP protocol `proto` to `dst` (v4 or v6) from this thread's namespace; the
+/// kernel adds the IP header and, for IPv6 with `ipv6_dest_opts`, that Destination Options
+/// header after it.
+pub fn send_raw_to(
+    dst: std::net::IpAddr,
+    proto: i32,
+    packets: &[Vec<u8>],
+    ipv6_dest_opts: Option<&[u8]>,
+) {
+    let family = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: socket(2) with constant arguments.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, proto) };
     assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
     // SAFETY: fd was just returned by socket(2).
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(SERVER),
-        },
-        sin_zero: [0; 8],
-    };
-    send_to(&fd, packets.iter().map(Vec::as_slice), &addr, "raw IP");
+    let bufs = packets.iter().map(Vec::as_slice);
+    match dst {
+        std::net::IpAddr::V4(a) => {
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            send_to(&fd, bufs, &addr, "raw IPv4");
+        }
+        std::net::IpAddr::V6(a) => {
+            if let Some(opts) = ipv6_dest_opts {
+                // SAFETY: valid fd; opts is a whole extension header of its own length.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_DSTOPTS,
+                        opts.as_ptr().cast(),
+                        opts.len() as u32,
+                    )
+                };
+                assert_eq!(rc, 0, "IPV6_DSTOPTS: {}", std::io::Error::last_os_error());
+            }
+            let addr = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: 0,
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            send_to(&fd, bufs, &addr, "raw IPv6");
+        }
+    }
 }
 
 /// A sysctl under /proc/sys/net/netfilter/ (`name` like `nf_log/2`) inside a namespace.
