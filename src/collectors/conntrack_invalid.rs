@@ -210,6 +210,17 @@ fn ipv6_upper_layer(p: &[u8], first: u8) -> (u8, Option<usize>) {
     (next, None)
 }
 
+/// NFULA_SEQ of a packet message, read past any other attribute's problems.
+fn seq_of(m: &Message) -> Option<u32> {
+    if m.ty != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
+        return None;
+    }
+    wire::attrs(FAMILY, "NFULA", m.payload.get(4..)?)
+        .map_while(Result::ok)
+        .find(|a| a.ty == NFULA_SEQ)
+        .and_then(|a| a.u32_be(FAMILY, "NFULA_SEQ").ok())
+}
+
 /// Decodes one NFULNL_MSG_PACKET into a [`Record`]; other messages give `None`.
 pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
     if m.ty != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
@@ -371,11 +382,18 @@ impl Counts {
     /// Decodes and counts every message in one datagram.
     pub fn ingest(&self, datagram: &[u8]) {
         for m in wire::messages(FAMILY, datagram) {
-            match m.and_then(|m| parse_record(&m)) {
+            let Ok(m) = m else {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            match parse_record(&m) {
                 Ok(Some(r)) => self.record(&r),
-                Ok(None) => {}
+                // Messages not counted still took a sequence number: note it, or the next
+                // one would count them as lost.
+                Ok(None) => self.track_seq(seq_of(&m)),
                 Err(_) => {
                     self.errors.fetch_add(1, Ordering::Relaxed);
+                    self.track_seq(seq_of(&m));
                 }
             }
         }
@@ -1032,6 +1050,21 @@ mod tests {
         crate::render::encode_text(counts.render(), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("packetpath_conntrack_invalid_packets_total{family=\"ipv4\",protocol=\"tcp\",reason=\"bad_checksum\",size_class=\"lt60\",tcp_flags=\"fin\"} 2\n"), "{text}");
+    }
+
+    #[test]
+    fn undecodable_and_uncounted_messages_are_not_lost_messages() {
+        let counts = Counts::new(4);
+        let bad = b"nf_ct_proto_6: bad checksum \0";
+        let mut dgram = packet_msg(2, bad, &finack_v4(), 1);
+        // Seq 2: an IP header cut short (a decode error); seq 3: a bridge-family message.
+        dgram.extend(packet_msg(2, bad, &[0x45], 2));
+        dgram.extend(packet_msg(7, bad, &finack_v4(), 3));
+        dgram.extend(packet_msg(2, bad, &finack_v4(), 4));
+        counts.ingest(&dgram);
+        assert_eq!(counts.messages.load(Ordering::Relaxed), 2);
+        assert_eq!(counts.errors.load(Ordering::Relaxed), 1);
+        assert_eq!(counts.lost.load(Ordering::Relaxed), 0);
     }
 
     #[test]
