@@ -32,6 +32,20 @@ struct Slot {
     last_error: LogOnce,
 }
 
+impl Slot {
+    /// Logs a failure the first time it is seen (and at debug level after that).
+    fn failed(&self, e: &CollectError) {
+        let name = self.name;
+        if !self.last_error.first(&e.message) {
+            tracing::debug!(collector = name, reason = %e, "collector still failing");
+        } else if e.absent {
+            tracing::info!(collector = name, reason = %e, "source not available; the collector reports success 0 until it appears");
+        } else {
+            tracing::warn!(collector = name, reason = %e, "collector failed; it reports success 0 until this changes");
+        }
+    }
+}
+
 /// Starts the thread that runs `collector` whenever asked.
 fn spawn_worker(
     name: &'static str,
@@ -90,7 +104,12 @@ impl Scraper {
                     last_error: LogOnce::default(),
                 }
             })
-            .collect();
+            .collect::<Vec<Slot>>();
+        for slot in &slots {
+            if let Err(e) = slot.collector.preflight() {
+                slot.failed(&e);
+            }
+        }
         Arc::new(Scraper {
             slots,
             timeout,
@@ -210,13 +229,7 @@ impl Scraper {
                 }
                 Err(e) => {
                     success.push(&[o.name], 0.0);
-                    if !slot.last_error.first(&e.message) {
-                        tracing::debug!(collector = o.name, reason = %e, "collector still failing");
-                    } else if e.absent {
-                        tracing::info!(collector = o.name, reason = %e, "source not available; the collector reports success 0 until it appears");
-                    } else {
-                        tracing::warn!(collector = o.name, reason = %e, "collector failed; it reports success 0 until this changes");
-                    }
+                    slot.failed(&e);
                 }
             }
         }

@@ -782,6 +782,12 @@ fn a_group_bound_by_someone_else_is_left_alone() {
         .filter(|l| l.contains("NFLOG group 0 is already bound"))
         .collect();
     assert_eq!(said.len(), 1, "log was:\n{log}");
+    // Said at start, before the exporter listens, not at the first scrape.
+    let line = |what: &str| log.lines().position(|l| l.contains(what));
+    assert!(
+        line("NFLOG group 0 is already bound") < line("msg=listening"),
+        "log was:\n{log}"
+    );
     // ...and after it stopped: nothing was "restored" over the other program's settings.
     assert_eq!(LogSettings::read(&bed.srv), theirs, "log was:\n{log}");
     assert!(!state.file().exists());

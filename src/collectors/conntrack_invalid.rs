@@ -839,16 +839,21 @@ fn listen(sock: NlSocket, shared: &Shared) {
 }
 
 impl Collector for ConntrackInvalid {
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
-        if let Some(why) = self
+    fn preflight(&self) -> Result<(), CollectError> {
+        match self
             .shared
             .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            return Err(CollectError::new(why));
+            Some(why) => Err(CollectError::new(why)),
+            None => Ok(()),
         }
+    }
+
+    fn collect(&self) -> Result<Vec<Family>, CollectError> {
+        self.preflight()?;
         Ok(self.shared.counts.render())
     }
 

@@ -46,6 +46,12 @@ pub trait Collector: Send + Sync + 'static {
     /// Runs on a blocking thread; must not panic and should finish well inside the timeout.
     fn collect(&self) -> Result<Vec<Family>, CollectError>;
 
+    /// Why the collector cannot run at all, when that is known at start (a group held by
+    /// another process); it is logged then, not at the first scrape.
+    fn preflight(&self) -> Result<(), CollectError> {
+        Ok(())
+    }
+
     /// Undoes whatever the collector changed on the host; called once, on exit.
     fn shutdown(&self) {}
 }
