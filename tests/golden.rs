@@ -155,6 +155,20 @@ fn golden_ovs_datapath() {
     );
 }
 
+/// The same captures with the tunnel port filtered out: its interface and vport series go,
+/// and its drop flows count under in_port="other" with the tunnel role kept.
+#[test]
+fn golden_ovs_datapath_with_a_device_filter() {
+    golden_with(
+        "metrics-ovs-filtered.txt",
+        "tests/fixtures/ovs",
+        &[
+            "--collector.conntrack.per-cpu",
+            "--collector.interfaces.device-exclude=^genev",
+        ],
+    );
+}
+
 #[test]
 fn golden_procfs_fallback_without_cap_net_admin() {
     golden("metrics-procfs.txt", "tests/fixtures/netlink-eperm");

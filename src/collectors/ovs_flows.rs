@@ -16,7 +16,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use super::ovs::{self, Families, FamilyCache, LinkKinds, Topology};
-use super::{CollectError, Collector, Config, Spec};
+use super::{CollectError, Collector, Config, Spec, interfaces};
 use crate::netlink::genl;
 use crate::netlink::wire::{self, Control, DecodeError};
 use crate::netlink::{Request, Transport};
@@ -316,10 +316,16 @@ pub struct Seen {
     pub truncated: bool,
 }
 
+/// in_port of drop flows from ports the device filter leaves out.
+const OTHER_PORT: &str = "other";
+
 pub struct OvsFlows {
     transport: Arc<dyn Transport>,
     rules: RoleRules,
     opts: Options,
+    /// The interfaces collector's include/exclude filter: ports it leaves out count as
+    /// in_port="other" here (same role), so cardinality stays bounded and sums exact.
+    devices: interfaces::Options,
     families: FamilyCache,
     kinds: LinkKinds,
     state: Mutex<State>,
@@ -331,6 +337,7 @@ impl OvsFlows {
             transport: c.transport.clone(),
             rules: c.roles.clone(),
             opts: c.ovs_flows.clone(),
+            devices: c.interfaces.clone(),
             families: FamilyCache::default(),
             kinds: LinkKinds::default(),
             state: Mutex::new(State::default()),
@@ -375,6 +382,7 @@ impl OvsFlows {
                 let port = match (name, flow.in_port) {
                     ("", Some(p)) => format!("port{p}"),
                     ("", None) => "none".to_owned(),
+                    (n, _) if !self.devices.wants(n) => OTHER_PORT.to_owned(),
                     (n, _) => n.to_owned(),
                 };
                 let t = dp.totals.entry((port, role, reason)).or_default();
@@ -393,6 +401,7 @@ impl OvsFlows {
             ports.values().any(|(n, r)| n == port && r == role)
                 || port.starts_with("port")
                 || port == "none"
+                || port == OTHER_PORT
         });
         let mut totals: Vec<_> = dp.totals.iter().map(|(k, v)| (k.clone(), *v)).collect();
         totals.sort();
@@ -654,12 +663,20 @@ mod tests {
     }
 
     fn collector(kernel: Arc<FakeKernel>, max_flows: usize) -> OvsFlows {
+        filtered(kernel, max_flows, Default::default())
+    }
+
+    fn filtered(
+        kernel: Arc<FakeKernel>,
+        max_flows: usize,
+        interfaces: interfaces::Options,
+    ) -> OvsFlows {
         let config = Config {
             procfs: "/proc".into(),
             sysfs: "/sys".into(),
             transport: kernel,
             roles: RoleRules::default(),
-            interfaces: Default::default(),
+            interfaces,
             conntrack: Default::default(),
             ovs_flows: Options { max_flows },
             conntrack_invalid: Default::default(),
@@ -711,6 +728,23 @@ mod tests {
         let text = scrape(&collector(kernel, 2));
         assert!(
             text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ports_the_device_filter_leaves_out_count_as_other() {
+        let kernel = Arc::new(FakeKernel {
+            flows: Mutex::new(vec![inv_drop(1, 4), inv_drop(2, 5)]),
+        });
+        let devices = interfaces::Options {
+            device_include: None,
+            device_exclude: Some(regex::Regex::new("^genev").unwrap()),
+        };
+        let text = scrape(&filtered(kernel, 1000, devices));
+        assert!(!text.contains("genev_sys_6081"), "{text}");
+        assert!(
+            text.contains("packetpath_ovs_drop_flow_packets_total{datapath=\"ovs-system\",in_port=\"other\",in_port_role=\"tunnel\",reason=\"ct_invalid\"} 9\n"),
             "{text}"
         );
     }
