@@ -42,6 +42,10 @@ pub struct Args {
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
 
+    /// Time a client has to send its request headers, also the longest a keep-alive connection may idle.
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub read_header_timeout: Duration,
+
     /// Disable every collector that is on by default; enable some again with --collector.<name>.
     #[arg(long = "collector.disable-defaults")]
     pub disable_defaults: bool,

@@ -61,15 +61,18 @@ fn run(cli: cli::Cli) -> Result<(), String> {
             cli.args.max_requests,
         ));
         let restore = || scraper.shutdown();
+        let http = server::Http {
+            header_timeout: cli.args.read_header_timeout,
+        };
         match web.tls {
             Some(tls) => {
                 let listener =
                     web::TlsListener::new(listener, tls).map_err(|e| format!("listen: {e}"))?;
-                server::serve_until_signal(listener, app, signals, restore).await
+                server::serve_until_signal(listener, app, http, signals, restore).await;
             }
-            None => server::serve_until_signal(listener, app, signals, restore).await,
+            None => server::serve_until_signal(listener, app, http, signals, restore).await,
         }
-        .map_err(|e| format!("serve: {e}"))
+        Ok(())
     })
 }
 

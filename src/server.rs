@@ -1,6 +1,6 @@
 //! HTTP: the metrics path, a landing page and a health check, with graceful shutdown.
 
-use std::future::IntoFuture;
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +12,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::Listener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::scrape::{self, Scraper};
 
@@ -143,9 +148,68 @@ pub async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("listen on {addr}: {e}"))
 }
 
-/// Serves until the listener fails; for tests and embedding.
-pub async fn serve(listener: TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(listener, app).await
+/// Open connections served at most; past it accepting pauses and new clients wait in the
+/// kernel's queue, so no number of idle clients can use up the process's file descriptors.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// What serving needs besides the router.
+#[derive(Clone, Copy, Debug)]
+pub struct Http {
+    /// Time a client has to send a request's headers, counted from the connection's start
+    /// or the previous response (so idle keep-alive connections close after it too).
+    pub header_timeout: Duration,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            header_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Accepts and serves HTTP/1.1 connections until `stop` resolves, then stops accepting
+/// (the listener is dropped) and returns the watcher of the connections still open.
+async fn accept_until<L: Listener>(
+    mut listener: L,
+    app: Router,
+    http: Http,
+    stop: impl Future<Output = ()>,
+) -> GracefulShutdown {
+    let open = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_timeout);
+    tokio::pin!(stop);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut stop => break,
+        };
+        let Ok(slot) = slot else { break };
+        let (io, _) = tokio::select! {
+            c = listener.accept() => c,
+            () = &mut stop => break,
+        };
+        let conn =
+            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let conn = open.watch(conn);
+        tokio::spawn(async move {
+            let _slot = slot;
+            // Timeouts, resets and malformed requests end the connection; nothing to do.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+    }
+    open
+}
+
+/// Serves for ever; for tests and embedding.
+pub async fn serve<L: Listener>(listener: L, app: Router, http: Http) {
+    accept_until(listener, app, http, std::future::pending()).await;
 }
 
 /// The signals that end the exporter, registered before anything changes the host so
@@ -181,43 +245,29 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Serves until a signal; then runs `on_signal` at once (collectors restore what they
 /// changed before anything else can go wrong) and drains connections for at most
 /// [`DRAIN`], or until a second signal.
-pub async fn serve_until_signal<L>(
+pub async fn serve_until_signal<L: Listener>(
     listener: L,
     app: Router,
+    http: Http,
     mut signals: Signals,
     on_signal: impl FnOnce(),
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
+) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .into_future(),
-    );
-    let name = tokio::select! {
-        done = &mut server => {
-            on_signal();
-            return done.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        }
-        name = signals.next() => name,
-    };
+    let server = tokio::spawn(accept_until(listener, app, http, async {
+        let _ = stopped.await;
+    }));
+    let name = signals.next().await;
     tracing::info!("{name} received, shutting down");
     on_signal();
     let _ = stop.send(());
+    let Ok(open) = server.await else { return };
     tokio::select! {
-        done = &mut server => done.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        () = open.shutdown() => {}
         _ = tokio::time::sleep(DRAIN) => {
             tracing::warn!("connections still open {DRAIN:?} after {name}; exiting");
-            Ok(())
         }
         again = signals.next() => {
             tracing::info!("{again} received again; exiting now");
-            Ok(())
         }
     }
 }

@@ -50,6 +50,7 @@ async fn serve_slow(max_requests: usize) -> (Arc<AtomicUsize>, Arc<Scraper>, u16
     tokio::spawn(server::serve(
         listener,
         server::router(scraper.clone(), "/metrics", max_requests),
+        server::Http::default(),
     ));
     (calls, scraper, port)
 }

@@ -131,6 +131,11 @@ impl Exporter {
     /// answers over TLS (or plain HTTP), with `client` curl's client certificate options if
     /// the server wants one.
     fn start(pki: &Pki, config: &str, https: bool, client: &str) -> Exporter {
+        Exporter::start_with(pki, config, https, client, &[])
+    }
+
+    /// As [`Exporter::start`], with more flags.
+    fn start_with(pki: &Pki, config: &str, https: bool, client: &str, extra: &[&str]) -> Exporter {
         let log = pki.dir.join(format!(
             "exporter-{}.log",
             STARTED.fetch_add(1, Ordering::SeqCst)
@@ -143,6 +148,7 @@ impl Exporter {
                 "--collector.interfaces",
                 "--log.level=debug",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
@@ -447,6 +453,69 @@ fn certificate_rotation_needs_no_restart() {
             .count(),
         1,
         "{log}"
+    );
+}
+
+/// Reads until the server closes the connection; returns what came and how long it took.
+fn read_until_closed(s: &mut std::net::TcpStream) -> (String, Duration) {
+    let t0 = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("connection still open after {:?}: {e}", t0.elapsed()),
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+}
+
+#[test]
+fn clients_that_stall_are_cut_off_at_the_header_timeout() {
+    use std::io::Write;
+    let pki = Pki::new("stall");
+    let config = pki.write("web.yml", "");
+    let e = Exporter::start_with(&pki, &config, false, "", &["--web.read-header-timeout=1s"]);
+    let connect = || std::net::TcpStream::connect(("127.0.0.1", e.port)).unwrap();
+
+    // Headers begun and never finished.
+    let mut slow = connect();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let (got, took) = read_until_closed(&mut slow);
+    assert!(!got.contains("200 OK"), "{got}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // A keep-alive connection is closed once idle that long; its request was answered.
+    let mut idle = connect();
+    idle.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (got, took) = read_until_closed(&mut idle);
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK") && got.ends_with("\r\n\r\nOK\n"),
+        "{got}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Others are served meanwhile and after.
+    assert_eq!(
+        curl(
+            &pki,
+            &e,
+            &format!("http://127.0.0.1:{}/metrics", e.port),
+            ""
+        )
+        .0,
+        "200"
     );
 }
 
