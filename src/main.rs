@@ -64,15 +64,18 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         let http = server::Http {
             header_timeout: cli.args.read_header_timeout,
         };
+        let cap = server::connection_cap();
         match web.tls {
             Some(tls) => {
-                let listener =
-                    web::TlsListener::new(listener, tls).map_err(|e| format!("listen: {e}"))?;
-                server::serve_until_signal(listener, app, http, signals, restore).await;
+                let listener = web::TlsListener::new(listener, tls, cap)
+                    .map_err(|e| format!("listen: {e}"))?;
+                server::serve_until_signal(listener, app, http, signals, restore).await
             }
-            None => server::serve_until_signal(listener, app, http, signals, restore).await,
+            None => {
+                let listener = server::PlainListener::new(listener, cap);
+                server::serve_until_signal(listener, app, http, signals, restore).await
+            }
         }
-        Ok(())
     })
 }
 

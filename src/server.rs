@@ -16,8 +16,11 @@ use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::scrape::{self, Scraper};
 
@@ -148,9 +151,141 @@ pub async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("listen on {addr}: {e}"))
 }
 
-/// Open connections served at most; past it accepting pauses and new clients wait in the
-/// kernel's queue, so no number of idle clients can use up the process's file descriptors.
+/// Open connections served at most (lowered to fit the file descriptor limit); past it
+/// accepting pauses and new clients wait in the kernel's queue, so no number of idle
+/// clients can use up the descriptors the collectors need.
 const MAX_CONNECTIONS: usize = 1024;
+/// Descriptors kept for everything but connections: netlink sockets, procfs files, logs.
+const RESERVED_FDS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one (as Go programs do at start; the
+/// systemd default soft limit is 1024) and returns how many connections fit under it.
+pub fn connection_cap() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return MAX_CONNECTIONS;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    let fit = lim.rlim_cur.saturating_sub(RESERVED_FDS).max(1);
+    usize::try_from(fit).map_or(MAX_CONNECTIONS, |n| n.min(MAX_CONNECTIONS))
+}
+
+/// An accepted connection holding one of its listener's connection slots until dropped.
+pub struct Counted<T> {
+    io: T,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<T> Counted<T> {
+    pub(crate) fn new(io: T, slot: OwnedSemaphorePermit) -> Self {
+        Counted { io, _slot: slot }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A client that went away is nothing; anything else (out of file descriptors) is logged
+/// and retried after a pause instead of spinning.
+pub(crate) async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Plain TCP, at most `cap` connections open.
+pub struct PlainListener {
+    tcp: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl PlainListener {
+    pub fn new(tcp: TcpListener, cap: usize) -> PlainListener {
+        PlainListener {
+            tcp,
+            slots: Arc::new(Semaphore::new(cap)),
+        }
+    }
+}
+
+impl Listener for PlainListener {
+    type Io = Counted<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            // The semaphore is never closed.
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return std::future::pending().await;
+            };
+            match self.tcp.accept().await {
+                Ok((io, peer)) => return (Counted::new(io, slot), peer),
+                Err(e) => accept_error(e).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
 
 /// What serving needs besides the router.
 #[derive(Clone, Copy, Debug)]
@@ -177,18 +312,12 @@ async fn accept_until<L: Listener>(
     stop: impl Future<Output = ()>,
 ) -> GracefulShutdown {
     let open = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(http.header_timeout);
     tokio::pin!(stop);
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = &mut stop => break,
-        };
-        let Ok(slot) = slot else { break };
         let (io, _) = tokio::select! {
             c = listener.accept() => c,
             () = &mut stop => break,
@@ -197,7 +326,6 @@ async fn accept_until<L: Listener>(
             builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
         let conn = open.watch(conn);
         tokio::spawn(async move {
-            let _slot = slot;
             // Timeouts, resets and malformed requests end the connection; nothing to do.
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended");
@@ -207,8 +335,9 @@ async fn accept_until<L: Listener>(
     open
 }
 
-/// Serves for ever; for tests and embedding.
-pub async fn serve<L: Listener>(listener: L, app: Router, http: Http) {
+/// Serves plain HTTP for ever; for tests and embedding.
+pub async fn serve(listener: TcpListener, app: Router, http: Http) {
+    let listener = PlainListener::new(listener, connection_cap());
     accept_until(listener, app, http, std::future::pending()).await;
 }
 
@@ -251,16 +380,25 @@ pub async fn serve_until_signal<L: Listener>(
     http: Http,
     mut signals: Signals,
     on_signal: impl FnOnce(),
-) {
+) -> Result<(), String> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(accept_until(listener, app, http, async {
+    let mut server = tokio::spawn(accept_until(listener, app, http, async {
         let _ = stopped.await;
     }));
-    let name = signals.next().await;
+    let name = tokio::select! {
+        // Only a panic ends it early: exit (restoring first) rather than run on unreachable.
+        _ = &mut server => {
+            on_signal();
+            return Err("the HTTP server stopped unexpectedly".into());
+        }
+        name = signals.next() => name,
+    };
     tracing::info!("{name} received, shutting down");
     on_signal();
     let _ = stop.send(());
-    let Ok(open) = server.await else { return };
+    let open = server
+        .await
+        .map_err(|e| format!("the HTTP server failed: {e}"))?;
     tokio::select! {
         () = open.shutdown() => {}
         _ = tokio::time::sleep(DRAIN) => {
@@ -270,6 +408,7 @@ pub async fn serve_until_signal<L: Listener>(
             tracing::info!("{again} received again; exiting now");
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -519,6 +519,101 @@ fn clients_that_stall_are_cut_off_at_the_header_timeout() {
     );
 }
 
+/// The exporter under `prlimit --nofile=SOFT:HARD`, with `web` as its web config: (child,
+/// port).
+fn start_limited(soft: u32, hard: u32, web: &str, log: &Path) -> (KillOnDrop, u16) {
+    let child = Command::new("prlimit")
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg(BIN)
+        .args([
+            "--web.listen-address=127.0.0.1:0",
+            "--collector.disable-defaults",
+            "--collector.interfaces",
+            "--web.read-header-timeout=1s",
+        ])
+        .arg(format!("--web.config.file={web}"))
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .expect("prlimit (Debian package util-linux)");
+    let mut port = 0;
+    wait_for(
+        "the exporter's listening line",
+        Duration::from_secs(10),
+        || {
+            port = listening_port(&fs::read_to_string(log).unwrap_or_default());
+            port != 0
+        },
+    );
+    (KillOnDrop(child), port)
+}
+
+/// Opens 200 idle connections to an exporter limited to 100 descriptors; returns them and
+/// the most descriptors it held meanwhile.
+fn flood(child: &KillOnDrop, port: u16) -> (Vec<std::net::TcpStream>, usize) {
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", child.0.id()))
+            .unwrap()
+            .count()
+    };
+    let idle: Vec<_> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut peak = 0;
+    for _ in 0..10 {
+        peak = peak.max(fds());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (idle, peak)
+}
+
+#[test]
+fn connections_never_take_the_descriptors_the_collectors_need() {
+    let pki = Pki::new("fds");
+    let plain = pki.write("plain.yml", "");
+    // The soft limit is raised to the hard one at start, as Go programs do.
+    let (child, _) = start_limited(100, 4096, &plain, &pki.dir.join("raised.log"));
+    let limits = fs::read_to_string(format!("/proc/{}/limits", child.0.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["4096", "4096"],
+        "{line}"
+    );
+    drop(child);
+
+    // With 100 descriptors in all, idle clients get at most 100 - 64 of them, over plain
+    // HTTP and over TLS (where a connection counts from accept, handshake included).
+    let tls = pki.write("tls.yml", &tls_config(""));
+    for (web, scheme) in [(&plain, "http"), (&tls, "https")] {
+        let log = pki.dir.join(format!("limited-{scheme}.log"));
+        let (child, port) = start_limited(100, 100, web, &log);
+        let (idle, peak) = flood(&child, port);
+        assert!(
+            (36..70).contains(&peak),
+            "{scheme}: {peak} descriptors open"
+        );
+        // Idle plain clients are cut off at the 1 s header timeout, in turn, and a scrape
+        // then gets through whole; idle TLS ones would wait out the 5 s handshake limit,
+        // so they hang up.
+        let held = (scheme == "http").then_some(idle);
+        let out = sh(&format!(
+            "curl -sS --max-time 30 --cacert {} {scheme}://127.0.0.1:{port}/metrics",
+            pki.path("ca.crt")
+        ));
+        assert!(
+            out.contains("packetpath_scrape_collector_success{collector=\"interfaces\"} 1\n"),
+            "{scheme}: {out}"
+        );
+        drop(held);
+        let log = fs::read_to_string(&log).unwrap();
+        assert!(!log.contains("Too many open files"), "{scheme}: {log}");
+    }
+}
+
 #[test]
 fn basic_auth_without_tls() {
     let pki = Pki::new("plain");

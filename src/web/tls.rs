@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::config::{ClientAuth, TlsSettings};
+use crate::server::{Counted, accept_error};
 
 /// A key of the web config file and what is wrong with it.
 type Problem = (&'static str, String);
@@ -181,25 +182,27 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// Handshakes in flight at most; past it accepting pauses and new connections wait in the
-/// kernel's queue (dropping them would let a few idle sockets lock every client out).
-const MAX_HANDSHAKES: usize = 1024;
 /// Time a client has to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+type Ready = (Counted<TlsStream<TcpStream>>, SocketAddr);
+
 /// Accepts TCP and hands out connections whose TLS handshake has completed. Handshakes run
-/// in their own tasks: a slow client never delays the next one.
+/// in their own tasks: a slow client never delays the next one. A connection holds one of
+/// `cap` slots from accept (handshake included) until it closes; with all taken,
+/// accepting pauses and new clients wait in the kernel's queue.
 pub struct TlsListener {
     local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    ready: mpsc::Receiver<Ready>,
     acceptor: tokio::task::JoinHandle<()>,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<TlsListener> {
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, cap: usize) -> io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let acceptor = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
+        let slots = Arc::new(Semaphore::new(cap));
+        let acceptor = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), slots, tx));
         Ok(TlsListener {
             local,
             ready,
@@ -217,9 +220,9 @@ impl Drop for TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
+    slots: Arc<Semaphore>,
+    ready: mpsc::Sender<Ready>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -233,10 +236,9 @@ async fn accept_loop(
         };
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, peer)).await;
+                    let _ = ready.send((Counted::new(tls, slot), peer)).await;
                 }
                 // Debug only: scanners and health checkers that speak plain HTTP would
                 // otherwise fill the log.
@@ -247,22 +249,8 @@ async fn accept_loop(
     }
 }
 
-/// As axum's TCP listener does: a client that went away is nothing; anything else (out
-/// of file descriptors) is logged and retried after a pause instead of spinning.
-async fn accept_error(e: io::Error) {
-    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!("accept: {e}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Counted<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
