@@ -18,9 +18,8 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        "{cmd:?} failed:\n{}",
+        common::said(&out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -46,15 +45,7 @@ fn hadolint_is_clean() {
         .arg(repo("Dockerfile"))
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "hadolint:\n{said}"
-    );
+    common::assert_silent(&out, "hadolint");
 }
 
 fn podman() -> Command {

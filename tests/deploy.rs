@@ -1,6 +1,8 @@
 //! Deployment files: the systemd unit is hardened as documented and `systemd-analyze
 //! verify` has nothing to say about it.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -64,16 +66,8 @@ fn systemd_analyze_verify_is_clean() {
         }
         Err(e) => panic!("systemd-analyze is required under CI=true: {e}"),
     };
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "systemd-analyze verify:\n{said}"
-    );
+    common::assert_silent(&out, "systemd-analyze verify");
 }
 
 /// Every document of a YAML file, as JSON (parsed by PyYAML, the Debian python3-yaml).
@@ -177,9 +171,7 @@ fn validate(program: &str, args: &[&str], files: &[String]) -> (bool, String) {
         .unwrap_or_else(|e| {
             panic!("{program}: {e} (tests/run.sh installs the schema validators under .cache)")
         });
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
+    (out.status.success(), common::said(&out))
 }
 
 /// kubernetes-validate (PyPI) checks the built-in kinds strictly (unknown fields fail);

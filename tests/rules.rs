@@ -1,6 +1,8 @@
 //! Alert rules and the dashboard: promtool-clean, unit-tested, and naming only series the
 //! exporter really emits (the README table, itself checked against real output).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -15,11 +17,7 @@ fn path(p: &str) -> String {
 fn promtool(args: &[&str]) -> Option<String> {
     match Command::new("promtool").args(args).output() {
         Ok(out) => {
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let said = common::said(&out);
             assert!(out.status.success(), "promtool {args:?}:\n{said}");
             Some(said)
         }

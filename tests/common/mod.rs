@@ -67,6 +67,20 @@ pub fn one_line_error(args: &[&str], code: i32, contains: &str) -> String {
     err
 }
 
+/// What a finished command printed: stdout, then stderr.
+pub fn said(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Asserts that a checker (promtool, hadolint, systemd-analyze) passed and printed nothing.
+pub fn assert_silent(out: &std::process::Output, what: &str) {
+    let said = said(out);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "{what}:\n{said}"
+    );
+}
+
 /// A child process that is killed and reaped when dropped.
 pub struct KillOnDrop(pub Child);
 
@@ -667,15 +681,7 @@ pub fn promtool_check(text: &str) {
         .write_all(text.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool check metrics:\n{said}"
-    );
+    assert_silent(&out, "promtool check metrics");
 }
 
 /// Polls `f` until it returns true or the deadline passes.
