@@ -62,6 +62,25 @@ impl Drop for StateDir {
 }
 
 /// The exporter in the server namespace with conntrack and conntrack_invalid only.
+/// The exporter with conntrack_invalid on, its defaults, and `state`'s file.
+fn start_invalid(ns: &Netns, port: u16, state: &StateDir) -> Exporter {
+    start(
+        ns,
+        port,
+        &state.file(),
+        "--collector.conntrack_invalid",
+        &[],
+    )
+}
+
+/// packetpath_scrape_collector_success of `collector`.
+fn success(m: &Metrics, collector: &str) -> f64 {
+    m.value(
+        "packetpath_scrape_collector_success",
+        &[("collector", collector)],
+    )
+}
+
 fn start(ns: &Netns, port: u16, state: &Path, enable: &str, extra: &[&str]) -> Exporter {
     let state = state.display().to_string();
     let mut args = vec![
@@ -291,13 +310,7 @@ fn every_class_of_invalid_packet_is_counted_exactly() {
     let total: usize = kinds.iter().map(|k| k.packets.len()).sum();
 
     let m0 = e.scrape();
-    assert_eq!(
-        m0.value(
-            "packetpath_scrape_collector_success",
-            &[("collector", "conntrack_invalid")]
-        ),
-        1.0
-    );
+    assert_eq!(success(&m0, "conntrack_invalid"), 1.0);
     let nft0 = bed.nft_invalid_drops();
     let proc0 = bed.proc_invalid();
     for k in &kinds {
@@ -465,13 +478,7 @@ fn ipv6_extension_headers_are_walked() {
         ));
     }
     let state = StateDir::new("v6");
-    let e = start(
-        &bed.srv,
-        19506,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let e = start_invalid(&bed.srv, 19506, &state);
     let server: std::net::IpAddr = "fd00:201::2".parse().unwrap();
     // Bad-checksum FIN/ACKs: 3 behind an 8-byte Destination Options header (PadN), 2 bare.
     let dest_opts = [0u8, 0, 1, 4, 0, 0, 0, 0];
@@ -516,23 +523,11 @@ fn settings_are_restored_after_sigterm() {
     let bed = ConntrackBed::new();
     let original = set_unusual_settings(&bed.srv);
     let state = StateDir::new("restore");
-    let e = start(
-        &bed.srv,
-        19502,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let e = start_invalid(&bed.srv, 19502, &state);
     assert_eq!(LogSettings::read(&bed.srv), LogSettings::collecting("255"));
     assert!(state.file().exists(), "no state file while running");
     let m = e.scrape();
-    assert_eq!(
-        m.value(
-            "packetpath_scrape_collector_success",
-            &[("collector", "conntrack_invalid")]
-        ),
-        1.0
-    );
+    assert_eq!(success(&m, "conntrack_invalid"), 1.0);
     // What the collector set shows in the conntrack collector's own gauge.
     assert_eq!(
         m.value(
@@ -563,13 +558,7 @@ fn settings_are_restored_after_sigterm() {
     assert!(!state.file().exists(), "{log}");
 
     // SIGINT (Ctrl-C) restores too.
-    let e = start(
-        &bed.srv,
-        19502,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let e = start_invalid(&bed.srv, 19502, &state);
     assert_eq!(LogSettings::read(&bed.srv), LogSettings::collecting("255"));
     // SAFETY: kill(2) on our child.
     assert_eq!(unsafe { libc::kill(e.pid(), libc::SIGINT) }, 0);
@@ -589,13 +578,7 @@ fn a_hard_kill_leaves_a_state_file_that_the_next_run_restores_from() {
     let bed = ConntrackBed::new();
     let original = set_unusual_settings(&bed.srv);
     let state = StateDir::new("leftover");
-    let e = start(
-        &bed.srv,
-        19503,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let e = start_invalid(&bed.srv, 19503, &state);
     assert_eq!(LogSettings::read(&bed.srv), LogSettings::collecting("255"));
     drop(e); // SIGKILL: no chance to restore
     assert!(state.file().exists(), "the state file must survive a kill");
@@ -603,21 +586,9 @@ fn a_hard_kill_leaves_a_state_file_that_the_next_run_restores_from() {
 
     // The next run finds the changed settings in place; it must restore the originals
     // from the state file, not what it finds.
-    let e = start(
-        &bed.srv,
-        19503,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let e = start_invalid(&bed.srv, 19503, &state);
     assert_eq!(LogSettings::read(&bed.srv), LogSettings::collecting("255"));
-    assert_eq!(
-        e.scrape().value(
-            "packetpath_scrape_collector_success",
-            &[("collector", "conntrack_invalid")]
-        ),
-        1.0
-    );
+    assert_eq!(success(&e.scrape(), "conntrack_invalid"), 1.0);
     let log = e.stop();
     assert_eq!(
         log.lines().filter(|l| l.contains("leftover")).count(),
@@ -742,31 +713,13 @@ fn a_group_bound_by_someone_else_is_left_alone() {
         ["nf_ct_proto_6: bad checksum "]
     );
 
-    let e = start(
-        &bed.srv,
-        19504,
-        &state.file(),
-        "--collector.conntrack_invalid",
-        &[],
-    );
+    let e = start_invalid(&bed.srv, 19504, &state);
     for _ in 0..3 {
         let m = e.scrape();
-        assert_eq!(
-            m.value(
-                "packetpath_scrape_collector_success",
-                &[("collector", "conntrack_invalid")]
-            ),
-            0.0
-        );
+        assert_eq!(success(&m, "conntrack_invalid"), 0.0);
         assert_eq!(m.select(PACKETS, &[]).count(), 0);
         // The other collectors are unaffected.
-        assert_eq!(
-            m.value(
-                "packetpath_scrape_collector_success",
-                &[("collector", "conntrack")]
-            ),
-            1.0
-        );
+        assert_eq!(success(&m, "conntrack"), 1.0);
     }
     assert_eq!(LogSettings::read(&bed.srv), theirs);
     assert!(!state.file().exists(), "a state file for nothing changed");
