@@ -66,6 +66,19 @@ if ! cmp -s tests/k8s-schema/package-lock.json "$crd/package-lock.json"; then
     npm ci --prefix "$crd" --silent --no-audit --no-fund
 fi
 
+# node_exporter, the reference implementation of the web config file (tests/web.rs):
+# unpacked from Debian's package, not installed, so no service starts.
+ne=.cache/node-exporter
+if [ ! -x "$ne/usr/bin/prometheus-node-exporter" ]; then
+    mkdir -p "$ne"
+    (
+        cd "$ne"
+        apt-get download -q prometheus-node-exporter 2>/dev/null ||
+            { apt-get update -qq && apt-get download -q prometheus-node-exporter 2>/dev/null; }
+        dpkg-deb -x prometheus-node-exporter_*.deb .
+    )
+fi
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked

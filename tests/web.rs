@@ -86,6 +86,15 @@ impl Pki {
         ));
     }
 
+    /// curl's options to present certificate `name`.crt with its key.
+    fn client_cert(&self, name: &str) -> String {
+        format!(
+            "--cert {} --key {}",
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key"))
+        )
+    }
+
     fn serial(&self, cert: &str) -> String {
         sh(&format!(
             "openssl x509 -noout -serial -in {}",
@@ -353,16 +362,8 @@ fn basic_auth_over_tls_with_curl() {
 #[test]
 fn min_version_and_client_certificates() {
     let pki = Pki::new("mtls");
-    let client = format!(
-        "--cert {} --key {}",
-        pki.path("client.crt"),
-        pki.path("client.key")
-    );
-    let rogue = format!(
-        "--cert {} --key {}",
-        pki.path("rogue-client.crt"),
-        pki.path("rogue-client.key")
-    );
+    let client = pki.client_cert("client");
+    let rogue = pki.client_cert("rogue-client");
 
     let config = pki.write(
         "required.yml",
@@ -774,11 +775,7 @@ fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
             htpasswd("prometheus", PASSWORD)
         ),
     );
-    let client = format!(
-        "--cert {} --key {}",
-        pki.path("client.crt"),
-        pki.path("client.key")
-    );
+    let client = pki.client_cert("client");
     let e = Exporter::start(&pki, &config, true, &client);
     pki.write("password", PASSWORD);
     pki.write("wrong-password", "not-it");
@@ -850,4 +847,129 @@ fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
     assert_eq!(value, "1");
     let log = e.log();
     assert!(!log.contains(PASSWORD) && !log.contains("not-it"), "{log}");
+}
+
+/// node_exporter unpacked by tests/run.sh: the reference implementation of the file format.
+fn node_exporter() -> String {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/node-exporter/usr/bin/prometheus-node-exporter");
+    assert!(
+        bin.exists(),
+        "{} is missing: tests/run.sh unpacks it from Debian's prometheus-node-exporter",
+        bin.display()
+    );
+    bin.display().to_string()
+}
+
+/// One file, two exporters: what node_exporter (exporter-toolkit) accepts and how it
+/// answers, packetpath-exporter accepts and answers alike; what it refuses, both refuse.
+#[test]
+fn node_exporter_takes_the_same_files_and_answers_alike() {
+    let pki = Pki::new("toolkit");
+    let config = pki.write(
+        "web.yml",
+        &format!(
+            "{}basic_auth_users:\n  prometheus: {}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n",
+            tls_config(
+                "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n  min_version: TLS12\n"
+            ),
+            htpasswd("prometheus", PASSWORD)
+        ),
+    );
+    let ours = Exporter::start(&pki, &config, true, "");
+    let port = free_port();
+    let node = KillOnDrop(
+        Command::new(node_exporter())
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.config.file={config}"))
+            .args(["--collector.disable-defaults", "--collector.loadavg"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let good = format!("-u prometheus:{PASSWORD}");
+    let theirs = Exporter {
+        child: node,
+        port,
+        log: pki.dir.join("node.log"),
+    };
+    wait_for("node_exporter", Duration::from_secs(10), || {
+        curl(&pki, &theirs, &theirs.url("/metrics"), &good).0 == "200"
+    });
+    let client = pki.client_cert("client");
+    let rogue = pki.client_cert("rogue-client");
+    for (what, args, want) in [
+        ("right password", good.clone(), "200"),
+        ("wrong password", "-u prometheus:nope".to_owned(), "401"),
+        ("no password", String::new(), "401"),
+        (
+            "trusted client certificate",
+            format!("{client} {good}"),
+            "200",
+        ),
+        (
+            "untrusted client certificate",
+            format!("{rogue} {good}"),
+            "000",
+        ),
+        ("TLS 1.1", format!("--tlsv1.1 --tls-max 1.1 {good}"), "000"),
+    ] {
+        let (a, ahead, ..) = curl(&pki, &ours, &ours.url("/metrics"), &args);
+        let (b, bhead, ..) = curl(&pki, &theirs, &theirs.url("/metrics"), &args);
+        assert_eq!((what, a.as_str(), b.as_str()), (what, want, want));
+        for header in ["x-frame-options: deny", "www-authenticate: basic"] {
+            assert_eq!(
+                ahead.contains(header),
+                bhead.contains(header),
+                "{what}: {header}\nours:\n{ahead}\nnode_exporter:\n{bhead}"
+            );
+        }
+    }
+    drop(theirs);
+
+    // Files exporter-toolkit refuses: node_exporter exits at start, and so does this one.
+    for (name, text) in [
+        (
+            "typo.yml",
+            "tls_server_config:\n  cert_fle: server.crt\n".to_owned(),
+        ),
+        (
+            "nokey.yml",
+            "tls_server_config:\n  cert_file: server.crt\n".to_owned(),
+        ),
+        (
+            "ca-without-auth.yml",
+            tls_config("  client_ca_file: ca.crt\n"),
+        ),
+        (
+            "bad-auth-type.yml",
+            tls_config("  client_auth_type: Sometimes\n"),
+        ),
+        (
+            "bad-header.yml",
+            "http_server_config:\n  headers:\n    Server: x\n".to_owned(),
+        ),
+    ] {
+        let file = pki.write(name, &text);
+        let port = free_port();
+        // Under timeout(1): a file it accepted would leave it running.
+        let out = Command::new("timeout")
+            .arg("10")
+            .arg(node_exporter())
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.config.file={file}"))
+            .args(["--collector.disable-defaults", "--collector.loadavg"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "node_exporter on {name}");
+        one_line_error(
+            &[
+                "--web.listen-address=127.0.0.1:0",
+                &format!("--web.config.file={file}"),
+            ],
+            1,
+            &format!("web config {file}: "),
+        );
+    }
 }
