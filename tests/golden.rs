@@ -110,8 +110,15 @@ fn golden(name: &str, replay: &str) {
 }
 
 fn golden_with(name: &str, replay: &str, extra: &[&str]) {
+    // A capture with its own procfs files (the OVS bed's) is one machine's view.
+    let own = dir(replay).join("proc");
     let replay = format!("--debug.netlink-replay-dir={}", dir(replay).display());
-    let procfs = format!("--path.procfs={}", dir("tests/fixtures/proc").display());
+    let proc = if own.exists() {
+        own
+    } else {
+        dir("tests/fixtures/proc")
+    };
+    let procfs = format!("--path.procfs={}", proc.display());
     // Nothing reads sysfs yet; any readable directory will do.
     let sysfs = format!("--path.sysfs={}", dir("tests/fixtures").display());
     let mut args = vec![replay.as_str(), &procfs, &sysfs];
@@ -144,8 +151,8 @@ fn golden_netlink() {
     golden("metrics.txt", "tests/fixtures/netlink");
 }
 
-/// Captured in the qemu OVS test bed (tests/fixtures/ovs); sysctls come from the host
-/// fixture, since the bed captures netlink only.
+/// Captured in the qemu OVS test bed (tests/fixtures/ovs): netlink replies and the conntrack
+/// procfs files of the same moment.
 #[test]
 fn golden_ovs_datapath() {
     golden_with(

@@ -418,8 +418,8 @@ fn seed_incident_in_a_real_ovs_datapath() {
     }
 }
 
-/// Writes the guest's captured netlink replies (od hex dumps) and the kernel tools' view of
-/// the same moment to tests/fixtures/ovs.
+/// Writes the guest's captured netlink replies (od hex dumps), its conntrack procfs files
+/// (under proc/) and the kernel tools' view of the same moment to tests/fixtures/ovs.
 fn save_fixtures(r: &Results) {
     let dir = repo("tests/fixtures/ovs");
     let _ = std::fs::remove_dir_all(&dir);
@@ -434,6 +434,13 @@ fn save_fixtures(r: &Results) {
             .map(|h| u8::from_str_radix(h, 16).unwrap())
             .collect();
         std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    for name in r.names() {
+        if let Some(file) = name.strip_prefix("capture-proc/") {
+            let path = dir.join("proc").join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, r.get(name)).unwrap();
+        }
     }
     for (block, file) in [
         ("capture-dpctl-show", "ovs-dpctl-show.txt"),

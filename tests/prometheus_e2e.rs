@@ -235,7 +235,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         ],
     );
     let replay = format!("--debug.netlink-replay-dir={}", repo("tests/fixtures/ovs"));
-    let procfs = format!("--path.procfs={}", repo("tests/fixtures/proc"));
+    let procfs = format!("--path.procfs={}", repo("tests/fixtures/ovs/proc"));
     let ovs = Exporter::start(&bed.srv, 19492, None, &[&replay, &procfs]);
     let prom = Prometheus::start(&bed.srv, &dir, &[19491, 19492]);
 

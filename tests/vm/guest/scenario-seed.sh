@@ -176,6 +176,14 @@ capture() {
     for _f in /tmp/capture/*.bin; do
         emit "capture/${_f##*/}" od -An -v -tx1 "$_f"
     done
+    # The procfs files the conntrack collector reads, at the same moment, so the fixture
+    # is one machine's view (block capture-proc/<path under /proc>).
+    for _f in /proc/net/stat/nf_conntrack /proc/sys/net/netfilter/nf_conntrack_buckets \
+        /proc/sys/net/netfilter/nf_conntrack_checksum /proc/sys/net/netfilter/nf_conntrack_count \
+        /proc/sys/net/netfilter/nf_conntrack_log_invalid /proc/sys/net/netfilter/nf_conntrack_max \
+        /proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal /proc/sys/net/netfilter/nf_conntrack_tcp_loose; do
+        emit "capture-proc/${_f#/proc/}" cat "$_f"
+    done
 }
 
 scenario_run() {
