@@ -350,7 +350,15 @@ impl OvsFlows {
             .vports
             .iter()
             .zip(&topo.roles)
-            .map(|(v, r)| (v.port_no, (v.name.as_str(), *r)))
+            // The device filter is applied here, once per port, not per flow.
+            .map(|(v, r)| {
+                let name = if self.devices.wants(&v.name) {
+                    v.name.as_str()
+                } else {
+                    OTHER_PORT
+                };
+                (v.port_no, (name, *r))
+            })
             .collect();
         let dp = state
             .datapaths
@@ -382,7 +390,6 @@ impl OvsFlows {
                 let port = match (name, flow.in_port) {
                     ("", Some(p)) => format!("port{p}"),
                     ("", None) => "none".to_owned(),
-                    (n, _) if !self.devices.wants(n) => OTHER_PORT.to_owned(),
                     (n, _) => n.to_owned(),
                 };
                 let t = dp.totals.entry((port, role, reason)).or_default();
