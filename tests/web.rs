@@ -246,6 +246,15 @@ fn curl(pki: &Pki, e: &Exporter, url: &str, extra: &str) -> (String, String, Str
     )
 }
 
+/// [`tls_config`] with `tls_extra`, the user "prometheus" with [`PASSWORD`], then `rest`.
+fn tls_auth_config(tls_extra: &str, rest: &str) -> String {
+    format!(
+        "{}basic_auth_users:\n  prometheus: {}\n{rest}",
+        tls_config(tls_extra),
+        htpasswd("prometheus", PASSWORD)
+    )
+}
+
 fn tls_config(extra: &str) -> String {
     format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n{extra}")
 }
@@ -767,12 +776,9 @@ fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
     let pki = Pki::new("prom");
     let config = pki.write(
         "web.yml",
-        &format!(
-            "{}basic_auth_users:\n  prometheus: {}\n",
-            tls_config(
-                "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
-            ),
-            htpasswd("prometheus", PASSWORD)
+        &tls_auth_config(
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+            "",
         ),
     );
     let client = pki.client_cert("client");
@@ -868,12 +874,9 @@ fn node_exporter_takes_the_same_files_and_answers_alike() {
     let pki = Pki::new("toolkit");
     let config = pki.write(
         "web.yml",
-        &format!(
-            "{}basic_auth_users:\n  prometheus: {}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n",
-            tls_config(
-                "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n  min_version: TLS12\n"
-            ),
-            htpasswd("prometheus", PASSWORD)
+        &tls_auth_config(
+            "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n  min_version: TLS12\n",
+            "http_server_config:\n  headers:\n    X-Frame-Options: deny\n",
         ),
     );
     let ours = Exporter::start(&pki, &config, true, "");
