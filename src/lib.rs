@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod collectors;
+pub mod counter;
 pub mod logging;
 pub mod netlink;
 pub mod render;

@@ -368,7 +368,9 @@ pub struct Conntrack {
 
 /// The kernel keeps these per-CPU statistics in 32 bits; summed, one CPU wrapping would
 /// make the total fall by 2^32. Each (cpu, statistic) is widened to 64 bits by adding the
-/// wrapping difference from the last read: the one piece of state this collector keeps.
+/// increase from the last read: the one piece of state this collector keeps. A decrease
+/// that is not a plausible wrap (nf_conntrack reloaded, the procfs fallback taking over)
+/// starts the widened value over from the kernel's, a reset that Prometheus handles.
 #[derive(Debug, Default)]
 struct Widen(HashMap<(u32, usize), (u32, u64)>);
 
@@ -379,7 +381,10 @@ impl Widen {
                 let Some(raw) = v.as_mut() else { continue };
                 let now = *raw as u32;
                 let (last, total) = self.0.entry((c.cpu, i)).or_insert((now, u64::from(now)));
-                *total = total.wrapping_add(u64::from(now.wrapping_sub(*last)));
+                *total = match crate::counter::u32_increase(*last, now) {
+                    Some(d) => total.saturating_add(d),
+                    None => u64::from(now),
+                };
                 *last = now;
                 *raw = *total;
             }
@@ -493,5 +498,25 @@ mod tests {
         let mut c = cpu(12);
         w.apply(&mut c);
         assert_eq!(c[0].values[0], Some(u64::from(u32::MAX) + 13));
+    }
+
+    #[test]
+    fn statistics_that_fall_start_over_instead_of_leaping() {
+        let mut w = Widen::default();
+        let cpu = |v: u64| {
+            vec![CpuStats {
+                cpu: 0,
+                values: vec![Some(v)],
+            }]
+        };
+        let mut a = cpu(8_192);
+        w.apply(&mut a);
+        // nf_conntrack reloaded: the kernel's counter starts again from 10.
+        let mut b = cpu(10);
+        w.apply(&mut b);
+        assert_eq!(b[0].values[0], Some(10));
+        let mut c = cpu(15);
+        w.apply(&mut c);
+        assert_eq!(c[0].values[0], Some(15));
     }
 }
