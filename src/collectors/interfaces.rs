@@ -165,7 +165,7 @@ fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
     for a in wire::attrs(FAMILY, "ifinfomsg", rest) {
         let a: Attr = a?;
         match a.ty {
-            IFLA_IFNAME => link.name = a.string(FAMILY, "IFLA_IFNAME")?.to_owned(),
+            IFLA_IFNAME => link.name = a.name(),
             IFLA_MTU => link.mtu = Some(a.u32_ne(FAMILY, "IFLA_MTU")?),
             IFLA_MASTER => link.master = Some(a.u32_ne(FAMILY, "IFLA_MASTER")?),
             IFLA_OPERSTATE => link.operstate = a.u8(FAMILY, "IFLA_OPERSTATE")?,

@@ -9,6 +9,9 @@ const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const CTRL_ATTR_VERSION: u16 = 3;
+const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
+const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
+const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
 /// struct genlmsghdr: cmd, version, reserved.
 pub const GENL_HDRLEN: usize = 4;
 const FAMILY: &str = "nlctrl";
@@ -68,6 +71,50 @@ pub fn parse_families(buf: &[u8]) -> Result<Vec<(String, Family)>, DecodeError> 
     Ok(out)
 }
 
+/// The id of multicast group `group` of family `family`, from the controller's dump;
+/// `None` when the family or the group is not there.
+pub fn parse_mcast_group(
+    buf: &[u8],
+    family: &str,
+    group: &str,
+) -> Result<Option<u32>, DecodeError> {
+    for m in wire::data_messages(FAMILY, buf, true)? {
+        let (_, attrs) = split(FAMILY, m.payload)?;
+        let (mut name, mut groups) = (None, None);
+        for a in wire::attrs(FAMILY, "CTRL_ATTR", attrs) {
+            let a = a?;
+            match a.ty {
+                CTRL_ATTR_FAMILY_NAME => name = Some(a.string(FAMILY, "CTRL_ATTR_FAMILY_NAME")?),
+                CTRL_ATTR_MCAST_GROUPS => groups = Some(a.payload),
+                _ => {}
+            }
+        }
+        if name != Some(family) {
+            continue;
+        }
+        for g in wire::attrs(FAMILY, "CTRL_ATTR_MCAST_GROUPS", groups.unwrap_or_default()) {
+            let (mut gname, mut id) = (None, None);
+            for a in wire::attrs(FAMILY, "CTRL_ATTR_MCAST_GRP", g?.payload) {
+                let a = a?;
+                match a.ty {
+                    CTRL_ATTR_MCAST_GRP_NAME => {
+                        gname = Some(a.string(FAMILY, "CTRL_ATTR_MCAST_GRP_NAME")?)
+                    }
+                    CTRL_ATTR_MCAST_GRP_ID => {
+                        id = Some(a.u32_ne(FAMILY, "CTRL_ATTR_MCAST_GRP_ID")?)
+                    }
+                    _ => {}
+                }
+            }
+            if gname == Some(group) {
+                return Ok(id);
+            }
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
 /// Splits a generic netlink payload into its command and what follows genlmsghdr.
 pub fn split<'a>(family: &'static str, payload: &'a [u8]) -> Result<(u8, &'a [u8]), DecodeError> {
     match (payload.first(), payload.get(GENL_HDRLEN..)) {
@@ -121,6 +168,10 @@ mod tests {
         let mut done = wire::request(wire::NLMSG_DONE, wire::NLM_F_MULTI, 1, &0i32.to_ne_bytes());
         done[..4].copy_from_slice(&20u32.to_ne_bytes());
         buf.extend(done);
+        assert_eq!(
+            parse_mcast_group(&buf, "ovs_datapath", "ovs_flow").unwrap(),
+            None
+        );
         let got = parse_families(&buf).unwrap();
         assert_eq!(
             got[1],
@@ -128,5 +179,30 @@ mod tests {
         );
         assert_eq!(got.len(), 2);
         assert!(parse_families(&buf[..buf.len() - 20]).is_err());
+    }
+
+    #[test]
+    fn multicast_groups_are_found_by_family_and_name() {
+        let mut groups = Vec::new();
+        let mut g = Vec::new();
+        wire::push_attr(&mut g, CTRL_ATTR_MCAST_GRP_NAME, b"ovs_flow\0");
+        wire::push_attr(&mut g, CTRL_ATTR_MCAST_GRP_ID, &9u32.to_ne_bytes());
+        wire::push_attr(&mut groups, 1, &g);
+        let mut p = vec![1, 2, 0, 0];
+        wire::push_attr(&mut p, CTRL_ATTR_FAMILY_ID, &32u16.to_ne_bytes());
+        wire::push_attr(&mut p, CTRL_ATTR_FAMILY_NAME, b"ovs_flow\0");
+        wire::push_attr(&mut p, CTRL_ATTR_MCAST_GROUPS, &groups);
+        let mut buf = wire::request(GENL_ID_CTRL, wire::NLM_F_MULTI, 1, &p);
+        buf[..4].copy_from_slice(&((16 + p.len()) as u32).to_ne_bytes());
+        let whole = buf.len();
+        let mut done = wire::request(wire::NLMSG_DONE, wire::NLM_F_MULTI, 1, &0i32.to_ne_bytes());
+        done[..4].copy_from_slice(&20u32.to_ne_bytes());
+        buf.extend(done);
+        assert_eq!(
+            parse_mcast_group(&buf, "ovs_flow", "ovs_flow").unwrap(),
+            Some(9)
+        );
+        assert_eq!(parse_mcast_group(&buf, "ovs_flow", "other").unwrap(), None);
+        assert!(parse_mcast_group(&buf[..whole - 4], "ovs_flow", "ovs_flow").is_err());
     }
 }

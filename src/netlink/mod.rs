@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use neli::consts::socket::{Msg, NlFamily};
@@ -117,6 +117,12 @@ pub trait Transport: Send + Sync {
         sink: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<StreamEnd, TransportError>;
 
+    /// Whether this talks to a running kernel, where multicast groups can be joined; a
+    /// replay of captured replies has no notifications to offer.
+    fn live(&self) -> bool {
+        false
+    }
+
     /// The whole reply in one buffer.
     fn exchange(&self, req: &Request) -> Result<Vec<u8>, TransportError> {
         let mut out = Vec::new();
@@ -125,23 +131,40 @@ pub trait Transport: Send + Sync {
     }
 }
 
+/// Dumps that were still interrupted after every retry: their replies were used as they
+/// came and may have missed or repeated an entry. Logged with the request's name.
+static INCONSISTENT: AtomicU64 = AtomicU64::new(0);
+
+/// How many dumps ended inconsistent since start (for the exporter's own series).
+pub fn inconsistent_dumps() -> u64 {
+    INCONSISTENT.load(Ordering::Relaxed)
+}
+
+const DUMP_TRIES: usize = 4;
+
 /// Fills `out` with the whole reply; a dump that raced a change is taken again, a few
-/// times at most.
+/// times at most, and one that still raced is counted and logged.
 fn read_whole<T: Transport + ?Sized>(
     t: &T,
     req: &Request,
     out: &mut Vec<u8>,
 ) -> Result<(), TransportError> {
-    for _ in 0..4 {
+    for _ in 0..DUMP_TRIES {
         out.clear();
         let end = t.stream(req, &mut |chunk| {
             out.extend_from_slice(chunk);
             true
         })?;
         if !end.interrupted {
-            break;
+            return Ok(());
         }
     }
+    tracing::warn!(
+        request = req.name,
+        tries = DUMP_TRIES,
+        "netlink dump kept racing changes; its last reply is used as it is"
+    );
+    INCONSISTENT.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
 
@@ -164,10 +187,17 @@ impl KernelTransport {
     }
 }
 
+/// Reply-size hints kept at most (dumps per datapath; datapaths are few).
+const MAX_HINTS: usize = 64;
+
 /// Large enough for any dump datagram (the kernel caps them at 32 KiB by default).
 const RECV_BUF: usize = 64 * 1024;
 
 impl Transport for KernelTransport {
+    fn live(&self) -> bool {
+        true
+    }
+
     fn stream(
         &self,
         req: &Request,
@@ -231,8 +261,15 @@ impl Transport for KernelTransport {
             .unwrap_or(0);
         let mut out = Vec::with_capacity(expected + expected / 8);
         read_whole(self, req, &mut out)?;
-        if let Ok(mut m) = self.last_len.lock() {
-            m.insert((req.name, req.scope), out.len());
+        // Only dumps are worth a hint; a request per device (one per ifindex ever seen)
+        // would grow the map without bound, so it is also capped.
+        if req.flags & wire::NLM_F_DUMP == wire::NLM_F_DUMP {
+            if let Ok(mut m) = self.last_len.lock() {
+                if m.len() >= MAX_HINTS && !m.contains_key(&(req.name, req.scope)) {
+                    m.clear();
+                }
+                m.insert((req.name, req.scope), out.len());
+            }
         }
         Ok(out)
     }
@@ -258,6 +295,27 @@ pub fn set_recv_timeout(sock: &NlSocket, timeout: Duration) -> std::io::Result<(
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Asks for a receive buffer of `bytes`: SO_RCVBUFFORCE (CAP_NET_ADMIN, past rmem_max)
+/// first, then SO_RCVBUF, which the kernel caps at rmem_max. Listeners on busy multicast
+/// groups need the room; a smaller buffer shows up as counted overruns, not as a failure.
+pub fn set_recv_buffer(sock: &NlSocket, bytes: i32) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid fd and an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&bytes as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
     }
 }
 
@@ -299,6 +357,10 @@ pub struct CaptureTransport<T> {
 }
 
 impl<T: Transport> Transport for CaptureTransport<T> {
+    fn live(&self) -> bool {
+        self.inner.live()
+    }
+
     fn stream(
         &self,
         req: &Request,

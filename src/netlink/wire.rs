@@ -61,6 +61,11 @@ pub enum DecodeError {
     },
     #[error("{family}: kernel answered {}", Errno(*errno))]
     Kernel { family: &'static str, errno: i32 },
+    #[error("{family}: attribute {attr} nests deeper than the kernel allows")]
+    Nesting {
+        family: &'static str,
+        attr: &'static str,
+    },
     #[error("{family}: reply ended without NLMSG_DONE")]
     Unterminated { family: &'static str },
 }
@@ -321,6 +326,16 @@ impl<'a> Attr<'a> {
             None => self.payload,
         };
         std::str::from_utf8(raw).map_err(|_| DecodeError::AttrString { family, attr: name })
+    }
+
+    /// A device or datapath name: Linux allows any bytes but '/' and NUL in one, so bytes
+    /// that are not UTF-8 become U+FFFD rather than failing the whole reply.
+    pub fn name(&self) -> String {
+        let raw = match self.payload.iter().position(|&c| c == 0) {
+            Some(end) => self.payload.get(..end).unwrap_or_default(),
+            None => self.payload,
+        };
+        String::from_utf8_lossy(raw).into_owned()
     }
 }
 
