@@ -299,14 +299,16 @@ impl Cli {
             }
             (None, None) => Arc::new(kernel),
         };
+        let roles = RoleRules {
+            tunnel: a.tunnel_regex.clone(),
+            vm: a.vm_regex.clone(),
+        };
         let config = Config {
             procfs: a.procfs.clone(),
             sysfs: a.sysfs.clone(),
             transport,
-            roles: RoleRules {
-                tunnel: a.tunnel_regex.clone(),
-                vm: a.vm_regex.clone(),
-            },
+            ovs_topology: Arc::new(collectors::ovs::SharedTopology::new(roles.clone())),
+            roles,
             interfaces: collectors::interfaces::Options {
                 device_include: a.device_include.clone(),
                 device_exclude: a.device_exclude.clone(),

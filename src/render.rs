@@ -50,6 +50,13 @@ impl Family {
         Family::new(Kind::Gauge, name, help, labels)
     }
 
+    /// A counter family with one unlabelled sample.
+    pub fn single_counter(name: &str, help: &str, value: f64) -> Family {
+        let mut f = Family::counter(name, help, &[]);
+        f.push(&[], value);
+        f
+    }
+
     /// A gauge family with one unlabelled sample.
     pub fn single_gauge(name: &str, help: &str, value: f64) -> Family {
         let mut f = Family::gauge(name, help, &[]);

@@ -239,7 +239,12 @@ impl Scraper {
             &["version", "revision", "rustc_version"],
         );
         build.push(&[VERSION, REVISION, RUSTC_VERSION], 1.0);
-        families.extend([success, duration, build]);
+        let inconsistent = Family::single_counter(
+            "packetpath_scrape_netlink_dumps_inconsistent_total",
+            "Netlink dumps that still raced a change after every retry and were used as they came.",
+            crate::netlink::inconsistent_dumps() as f64,
+        );
+        families.extend([success, duration, build, inconsistent]);
         let last = self.last_len.load(Ordering::Relaxed);
         let mut out = Vec::with_capacity(last + last / 8 + 4096);
         render::encode_text(families, &mut out);

@@ -239,7 +239,9 @@ mod ovs_fixtures {
 
     use super::fixture;
     use super::vm_results::{dp_flows, dpctl_lookups, dpctl_port_packets};
-    use packetpath_exporter::collectors::ovs_flows::{self, ActionClass, DropReason};
+    use packetpath_exporter::collectors::ovs_flows::parse::{
+        self as ovs_flows, ActionClass, DropReason,
+    };
     use packetpath_exporter::collectors::{interfaces, ovs};
     use packetpath_exporter::netlink::genl;
 
@@ -315,19 +317,23 @@ mod ovs_fixtures {
         }
         let printed = dp_flows(&text("ovs-dpctl-dump-flows.txt"));
         assert_eq!(flows.len(), printed.len());
-        let inv = flows.iter().find(|f| f.drop.is_some()).unwrap();
+        let inv = flows
+            .iter()
+            .find(|f| f.actions.is_some_and(|a| a.drop.is_some()))
+            .unwrap();
         let inv_printed = printed
             .iter()
             .find(|f| f.has("ct_state(0x30/0x30)"))
             .unwrap();
-        assert_eq!(inv.drop, Some(DropReason::CtInvalid));
+        assert_eq!(inv.actions.unwrap().drop, Some(DropReason::CtInvalid));
         assert_eq!(
             (inv.packets, inv.bytes),
             (inv_printed.packets, inv_printed.bytes)
         );
         assert_eq!(inv.packets, 12, "the 12 corrupt packets after priming");
         assert!(inv.tunnel);
-        let mut classes: Vec<ActionClass> = flows.iter().map(|f| f.action).collect();
+        let mut classes: Vec<ActionClass> =
+            flows.iter().map(|f| f.actions.unwrap().class).collect();
         classes.sort();
         assert_eq!(
             classes,

@@ -67,6 +67,8 @@ pub struct Config {
     pub conntrack: conntrack::Options,
     pub ovs_flows: ovs_flows::Options,
     pub conntrack_invalid: conntrack_invalid::Options,
+    /// The OVS datapaths and ports, read once per scrape for both OVS collectors.
+    pub ovs_topology: Arc<ovs::SharedTopology>,
 }
 
 /// The enabled collectors, by name, in registry order.

@@ -217,7 +217,7 @@ pub fn parse_datapaths(buf: &[u8]) -> Result<Vec<Datapath>, DecodeError> {
         for a in wire::attrs(FAMILY, "OVS_DP_ATTR", attrs) {
             let a = a?;
             match a.ty {
-                OVS_DP_ATTR_NAME => dp.name = a.string(FAMILY, "OVS_DP_ATTR_NAME")?.to_owned(),
+                OVS_DP_ATTR_NAME => dp.name = a.name(),
                 OVS_DP_ATTR_STATS => {
                     dp.stats = Some(DpStats {
                         hit: field(a.payload, 0),
@@ -266,9 +266,7 @@ pub fn parse_vports(buf: &[u8]) -> Result<Vec<Vport>, DecodeError> {
                     v.port_no = a.u32_ne(VPORT_FAMILY, "OVS_VPORT_ATTR_PORT_NO")?
                 }
                 OVS_VPORT_ATTR_TYPE => v.ty = a.u32_ne(VPORT_FAMILY, "OVS_VPORT_ATTR_TYPE")?,
-                OVS_VPORT_ATTR_NAME => {
-                    v.name = a.string(VPORT_FAMILY, "OVS_VPORT_ATTR_NAME")?.to_owned()
-                }
+                OVS_VPORT_ATTR_NAME => v.name = a.name(),
                 OVS_VPORT_ATTR_IFINDEX => {
                     v.ifindex = Some(a.u32_ne(VPORT_FAMILY, "OVS_VPORT_ATTR_IFINDEX")?)
                 }
@@ -363,6 +361,89 @@ pub struct Topology {
     pub datapath: Datapath,
     pub vports: Vec<Vport>,
     pub roles: Vec<&'static str>,
+}
+
+/// Which OVS collector asks for the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    Ovs = 0,
+    Flows = 1,
+}
+
+/// A topology one scrape reads once for both OVS collectors: the first to ask dumps it,
+/// the other takes the same copy. A copy each reader has already had, or an old one, is
+/// never handed out again: the next ask dumps afresh.
+pub struct SharedTopology {
+    rules: RoleRules,
+    kinds: LinkKinds,
+    cached: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    at: std::time::Instant,
+    families: Families,
+    topo: Arc<Vec<Topology>>,
+    taken: [bool; 2],
+}
+
+/// Older than this, a copy is not shared: concurrent collectors of one scrape start
+/// within milliseconds of each other.
+const SHARE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl SharedTopology {
+    pub fn new(rules: RoleRules) -> Self {
+        SharedTopology {
+            rules,
+            kinds: LinkKinds::default(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The topology for `reader` in this scrape. The lock is held while dumping, so the
+    /// other reader waits for this dump instead of starting its own.
+    pub fn get(
+        &self,
+        t: &dyn Transport,
+        f: &Families,
+        reader: Reader,
+    ) -> Result<Arc<Vec<Topology>>, CollectError> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached
+            .as_mut()
+            .filter(|c| !c.taken[reader as usize] && c.families == *f && c.at.elapsed() < SHARE_FOR)
+        {
+            c.taken[reader as usize] = true;
+            return Ok(c.topo.clone());
+        }
+        let topo = Arc::new(fetch_topology(t, f, &self.kinds, &self.rules)?);
+        let mut taken = [false; 2];
+        taken[reader as usize] = true;
+        *cached = Some(Cached {
+            at: std::time::Instant::now(),
+            families: *f,
+            topo: topo.clone(),
+            taken,
+        });
+        Ok(topo)
+    }
+
+    /// A fresh dump outside any scrape (a flow on a port not seen yet); the next scrape's
+    /// readers may share it.
+    pub fn refresh(
+        &self,
+        t: &dyn Transport,
+        f: &Families,
+    ) -> Result<Arc<Vec<Topology>>, CollectError> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let topo = Arc::new(fetch_topology(t, f, &self.kinds, &self.rules)?);
+        *cached = Some(Cached {
+            at: std::time::Instant::now(),
+            families: *f,
+            topo: topo.clone(),
+            taken: [false; 2],
+        });
+        Ok(topo)
+    }
 }
 
 fn transport_error(e: TransportError) -> CollectError {
@@ -484,20 +565,18 @@ pub fn render(topo: &[Topology], devices: &super::interfaces::Options) -> Vec<Fa
 
 pub struct Ovs {
     transport: Arc<dyn Transport>,
-    rules: RoleRules,
     devices: super::interfaces::Options,
     families: FamilyCache,
-    kinds: LinkKinds,
+    topology: Arc<SharedTopology>,
 }
 
 impl Ovs {
     pub fn new(c: &Config) -> Self {
         Ovs {
             transport: c.transport.clone(),
-            rules: c.roles.clone(),
             devices: c.interfaces.clone(),
             families: FamilyCache::default(),
-            kinds: LinkKinds::default(),
+            topology: c.ovs_topology.clone(),
         }
     }
 }
@@ -507,7 +586,7 @@ impl Collector for Ovs {
         let t = self.transport.as_ref();
         let topo = self
             .families
-            .with(t, |f| fetch_topology(t, f, &self.kinds, &self.rules))?;
+            .with(t, |f| self.topology.get(t, f, Reader::Ovs))?;
         Ok(render(&topo, &self.devices))
     }
 }

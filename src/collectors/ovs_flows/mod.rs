@@ -1,61 +1,46 @@
-//! `ovs_flows`: which datapath flows drop traffic, and from which port.
+//! `ovs_flows`: which datapath flows drop traffic, from which port, and why.
 //!
-//! One OVS_FLOW_CMD_GET dump per datapath and scrape, streamed (the table can hold 100k+
-//! flows) and capped by `--collector.ovs_flows.max-flows`. A flow drops when its action
-//! list is empty or holds an explicit drop; it is attributed to conntrack when its key
-//! matches `ct_state(+inv)`, the seed incident's signature.
-//!
-//! Datapath flows are evicted after ~10 s idle and re-created, so a sum over live flows
-//! goes down. This collector therefore keeps the last count of each drop flow (by UFID, or
-//! by key bytes where there is none) and adds only increases to running totals: the
-//! totals are counters, and a lower bound (packets between the last scrape and an
-//! eviction are missed).
+//! Fetch: one OVS_FLOW_CMD_GET dump per datapath and scrape, streamed (the table can hold
+//! 100k+ flows) and capped by `--collector.ovs_flows.max-flows`, plus the `ovs_flow`
+//! multicast group ([`monitor`]), where the kernel announces every flow created, changed
+//! and deleted. Parse: [`parse`] decodes a flow and decides whether it drops. Account:
+//! [`accounting`] turns both into drop totals that only grow, exact for flows whose whole
+//! life was announced (also those that lived and died between two scrapes), and a lower
+//! bound where notifications were lost. Render: the totals, and the flow table by action.
+
+pub mod accounting;
+pub mod monitor;
+pub mod parse;
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::ovs::{self, Families, FamilyCache, LinkKinds, Topology};
+use self::accounting::{Accounting, Names, OTHER_PORT};
+use self::monitor::{Drained, Monitor};
+use self::parse::{ActionClass, FAMILY, Flow};
+use super::ovs::{Families, FamilyCache, Reader, SharedTopology, Topology};
 use super::{CollectError, Collector, Config, Spec, interfaces};
+use crate::LogOnce;
 use crate::netlink::genl;
 use crate::netlink::wire::{self, Control, DecodeError};
 use crate::netlink::{Request, Transport};
 use crate::render::Family;
-use crate::roles::RoleRules;
 
 pub const SPEC: Spec = Spec {
     name: "ovs_flows",
-    help: "Drop attribution from the OVS datapath flow table: drop flows by in_port and reason (generic netlink).",
+    help: "Drop attribution from the OVS datapath flow table and its notifications: drop flows by in_port and reason (generic netlink).",
     default_enabled: true,
     build: |c| Arc::new(OvsFlows::new(c)),
 };
 
-const FAMILY: &str = "ovs_flow";
 const OVS_FLOW_VERSION: u8 = 1;
-const OVS_FLOW_CMD_GET: u8 = 3;
-
-const OVS_FLOW_ATTR_KEY: u16 = 1;
-const OVS_FLOW_ATTR_ACTIONS: u16 = 2;
-const OVS_FLOW_ATTR_STATS: u16 = 3;
-const OVS_FLOW_ATTR_UFID: u16 = 9;
-const OVS_FLOW_ATTR_UFID_FLAGS: u16 = 10;
-const OVS_UFID_F_OMIT_MASK: u32 = 1 << 1;
-
-const OVS_KEY_ATTR_IN_PORT: u16 = 3;
-const OVS_KEY_ATTR_TUNNEL: u16 = 16;
-const OVS_KEY_ATTR_CT_STATE: u16 = 22;
-const OVS_CS_F_INVALID: u32 = 0x10;
-
-const OVS_ACTION_ATTR_OUTPUT: u16 = 1;
-const OVS_ACTION_ATTR_USERSPACE: u16 = 2;
-const OVS_ACTION_ATTR_RECIRC: u16 = 7;
-const OVS_ACTION_ATTR_CT: u16 = 12;
-/// Linux 6.4+: an explicit drop carrying a u32 reason.
-const OVS_ACTION_ATTR_DROP: u16 = 24;
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Flows read per datapath and scrape; past it the dump stops and says so.
+    /// Flows read per datapath and scrape, and flows tracked; past it the dump stops and
+    /// says so.
     pub max_flows: usize,
 }
 
@@ -65,72 +50,17 @@ impl Default for Options {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DropReason {
-    /// The flow's key matches ct_state(+inv): conntrack marked the packets invalid.
-    CtInvalid,
-    /// An explicit drop action (newer kernels), not conntrack's.
-    Explicit,
-    /// No actions at all: OVS's way of dropping.
-    NoAction,
-}
-
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::CtInvalid => "ct_invalid",
-            DropReason::Explicit => "explicit",
-            DropReason::NoAction => "no_action",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ActionClass {
-    Drop,
-    Output,
-    Recirculate,
-    Userspace,
-    Other,
-}
-
-impl ActionClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionClass::Drop => "drop",
-            ActionClass::Output => "output",
-            ActionClass::Recirculate => "recirculate",
-            ActionClass::Userspace => "userspace",
-            ActionClass::Other => "other",
-        }
-    }
-}
-
-/// What the collector needs of one datapath flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlowSummary {
-    /// The UFID, or a hash of the key bytes (high bit set) where the flow has none.
-    pub id: u128,
-    pub in_port: Option<u32>,
-    pub ct_state: Option<u32>,
-    pub tunnel: bool,
-    pub action: ActionClass,
-    pub drop: Option<DropReason>,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 pub fn flow_request(f: &Families, dp_ifindex: u32) -> Request {
     let mut body = dp_ifindex.to_ne_bytes().to_vec();
     // The mask is only needed to print flows; the masked key already says +inv.
     wire::push_attr(
         &mut body,
-        OVS_FLOW_ATTR_UFID_FLAGS,
-        &OVS_UFID_F_OMIT_MASK.to_ne_bytes(),
+        parse::OVS_FLOW_ATTR_UFID_FLAGS,
+        &parse::OVS_UFID_F_OMIT_MASK.to_ne_bytes(),
     );
     let mut r = genl::request(
         f.flow,
-        OVS_FLOW_CMD_GET,
+        parse::OVS_FLOW_CMD_GET,
         OVS_FLOW_VERSION,
         "ovs_flow_get",
         true,
@@ -140,96 +70,6 @@ pub fn flow_request(f: &Families, dp_ifindex: u32) -> Request {
     r
 }
 
-/// Decodes one OVS_FLOW_CMD_NEW message of a flow dump.
-pub fn parse_flow(payload: &[u8]) -> Result<FlowSummary, DecodeError> {
-    let (_, attrs) = ovs::split_ovs(FAMILY, payload)?;
-    let mut f = FlowSummary {
-        id: 0,
-        in_port: None,
-        ct_state: None,
-        tunnel: false,
-        action: ActionClass::Drop,
-        drop: None,
-        packets: 0,
-        bytes: 0,
-    };
-    let mut key_bytes: &[u8] = &[];
-    let mut ufid = None;
-    let mut actions_seen = false;
-    let (mut output, mut recirc, mut userspace, mut explicit, mut any) =
-        (false, false, false, false, false);
-    for a in wire::attrs(FAMILY, "OVS_FLOW_ATTR", attrs) {
-        let a = a?;
-        match a.ty {
-            OVS_FLOW_ATTR_KEY => {
-                key_bytes = a.payload;
-                for k in wire::attrs(FAMILY, "OVS_FLOW_ATTR_KEY", a.payload) {
-                    let k = k?;
-                    match k.ty {
-                        OVS_KEY_ATTR_IN_PORT => {
-                            f.in_port = Some(k.u32_ne(FAMILY, "OVS_KEY_ATTR_IN_PORT")?)
-                        }
-                        OVS_KEY_ATTR_CT_STATE => {
-                            f.ct_state = Some(k.u32_ne(FAMILY, "OVS_KEY_ATTR_CT_STATE")?)
-                        }
-                        OVS_KEY_ATTR_TUNNEL => f.tunnel = !k.payload.is_empty(),
-                        _ => {}
-                    }
-                }
-            }
-            OVS_FLOW_ATTR_ACTIONS => {
-                actions_seen = true;
-                for act in wire::attrs(FAMILY, "OVS_FLOW_ATTR_ACTIONS", a.payload) {
-                    any = true;
-                    match act?.ty {
-                        OVS_ACTION_ATTR_OUTPUT => output = true,
-                        OVS_ACTION_ATTR_USERSPACE => userspace = true,
-                        OVS_ACTION_ATTR_RECIRC | OVS_ACTION_ATTR_CT => recirc = true,
-                        OVS_ACTION_ATTR_DROP => explicit = true,
-                        _ => {}
-                    }
-                }
-            }
-            OVS_FLOW_ATTR_STATS => {
-                f.packets = wire::read_u64_ne(a.payload, 0).unwrap_or(0);
-                f.bytes = wire::read_u64_ne(a.payload, 8).unwrap_or(0);
-            }
-            OVS_FLOW_ATTR_UFID => ufid = Some(a.payload),
-            _ => {}
-        }
-    }
-    f.id = match ufid.and_then(|u| <[u8; 16]>::try_from(u).ok()) {
-        Some(u) => u128::from_ne_bytes(u) & !(1u128 << 127),
-        None => {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            key_bytes.hash(&mut h);
-            (1u128 << 127) | u128::from(h.finish())
-        }
-    };
-    let drops = actions_seen && (!any || explicit) && !output && !userspace && !recirc;
-    f.action = if drops {
-        ActionClass::Drop
-    } else if output {
-        ActionClass::Output
-    } else if recirc {
-        ActionClass::Recirculate
-    } else if userspace {
-        ActionClass::Userspace
-    } else {
-        ActionClass::Other
-    };
-    if drops {
-        f.drop = Some(if f.ct_state.is_some_and(|s| s & OVS_CS_F_INVALID != 0) {
-            DropReason::CtInvalid
-        } else if explicit {
-            DropReason::Explicit
-        } else {
-            DropReason::NoAction
-        });
-    }
-    Ok(f)
-}
-
 /// Outcome of reading one datapath's flow dump.
 #[derive(Debug, Default)]
 pub struct Dump {
@@ -237,22 +77,25 @@ pub struct Dump {
     pub truncated: bool,
 }
 
-/// Streams a flow dump into `on_flow`, stopping after `max` flows.
+/// Streams a flow dump into `on_flow`, stopping after `max` flows; `before_chunk` runs
+/// before each chunk's flows are handed over.
 pub fn read_dump(
     t: &dyn Transport,
     req: &Request,
     max: usize,
-    on_flow: &mut dyn FnMut(FlowSummary),
+    before_chunk: &mut dyn FnMut(),
+    on_flow: &mut dyn FnMut(Flow),
 ) -> Result<Dump, CollectError> {
     let mut dump = Dump::default();
     let mut done = false;
     let mut failure: Option<DecodeError> = None;
     t.stream(req, &mut |chunk| {
+        before_chunk();
         for m in wire::messages(FAMILY, chunk) {
             let step = m
                 .and_then(|m| wire::control(FAMILY, m))
                 .and_then(|c| match c {
-                    Control::Data(m) => parse_flow(m.payload).map(Some),
+                    Control::Data(m) => parse::parse_flow(m.payload).map(Some),
                     Control::Done => {
                         done = true;
                         Ok(None)
@@ -290,149 +133,310 @@ pub fn read_dump(
     }
 }
 
-/// What drop totals are kept by: input port name, its role, and the reason.
-type DropKey = (String, &'static str, DropReason);
-/// Drop totals: packets and bytes.
-type Totals = HashMap<DropKey, (u64, u64)>;
-
-#[derive(Debug, Default)]
-struct DatapathState {
-    /// Last seen (packets, bytes) and scrape generation of every live drop flow.
-    flows: HashMap<u128, (u64, u64, u64)>,
-    totals: Totals,
+/// Port labels and roles of one datapath, as drop totals name them: ports the device
+/// filter leaves out count as in_port="other" (their role kept), so cardinality stays
+/// bounded and sums exact.
+fn names_of(topo: &Topology, devices: &interfaces::Options) -> Names {
+    Names {
+        datapath: topo.datapath.name.clone(),
+        ports: topo
+            .vports
+            .iter()
+            .zip(&topo.roles)
+            .map(|(v, r)| {
+                let label = if devices.wants(&v.name) {
+                    v.name.clone()
+                } else {
+                    OTHER_PORT.to_owned()
+                };
+                (v.port_no, (label, *r))
+            })
+            .collect(),
+    }
 }
 
+/// Notification counts since start.
 #[derive(Debug, Default)]
+struct Heard {
+    drained: Drained,
+}
+
+/// Everything the listener thread and scrapes share, behind one lock: the order in which
+/// notifications and dump entries are applied is the order they are read.
 struct State {
-    generation: u64,
-    datapaths: HashMap<String, DatapathState>,
+    acct: Accounting,
+    monitor: Option<Monitor>,
+    heard: Heard,
+    /// The families the monitor and the topology were last resolved with.
+    families: Option<Families>,
+    last_open: Option<Instant>,
+    last_refresh: Option<Instant>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    stop: AtomicBool,
+    transport: Arc<dyn Transport>,
+    topology: Arc<SharedTopology>,
+    devices: interfaces::Options,
+    families: FamilyCache,
+    monitor_notice: LogOnce,
+}
+
+/// How often a missing or broken monitor is opened again at most.
+const REOPEN_EVERY: Duration = Duration::from_secs(10);
+/// How often the listener may dump the topology to name a port it has not seen.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies every queued notification. Outside a scrape (`may_refresh`) a flow on a
+    /// datapath or port not named yet first has the topology read again.
+    fn drain(&self, st: &mut State, may_refresh: bool) {
+        let Some(m) = st.monitor.as_mut() else { return };
+        let mut flows = Vec::new();
+        match m.drain(&mut |f| flows.push(*f)) {
+            Ok(d) => {
+                let h = &mut st.heard.drained;
+                h.new += d.new;
+                h.set += d.set;
+                h.del += d.del;
+                h.overruns += d.overruns;
+                h.errors += d.errors;
+                if d.overruns > 0 {
+                    tracing::debug!(
+                        overruns = d.overruns,
+                        "ovs_flow notifications lost (ENOBUFS); counts fall back to flow dumps"
+                    );
+                }
+            }
+            Err(e) => {
+                if self.monitor_notice.first(&e.to_string()) {
+                    tracing::warn!(collector = "ovs_flows", error = %e, "ovs_flow notification socket failed; it is opened again at the next scrape");
+                }
+                st.monitor = None;
+            }
+        }
+        let stale = st.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if may_refresh && stale && flows.iter().any(|f| !st.acct.knows(f)) {
+            if let Some(f) = st.families {
+                st.last_refresh = Some(Instant::now());
+                if let Ok(topo) = self.topology.refresh(self.transport.as_ref(), &f) {
+                    for tp in topo.iter() {
+                        st.acct
+                            .set_names(tp.datapath.ifindex, names_of(tp, &self.devices));
+                    }
+                }
+            }
+        }
+        for f in &flows {
+            st.acct.notify(f);
+        }
+    }
+
+    /// Joins the ovs_flow group if not joined yet, or joined under other family ids (the
+    /// module was reloaded).
+    fn ensure_monitor(&self, st: &mut State, f: &Families) {
+        if st.monitor.as_ref().is_some_and(|m| m.family == f.flow) || !self.transport.live() {
+            return;
+        }
+        if st.families == Some(*f) && st.last_open.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+            return;
+        }
+        st.last_open = Some(Instant::now());
+        let opened = self
+            .transport
+            .exchange(&genl::families_request())
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                genl::parse_mcast_group(&b, FAMILY, monitor::GROUP).map_err(|e| e.to_string())
+            })
+            .and_then(|g| g.ok_or_else(|| "the ovs_flow family has no ovs_flow group".to_owned()))
+            .and_then(|g| Monitor::open(f.flow, g).map_err(|e| e.to_string()));
+        match opened {
+            Ok(m) => {
+                st.monitor = Some(m);
+                if self.monitor_notice.reset() {
+                    tracing::info!(
+                        collector = "ovs_flows",
+                        "listening to ovs_flow notifications again"
+                    );
+                }
+            }
+            Err(e) => {
+                st.monitor = None;
+                if self.monitor_notice.first(&e) {
+                    tracing::warn!(collector = "ovs_flows", error = %e, "cannot listen to ovs_flow notifications; drop counts come from flow dumps alone (a lower bound)");
+                }
+            }
+        }
+    }
+}
+
+/// The listener: applies notifications as they come, so the socket never fills up
+/// between scrapes.
+/// From start, not from the first scrape: flows created after the exporter started are
+/// then counted from their first packet.
+fn listen(shared: Arc<Shared>) {
+    let mut last_probe: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Relaxed) {
+        // Wait without the lock, on the monitor of the moment.
+        let waiter = shared.lock().monitor.as_ref().map(|m| m.waiter());
+        match waiter {
+            None => {
+                // Look for the module now and then (a dump, which never loads it).
+                if shared.transport.live() && last_probe.is_none_or(|t| t.elapsed() >= REOPEN_EVERY)
+                {
+                    last_probe = Some(Instant::now());
+                    if let Ok(f) = shared.families.get(shared.transport.as_ref()) {
+                        let mut st = shared.lock();
+                        st.families = Some(f);
+                        shared.ensure_monitor(&mut st, &f);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Some(w) => {
+                if w.wait(Duration::from_millis(200)) {
+                    let mut st = shared.lock();
+                    shared.drain(&mut st, true);
+                }
+            }
+        }
+    }
 }
 
 /// What one scrape saw of one datapath, for rendering.
 pub struct Seen {
     pub datapath: String,
     pub by_action: HashMap<(&'static str, ActionClass), u64>,
-    pub totals: Vec<(DropKey, (u64, u64))>,
     pub truncated: bool,
 }
 
-/// in_port of drop flows from ports the device filter leaves out.
-const OTHER_PORT: &str = "other";
-
 pub struct OvsFlows {
-    transport: Arc<dyn Transport>,
-    rules: RoleRules,
+    shared: Arc<Shared>,
     opts: Options,
-    /// The interfaces collector's include/exclude filter: ports it leaves out count as
-    /// in_port="other" here (same role), so cardinality stays bounded and sums exact.
-    devices: interfaces::Options,
-    families: FamilyCache,
-    kinds: LinkKinds,
-    state: Mutex<State>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl OvsFlows {
     pub fn new(c: &Config) -> Self {
-        OvsFlows {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                acct: Accounting::new(c.ovs_flows.max_flows),
+                monitor: None,
+                heard: Heard::default(),
+                families: None,
+                last_open: None,
+                last_refresh: None,
+            }),
+            stop: AtomicBool::new(false),
             transport: c.transport.clone(),
-            rules: c.roles.clone(),
-            opts: c.ovs_flows.clone(),
+            topology: c.ovs_topology.clone(),
             devices: c.interfaces.clone(),
             families: FamilyCache::default(),
-            kinds: LinkKinds::default(),
-            state: Mutex::new(State::default()),
+            monitor_notice: LogOnce::default(),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("ovs-flow-monitor".into())
+            .spawn(move || listen(s))
+            .map_err(|e| tracing::error!(error = %e, "could not start the ovs_flow listener"))
+            .ok();
+        OvsFlows {
+            shared,
+            opts: c.ovs_flows.clone(),
+            thread: Mutex::new(thread),
         }
     }
 
-    fn scan(&self, f: &Families, topo: &Topology, state: &mut State) -> Result<Seen, CollectError> {
-        let generation = state.generation;
-        let ports: HashMap<u32, (&str, &'static str)> = topo
-            .vports
-            .iter()
-            .zip(&topo.roles)
-            // The device filter is applied here, once per port, not per flow.
-            .map(|(v, r)| {
-                let name = if self.devices.wants(&v.name) {
-                    v.name.as_str()
-                } else {
-                    OTHER_PORT
-                };
-                (v.port_no, (name, *r))
-            })
-            .collect();
-        let dp = state
-            .datapaths
-            .entry(topo.datapath.name.clone())
-            .or_default();
+    fn scan(&self, f: &Families, topo: &Topology, st: &mut State) -> Result<Seen, CollectError> {
+        let dp = topo.datapath.ifindex;
+        let names = names_of(topo, &self.shared.devices);
         let mut by_action: HashMap<(&'static str, ActionClass), u64> = HashMap::new();
-        let req = flow_request(f, topo.datapath.ifindex);
+        let req = flow_request(f, dp);
+        st.acct.begin_dump(dp);
+        let st = std::cell::RefCell::new(st);
         let dump = read_dump(
-            self.transport.as_ref(),
+            self.shared.transport.as_ref(),
             &req,
             self.opts.max_flows,
+            // Notifications sent before this chunk was made are applied before it.
+            &mut || self.shared.drain(&mut st.borrow_mut(), false),
             &mut |flow| {
-                let (name, role) = flow
+                let role = flow
                     .in_port
-                    .and_then(|p| ports.get(&p).copied())
-                    .unwrap_or(("", "other"));
-                *by_action.entry((role, flow.action)).or_default() += 1;
-                let Some(reason) = flow.drop else { return };
-                let last = dp
-                    .flows
-                    .insert(flow.id, (flow.packets, flow.bytes, generation));
-                // A count below the last one means the identity now names a new flow.
-                let (dp_, db_) = match last {
-                    Some((lp, lb, _)) if flow.packets >= lp => {
-                        (flow.packets - lp, flow.bytes.saturating_sub(lb))
-                    }
-                    _ => (flow.packets, flow.bytes),
-                };
-                let port = match (name, flow.in_port) {
-                    ("", Some(p)) => format!("port{p}"),
-                    ("", None) => "none".to_owned(),
-                    (n, _) => n.to_owned(),
-                };
-                let t = dp.totals.entry((port, role, reason)).or_default();
-                t.0 = t.0.saturating_add(dp_);
-                t.1 = t.1.saturating_add(db_);
+                    .and_then(|p| names.ports.get(&p))
+                    .map_or("other", |(_, r)| *r);
+                let class = flow.actions.map_or(ActionClass::Drop, |a| a.class);
+                *by_action.entry((role, class)).or_default() += 1;
+                st.borrow_mut().acct.dumped(&flow);
             },
-        )?;
-        // Flows missing from a complete dump were evicted: their counts are already in the
-        // totals. A truncated dump proves nothing about the flows it did not reach, so
-        // those are kept a few scrapes more, never for ever (memory stays bounded).
-        let keep = if dump.truncated { 3 } else { 0 };
-        dp.flows.retain(|_, (_, _, g)| generation - *g <= keep);
-        // Totals follow the ports that exist, so deleted VM ports do not pile up; flows
-        // from ports the vport dump did not name ("port<N>", "none") are kept as they are.
-        dp.totals.retain(|(port, role, _), _| {
-            ports.values().any(|(n, r)| n == port && r == role)
-                || port.starts_with("port")
-                || port == "none"
-                || port == OTHER_PORT
-        });
-        let mut totals: Vec<_> = dp.totals.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        totals.sort();
+        );
+        let st = st.into_inner();
+        st.acct
+            .end_dump(dp, dump.as_ref().is_ok_and(|d| !d.truncated));
+        let dump = dump?;
         Ok(Seen {
             datapath: topo.datapath.name.clone(),
             by_action,
-            totals,
             truncated: dump.truncated,
         })
     }
+
+    fn collect_with(&self, f: &Families) -> Result<Vec<Family>, CollectError> {
+        let t = self.shared.transport.as_ref();
+        let topo = self.shared.topology.get(t, f, Reader::Flows)?;
+        let mut st = self.shared.lock();
+        st.families = Some(*f);
+        self.shared.ensure_monitor(&mut st, f);
+        st.acct.begin_collect();
+        for tp in topo.iter() {
+            let names = names_of(tp, &self.shared.devices);
+            let watched: Vec<(&str, &'static str)> = tp
+                .vports
+                .iter()
+                .zip(&tp.roles)
+                .filter(|(v, r)| {
+                    matches!(**r, "tunnel" | "vm") && self.shared.devices.wants(&v.name)
+                })
+                .map(|(v, r)| (v.name.as_str(), *r))
+                .collect();
+            st.acct.set_names(tp.datapath.ifindex, names);
+            st.acct.ensure_ports(&tp.datapath.name, &watched);
+        }
+        // What was heard before the dumps start belongs before them.
+        self.shared.drain(&mut st, false);
+        let seen = topo
+            .iter()
+            .map(|tp| self.scan(f, tp, &mut st))
+            .collect::<Result<Vec<_>, _>>();
+        let live: Vec<u32> = topo.iter().map(|tp| tp.datapath.ifindex).collect();
+        st.acct.forget_datapaths(&live);
+        st.acct.end_collect();
+        Ok(render(&seen?, &st))
+    }
 }
 
-pub fn render(seen: &[Seen]) -> Vec<Family> {
+fn render(seen: &[Seen], st: &State) -> Vec<Family> {
     const L: &[&str] = &["datapath", "in_port", "in_port_role", "reason"];
     let mut packets = Family::counter(
         "packetpath_ovs_drop_flow_packets_total",
-        "Packets dropped by datapath flows, by input port and reason (a lower bound: evicted flows' last packets are missed).",
+        "Packets dropped by datapath flows, by input port and reason.",
         L,
     );
     let mut bytes = Family::counter(
         "packetpath_ovs_drop_flow_bytes_total",
-        "Bytes dropped by datapath flows, by input port and reason (a lower bound).",
+        "Bytes dropped by datapath flows, by input port and reason.",
         L,
     );
+    for ((dp, port, role, reason), (p, b)) in st.acct.totals() {
+        packets.push(&[dp, port, role, reason.as_str()], *p as f64);
+        bytes.push(&[dp, port, role, reason.as_str()], *b as f64);
+    }
     let mut by_action = Family::gauge(
         "packetpath_ovs_datapath_flows_by_action",
         "Datapath flows in the last dump by the role of their input port and their action class.",
@@ -445,10 +449,6 @@ pub fn render(seen: &[Seen]) -> Vec<Family> {
     );
     for s in seen {
         let dp = s.datapath.as_str();
-        for ((port, role, reason), (p, b)) in &s.totals {
-            packets.push(&[dp, port, role, reason.as_str()], *p as f64);
-            bytes.push(&[dp, port, role, reason.as_str()], *b as f64);
-        }
         let mut classes: Vec<_> = s.by_action.iter().collect();
         classes.sort();
         for ((role, action), n) in classes {
@@ -456,35 +456,77 @@ pub fn render(seen: &[Seen]) -> Vec<Family> {
         }
         truncated.push(&[dp], if s.truncated { 1.0 } else { 0.0 });
     }
-    vec![packets, bytes, by_action, truncated]
+    let h = &st.heard.drained;
+    let mut notifications = Family::counter(
+        "packetpath_ovs_flow_notifications_total",
+        "Datapath flow notifications received from the kernel, by command.",
+        &["command"],
+    );
+    notifications.push(&["new"], h.new as f64);
+    notifications.push(&["set"], h.set as f64);
+    notifications.push(&["del"], h.del as f64);
+    vec![
+        packets,
+        bytes,
+        by_action,
+        truncated,
+        notifications,
+        Family::single_counter(
+            "packetpath_ovs_flow_notification_overruns_total",
+            "Times the flow notification socket overflowed (ENOBUFS): notifications were lost and drop counts are a lower bound since.",
+            h.overruns as f64,
+        ),
+        Family::single_counter(
+            "packetpath_ovs_flow_notification_errors_total",
+            "Flow notifications that could not be decoded.",
+            h.errors as f64,
+        ),
+        Family::single_gauge(
+            "packetpath_ovs_flow_monitor_active",
+            "1 while the exporter listens to the kernel's flow notifications; 0 means drop counts come from flow dumps alone.",
+            if st.monitor.is_some() { 1.0 } else { 0.0 },
+        ),
+        Family::single_gauge(
+            "packetpath_ovs_flows_tracked",
+            "Datapath flows whose counts the exporter remembers.",
+            st.acct.tracked() as f64,
+        ),
+        Family::single_counter(
+            "packetpath_ovs_flows_untracked_total",
+            "Flows not tracked because --collector.ovs_flows.max-flows were already.",
+            st.acct.untracked as f64,
+        ),
+    ]
 }
 
 impl Collector for OvsFlows {
     fn collect(&self) -> Result<Vec<Family>, CollectError> {
-        let t = self.transport.as_ref();
-        self.families.with(t, |f| {
-            let topo = ovs::fetch_topology(t, f, &self.kinds, &self.rules)?;
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.generation += 1;
-            let seen = topo
-                .iter()
-                .map(|tp| self.scan(f, tp, &mut state))
-                .collect::<Result<Vec<_>, _>>()?;
-            // Datapaths that are gone take their flow memory with them; their totals stay,
-            // so the counters resume where they were if the datapath comes back.
-            for (name, dp) in state.datapaths.iter_mut() {
-                if !topo.iter().any(|t| &t.datapath.name == name) {
-                    dp.flows.clear();
-                }
-            }
-            Ok(render(&seen))
-        })
+        let t = self.shared.transport.as_ref();
+        self.shared
+            .families
+            .with(t, |f| self.collect_with(f))
+            .inspect_err(|_| {
+                // The module may be going away: its group, and so the monitor, with it.
+                self.shared.lock().monitor = None;
+            })
+    }
+
+    fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = h.join();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::roles::RoleRules;
+    use parse::{
+        OVS_FLOW_ATTR_ACTIONS, OVS_FLOW_ATTR_KEY, OVS_FLOW_ATTR_STATS, OVS_FLOW_ATTR_UFID,
+    };
+    use parse::{OVS_KEY_ATTR_CT_STATE, OVS_KEY_ATTR_IN_PORT};
 
     /// genlmsghdr + ovs_header + attributes.
     fn flow_msg(attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
@@ -506,77 +548,6 @@ mod tests {
 
     fn stats(p: u64, b: u64) -> Vec<u8> {
         [p.to_ne_bytes(), b.to_ne_bytes()].concat()
-    }
-
-    #[test]
-    fn classifies_drop_reasons_and_actions() {
-        let inv = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_KEY, key(2, Some(0x30))),
-            (OVS_FLOW_ATTR_ACTIONS, vec![]),
-            (OVS_FLOW_ATTR_STATS, stats(12, 648)),
-        ]))
-        .unwrap();
-        assert_eq!(
-            (inv.in_port, inv.drop, inv.action),
-            (Some(2), Some(DropReason::CtInvalid), ActionClass::Drop)
-        );
-        assert_eq!((inv.packets, inv.bytes), (12, 648));
-
-        let mut out = Vec::new();
-        wire::push_attr(&mut out, OVS_ACTION_ATTR_OUTPUT, &3u32.to_ne_bytes());
-        let fwd = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_KEY, key(2, Some(0x21))),
-            (OVS_FLOW_ATTR_ACTIONS, out),
-        ]))
-        .unwrap();
-        assert_eq!((fwd.drop, fwd.action), (None, ActionClass::Output));
-
-        let mut explicit = Vec::new();
-        wire::push_attr(&mut explicit, OVS_ACTION_ATTR_DROP, &0u32.to_ne_bytes());
-        let ex = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_KEY, key(1, None)),
-            (OVS_FLOW_ATTR_ACTIONS, explicit),
-        ]))
-        .unwrap();
-        assert_eq!(ex.drop, Some(DropReason::Explicit));
-
-        let bare = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_KEY, key(1, Some(0x21))),
-            (OVS_FLOW_ATTR_ACTIONS, vec![]),
-        ]))
-        .unwrap();
-        assert_eq!(bare.drop, Some(DropReason::NoAction));
-
-        let mut ct = Vec::new();
-        wire::push_attr(&mut ct, OVS_ACTION_ATTR_CT, &[]);
-        wire::push_attr(&mut ct, OVS_ACTION_ATTR_RECIRC, &1u32.to_ne_bytes());
-        let rc = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_KEY, key(1, None)),
-            (OVS_FLOW_ATTR_ACTIONS, ct),
-        ]))
-        .unwrap();
-        assert_eq!((rc.drop, rc.action), (None, ActionClass::Recirculate));
-    }
-
-    #[test]
-    fn identity_is_the_ufid_or_a_key_hash() {
-        let ufid: Vec<u8> = (1..=16).collect();
-        let a = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_UFID, ufid.clone()),
-            (OVS_FLOW_ATTR_KEY, key(1, None)),
-        ]))
-        .unwrap();
-        let b = parse_flow(&flow_msg(&[
-            (OVS_FLOW_ATTR_UFID, ufid),
-            (OVS_FLOW_ATTR_KEY, key(2, None)),
-        ]))
-        .unwrap();
-        assert_eq!(a.id, b.id);
-        assert_eq!(a.id >> 127, 0);
-        let c = parse_flow(&flow_msg(&[(OVS_FLOW_ATTR_KEY, key(1, None))])).unwrap();
-        let d = parse_flow(&flow_msg(&[(OVS_FLOW_ATTR_KEY, key(2, None))])).unwrap();
-        assert_ne!(c.id, d.id);
-        assert_eq!(c.id >> 127, 1);
     }
 
     /// A kernel stand-in: one datapath "ovs-system" (ifindex 7) with ports 1 (br-int,
@@ -683,6 +654,7 @@ mod tests {
             sysfs: "/sys".into(),
             transport: kernel,
             roles: RoleRules::default(),
+            ovs_topology: Arc::new(SharedTopology::new(RoleRules::default())),
             interfaces,
             conntrack: Default::default(),
             ovs_flows: Options { max_flows },
@@ -699,32 +671,43 @@ mod tests {
             flows: Mutex::new(vec![inv_drop(1, 10)]),
         });
         let c = collector(kernel.clone(), 1000);
-        assert!(scrape(&c).contains(&format!("{SERIES} 10\n")));
+        // The first look sets the baseline: a restart counts nothing old again.
+        let text = scrape(&c);
+        assert!(text.contains(&format!("{SERIES} 0\n")), "{text}");
         *kernel.flows.lock().unwrap() = vec![inv_drop(1, 15)];
-        assert!(scrape(&c).contains(&format!("{SERIES} 15\n")));
+        assert!(scrape(&c).contains(&format!("{SERIES} 5\n")));
         // Flow 1 evicted, flow 2 created: the live sum fell to 3, the counter goes on.
         *kernel.flows.lock().unwrap() = vec![inv_drop(2, 3)];
-        assert!(scrape(&c).contains(&format!("{SERIES} 18\n")));
+        assert!(scrape(&c).contains(&format!("{SERIES} 8\n")));
         // The same identity with a lower count is a new flow: all its packets count.
         *kernel.flows.lock().unwrap() = vec![inv_drop(2, 1)];
         let text = scrape(&c);
-        assert!(text.contains(&format!("{SERIES} 19\n")), "{text}");
-        assert!(text.contains("packetpath_ovs_drop_flow_bytes_total{datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"} 1026\n"));
+        assert!(text.contains(&format!("{SERIES} 9\n")), "{text}");
+        assert!(text.contains("packetpath_ovs_drop_flow_bytes_total{datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"} 486\n"));
         assert!(text.contains("packetpath_ovs_datapath_flows_by_action{datapath=\"ovs-system\",in_port_role=\"tunnel\",action=\"drop\"} 1\n"));
         assert!(text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 0\n"));
-        // Only the live drop flow is remembered.
-        assert_eq!(
-            c.state.lock().unwrap().datapaths["ovs-system"].flows.len(),
-            1
+        // Every reason of the tunnel port exists from the first scrape, at 0 until it drops.
+        assert!(text.contains("packetpath_ovs_drop_flow_packets_total{datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"controller\"} 0\n"), "{text}");
+        assert!(
+            text.contains("packetpath_ovs_flow_monitor_active 0\n"),
+            "{text}"
         );
+        // Flow 1 is kept for the grace period, flow 2 is live.
+        assert_eq!(c.shared.lock().acct.tracked(), 2);
+        for _ in 0..=accounting::GRACE {
+            scrape(&c);
+        }
+        assert_eq!(c.shared.lock().acct.tracked(), 1);
     }
 
     #[test]
     fn the_flow_cap_stops_the_dump_and_says_so() {
         let kernel = Arc::new(FakeKernel {
-            flows: Mutex::new(vec![inv_drop(1, 4), inv_drop(2, 5), inv_drop(3, 6)]),
+            flows: Mutex::new(vec![]),
         });
-        let c = collector(kernel, 2);
+        let c = collector(kernel.clone(), 2);
+        scrape(&c);
+        *kernel.flows.lock().unwrap() = vec![inv_drop(1, 4), inv_drop(2, 5), inv_drop(3, 6)];
         let text = scrape(&c);
         assert!(text.contains(&format!("{SERIES} 9\n")), "{text}");
         assert!(text.contains("packetpath_ovs_flows_dump_truncated{datapath=\"ovs-system\"} 1\n"));
@@ -742,23 +725,20 @@ mod tests {
     #[test]
     fn ports_the_device_filter_leaves_out_count_as_other() {
         let kernel = Arc::new(FakeKernel {
-            flows: Mutex::new(vec![inv_drop(1, 4), inv_drop(2, 5)]),
+            flows: Mutex::new(vec![]),
         });
         let devices = interfaces::Options {
             device_include: None,
             device_exclude: Some(regex::Regex::new("^genev").unwrap()),
         };
-        let text = scrape(&filtered(kernel, 1000, devices));
+        let c = filtered(kernel.clone(), 1000, devices);
+        scrape(&c);
+        *kernel.flows.lock().unwrap() = vec![inv_drop(1, 4), inv_drop(2, 5)];
+        let text = scrape(&c);
         assert!(!text.contains("genev_sys_6081"), "{text}");
         assert!(
             text.contains("packetpath_ovs_drop_flow_packets_total{datapath=\"ovs-system\",in_port=\"other\",in_port_role=\"tunnel\",reason=\"ct_invalid\"} 9\n"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn short_or_garbled_messages_are_errors() {
-        assert!(parse_flow(&[1, 1]).is_err());
-        assert!(parse_flow(&[1, 1, 0, 0, 7, 0, 0, 0, 200, 0, 1, 0]).is_err());
     }
 }

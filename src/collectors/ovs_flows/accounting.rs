@@ -1,0 +1,658 @@
+//! Drop accounting: turns what the kernel says about datapath flows (dump entries, and
+//! notifications of flows created, changed and deleted) into drop totals that only grow.
+//!
+//! Every flow's last counts are remembered, not only drop flows', with what the flow did
+//! with packets since then. An increase is credited to the drops only for the time the
+//! flow dropped:
+//! - a notification marks a boundary: the increase since the last observation belongs to
+//!   the actions the flow had until then (a forwarding flow changed into a drop credits
+//!   nothing from before the change); a delete brings the flow's final counts;
+//! - between two dumps with no notification in between, the increase is credited when the
+//!   flow did the same thing at both ends, and not at all when its actions changed unseen
+//!   (a lower bound, never an over-count);
+//! - a count below the last one means the flow started over (re-created under the same
+//!   UFID, or its statistics cleared): its whole count is new.
+//!
+//! The kernel's dump is not a snapshot, so a flow a dump did not reach is kept for
+//! [`GRACE`] more complete dumps before it is forgotten. Notifications and dump replies
+//! come over two sockets; the caller applies every queued notification before each dump
+//! chunk, and an entry of the dump in progress is ignored for a flow a notification
+//! already spoke about during that dump (the notification is as new or newer).
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::parse::{self, Actions, DropReason, Flow};
+
+/// Complete dumps a flow may be missing from before it is forgotten.
+pub const GRACE: u64 = 2;
+
+/// in_port of drops from ports the topology does not name (deleted since, or left out by
+/// the device filter).
+pub const OTHER_PORT: &str = "other";
+
+/// Per datapath: its name and every port's label (name or "other") and role.
+#[derive(Debug, Clone, Default)]
+pub struct Names {
+    pub datapath: String,
+    pub ports: HashMap<u32, (String, &'static str)>,
+}
+
+/// What a flow does with the packets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not known yet (created by a notification that left its actions out).
+    Unknown,
+    Forwards,
+    Drops {
+        in_port: Option<u32>,
+        reason: DropReason,
+    },
+}
+
+impl State {
+    fn of(actions: Option<Actions>, in_port: Option<u32>) -> State {
+        match actions {
+            None => State::Unknown,
+            Some(Actions { drop: None, .. }) => State::Forwards,
+            Some(Actions {
+                drop: Some(reason), ..
+            }) => State::Drops { in_port, reason },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    packets: u64,
+    bytes: u64,
+    state: State,
+    /// The collection that last saw the flow alive (in a dump or a notification).
+    seen: u64,
+    /// The collection whose dump was in progress when a notification last spoke about
+    /// the flow; its dump entries are older news then.
+    touched: u64,
+    /// Deleted during a dump in progress; kept until that dump ends so that its stale
+    /// entry does not bring the flow back.
+    deleted: bool,
+}
+
+/// Drop totals by (datapath, in_port label, role, reason): (packets, bytes).
+pub type Totals = BTreeMap<(String, String, &'static str, DropReason), (u64, u64)>;
+
+#[derive(Debug)]
+pub struct Accounting {
+    max_flows: usize,
+    flows: HashMap<(u32, u128), Record>,
+    names: HashMap<u32, Names>,
+    totals: Totals,
+    /// Collections started; 0 before the first.
+    generation: u64,
+    /// The datapath whose dump is in progress.
+    dumping: Option<u32>,
+    /// True until the first collection ends: flows seen then set baselines only, so a
+    /// restart does not count live flows' old packets again.
+    initial: bool,
+    /// Flows not tracked because `max_flows` were already.
+    pub untracked: u64,
+    /// Packets dropped by flows of a datapath the topology did not name when credited.
+    pub unattributed: u64,
+}
+
+impl Accounting {
+    pub fn new(max_flows: usize) -> Self {
+        Accounting {
+            max_flows,
+            flows: HashMap::new(),
+            names: HashMap::new(),
+            totals: Totals::new(),
+            generation: 0,
+            dumping: None,
+            initial: true,
+            untracked: 0,
+            unattributed: 0,
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Whether drops of this flow can be attributed now (its datapath and port are named).
+    pub fn knows(&self, f: &Flow) -> bool {
+        self.names
+            .get(&f.dp_ifindex)
+            .is_some_and(|n| f.in_port.is_none_or(|p| n.ports.contains_key(&p)))
+    }
+
+    /// Names a datapath's ports; totals of ports that are gone end with them.
+    pub fn set_names(&mut self, dp_ifindex: u32, names: Names) {
+        self.totals.retain(|(dp, port, role, _), _| {
+            dp != &names.datapath
+                || port == OTHER_PORT
+                || names.ports.values().any(|(n, r)| n == port && r == role)
+        });
+        self.names.insert(dp_ifindex, names);
+    }
+
+    /// A datapath that is gone takes its flows with it; its totals stay, so its counters
+    /// resume where they were if it comes back under the same name.
+    pub fn forget_datapaths(&mut self, keep: &[u32]) {
+        self.flows.retain(|(dp, _), _| keep.contains(dp));
+        self.names.retain(|dp, _| keep.contains(dp));
+    }
+
+    /// Makes sure the series of these (port, role) pairs exist, at 0 until they drop.
+    pub fn ensure_ports(&mut self, datapath: &str, ports: &[(&str, &'static str)]) {
+        for (port, role) in ports {
+            for reason in DropReason::ALL {
+                self.totals
+                    .entry((datapath.to_owned(), (*port).to_owned(), role, reason))
+                    .or_default();
+            }
+        }
+    }
+
+    fn credit(&mut self, dp: u32, state: State, packets: u64, bytes: u64) {
+        let State::Drops { in_port, reason } = state else {
+            return;
+        };
+        if packets == 0 && bytes == 0 {
+            return;
+        }
+        let Some(names) = self.names.get(&dp) else {
+            self.unattributed = self.unattributed.saturating_add(packets);
+            return;
+        };
+        let (port, role) = in_port
+            .and_then(|p| names.ports.get(&p))
+            .map(|(n, r)| (n.as_str(), *r))
+            .unwrap_or((OTHER_PORT, "other"));
+        let t = self
+            .totals
+            .entry((names.datapath.clone(), port.to_owned(), role, reason))
+            .or_default();
+        t.0 = t.0.saturating_add(packets);
+        t.1 = t.1.saturating_add(bytes);
+    }
+
+    pub fn begin_collect(&mut self) {
+        self.generation += 1;
+    }
+
+    pub fn end_collect(&mut self) {
+        self.initial = false;
+    }
+
+    /// A notification: OVS_FLOW_CMD_NEW, _SET or _DEL.
+    pub fn notify(&mut self, f: &Flow) {
+        let key = (f.dp_ifindex, f.id);
+        let during_dump = self.dumping == Some(f.dp_ifindex);
+        let generation = self.generation;
+        let Some(r) = self.flows.get(&key).copied().filter(|r| !r.deleted) else {
+            if f.cmd == parse::OVS_FLOW_CMD_DEL {
+                // Never seen: where its packets went before is unknown.
+                return;
+            }
+            if self.flows.len() >= self.max_flows && !self.flows.contains_key(&key) {
+                self.untracked += 1;
+                return;
+            }
+            // New (or new again after a delete): counts so far, if any, belong to a
+            // history not seen here, so they are the baseline.
+            self.flows.insert(
+                key,
+                Record {
+                    packets: f.packets,
+                    bytes: f.bytes,
+                    state: State::of(f.actions, f.in_port),
+                    seen: generation,
+                    touched: if during_dump { generation } else { 0 },
+                    deleted: false,
+                },
+            );
+            return;
+        };
+        let (p, b) = increase(&r, f);
+        // Up to this boundary the flow did what it did before.
+        self.credit(f.dp_ifindex, r.state, p, b);
+        if f.cmd == parse::OVS_FLOW_CMD_DEL {
+            if during_dump {
+                self.flows.insert(
+                    key,
+                    Record {
+                        deleted: true,
+                        touched: generation,
+                        ..r
+                    },
+                );
+            } else {
+                self.flows.remove(&key);
+            }
+            return;
+        }
+        let state = match State::of(f.actions, f.in_port) {
+            State::Unknown => r.state,
+            s => s,
+        };
+        self.flows.insert(
+            key,
+            Record {
+                packets: f.packets,
+                bytes: f.bytes,
+                state,
+                seen: generation,
+                touched: if during_dump { generation } else { r.touched },
+                deleted: false,
+            },
+        );
+    }
+
+    pub fn begin_dump(&mut self, dp_ifindex: u32) {
+        self.dumping = Some(dp_ifindex);
+    }
+
+    /// One entry of the dump in progress.
+    pub fn dumped(&mut self, f: &Flow) {
+        let key = (f.dp_ifindex, f.id);
+        let generation = self.generation;
+        let state = State::of(f.actions, f.in_port);
+        match self.flows.get(&key).copied() {
+            Some(r) if r.touched == generation => {
+                // A notification spoke during this dump; this entry may be older news.
+                if !r.deleted {
+                    if let Some(r) = self.flows.get_mut(&key) {
+                        r.seen = generation;
+                    }
+                }
+            }
+            Some(r) => {
+                let credited = if f.packets < r.packets {
+                    // Started over: everything it counted is under its present actions.
+                    state
+                } else {
+                    match (r.state, state) {
+                        (State::Unknown, s) => s,
+                        (a, b) if a == b => a,
+                        // Its actions changed with no notification to say when.
+                        _ => State::Forwards,
+                    }
+                };
+                let (p, b) = increase(&r, f);
+                self.credit(f.dp_ifindex, credited, p, b);
+                self.flows.insert(
+                    key,
+                    Record {
+                        packets: f.packets,
+                        bytes: f.bytes,
+                        state,
+                        seen: generation,
+                        touched: r.touched,
+                        deleted: false,
+                    },
+                );
+            }
+            None => {
+                if self.flows.len() >= self.max_flows {
+                    self.untracked += 1;
+                    return;
+                }
+                // Born since the last dump, unless this is the first look at the table.
+                if !self.initial {
+                    self.credit(f.dp_ifindex, state, f.packets, f.bytes);
+                }
+                self.flows.insert(
+                    key,
+                    Record {
+                        packets: f.packets,
+                        bytes: f.bytes,
+                        state,
+                        seen: generation,
+                        touched: 0,
+                        deleted: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Ends the dump of `dp_ifindex`. Only a complete dump says anything about the flows
+    /// it did not reach: those missing from `GRACE` + 1 complete dumps in a row are gone.
+    pub fn end_dump(&mut self, dp_ifindex: u32, complete: bool) {
+        self.dumping = None;
+        let generation = self.generation;
+        self.flows.retain(|(dp, _), r| {
+            *dp != dp_ifindex || !(r.deleted || complete && r.seen + GRACE < generation)
+        });
+    }
+}
+
+/// Packets and bytes since the last observation; all of them if the flow started over.
+fn increase(r: &Record, f: &Flow) -> (u64, u64) {
+    if f.packets >= r.packets {
+        (f.packets - r.packets, f.bytes.saturating_sub(r.bytes))
+    } else {
+        (f.packets, f.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collectors::ovs_flows::parse::{
+        ActionClass, OVS_FLOW_CMD_DEL, OVS_FLOW_CMD_GET, OVS_FLOW_CMD_NEW, OVS_FLOW_CMD_SET,
+    };
+
+    const DP: u32 = 7;
+    const TUNNEL: u32 = 2;
+
+    fn names() -> Names {
+        Names {
+            datapath: "ovs-system".into(),
+            ports: [
+                (1, ("br-int".to_owned(), "ovs")),
+                (TUNNEL, ("genev_sys_6081".to_owned(), "tunnel")),
+                (3, ("tap0".to_owned(), "vm")),
+            ]
+            .into(),
+        }
+    }
+
+    fn acct() -> Accounting {
+        let mut a = Accounting::new(1000);
+        a.set_names(DP, names());
+        a
+    }
+
+    fn drops(reason: DropReason) -> Option<Actions> {
+        Some(Actions {
+            class: ActionClass::Drop,
+            drop: Some(reason),
+        })
+    }
+
+    fn forwards() -> Option<Actions> {
+        Some(Actions {
+            class: ActionClass::Output,
+            drop: None,
+        })
+    }
+
+    fn flow(cmd: u8, id: u128, actions: Option<Actions>, packets: u64) -> Flow {
+        Flow {
+            cmd,
+            dp_ifindex: DP,
+            id,
+            in_port: Some(TUNNEL),
+            tunnel: false,
+            actions,
+            packets,
+            bytes: packets * 54,
+        }
+    }
+
+    fn total(a: &Accounting, reason: DropReason) -> u64 {
+        a.totals()
+            .get(&(
+                "ovs-system".to_owned(),
+                "genev_sys_6081".to_owned(),
+                "tunnel",
+                reason,
+            ))
+            .map_or(0, |t| t.0)
+    }
+
+    /// One collection that dumps `entries`, applying `during` before the first entry as
+    /// if those notifications were queued while the dump ran.
+    fn collect(a: &mut Accounting, during: &[Flow], entries: &[Flow]) {
+        a.begin_collect();
+        a.begin_dump(DP);
+        for n in during {
+            a.notify(n);
+        }
+        for e in entries {
+            a.dumped(e);
+        }
+        a.end_dump(DP, true);
+        a.end_collect();
+    }
+
+    use DropReason::{Controller, CtInvalid, NoAction};
+
+    #[test]
+    fn a_forwarding_flow_changed_into_a_drop_credits_only_what_it_dropped() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        a.notify(&flow(OVS_FLOW_CMD_NEW, 1, forwards(), 0));
+        collect(&mut a, &[], &[flow(OVS_FLOW_CMD_GET, 1, forwards(), 20)]);
+        // The revalidator rewrites it in place at 39 forwarded packets; 5 are dropped.
+        a.notify(&flow(OVS_FLOW_CMD_SET, 1, drops(NoAction), 39));
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 1, drops(NoAction), 44)],
+        );
+        assert_eq!(total(&a, NoAction), 5);
+        assert_eq!(a.totals().values().map(|t| t.1).sum::<u64>(), 5 * 54);
+    }
+
+    #[test]
+    fn without_the_notification_a_changed_flow_credits_nothing_rather_than_too_much() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        collect(&mut a, &[], &[flow(OVS_FLOW_CMD_GET, 1, forwards(), 39)]);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 1, drops(NoAction), 44)],
+        );
+        assert_eq!(total(&a, NoAction), 0);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 1, drops(NoAction), 50)],
+        );
+        assert_eq!(total(&a, NoAction), 6);
+    }
+
+    #[test]
+    fn a_flow_evicted_and_recreated_between_scrapes_counts_both_lives() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        a.notify(&flow(OVS_FLOW_CMD_NEW, 9, drops(CtInvalid), 0));
+        a.notify(&flow(OVS_FLOW_CMD_DEL, 9, None, 6));
+        a.notify(&flow(OVS_FLOW_CMD_NEW, 9, drops(CtInvalid), 0));
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 4)],
+        );
+        assert_eq!(total(&a, CtInvalid), 10);
+    }
+
+    #[test]
+    fn flows_that_live_and_die_between_scrapes_count() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        for id in 0..100u128 {
+            let actions = if id % 2 == 0 {
+                drops(NoAction)
+            } else {
+                forwards()
+            };
+            a.notify(&flow(OVS_FLOW_CMD_NEW, id, actions, 0));
+            a.notify(&flow(OVS_FLOW_CMD_DEL, id, None, 3));
+        }
+        collect(&mut a, &[], &[]);
+        assert_eq!(total(&a, NoAction), 150);
+        assert_eq!(a.tracked(), 0);
+    }
+
+    #[test]
+    fn without_notifications_a_recreated_flow_is_a_lower_bound() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 6)],
+        );
+        // Evicted and re-created with fewer packets: only its new count is known.
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 4)],
+        );
+        assert_eq!(total(&a, CtInvalid), 10);
+        // Re-created with more packets than before: under-counted by the old count.
+        collect(&mut a, &[], &[]);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 9)],
+        );
+        assert_eq!(total(&a, CtInvalid), 15);
+    }
+
+    #[test]
+    fn a_flow_one_dump_skipped_is_not_counted_again() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 3, drops(NoAction), 10)],
+        );
+        for _ in 0..GRACE {
+            collect(&mut a, &[], &[]);
+        }
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 3, drops(NoAction), 12)],
+        );
+        assert_eq!(total(&a, NoAction), 12);
+        // Missing from GRACE + 1 complete dumps: forgotten.
+        for _ in 0..=GRACE {
+            collect(&mut a, &[], &[]);
+        }
+        assert_eq!(a.tracked(), 0);
+    }
+
+    #[test]
+    fn a_stale_dump_entry_never_brings_a_deleted_flow_back() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 4, drops(CtInvalid), 5)],
+        );
+        // Deleted while the next dump runs; the dump's entry was taken before that.
+        collect(
+            &mut a,
+            &[flow(OVS_FLOW_CMD_DEL, 4, None, 8)],
+            &[flow(OVS_FLOW_CMD_GET, 4, drops(CtInvalid), 7)],
+        );
+        assert_eq!(total(&a, CtInvalid), 8);
+        assert_eq!(a.tracked(), 0);
+        // A change notified during the dump wins over the dump's older entry.
+        a.notify(&flow(OVS_FLOW_CMD_NEW, 5, forwards(), 0));
+        collect(
+            &mut a,
+            &[flow(OVS_FLOW_CMD_SET, 5, drops(CtInvalid), 30)],
+            &[flow(OVS_FLOW_CMD_GET, 5, forwards(), 28)],
+        );
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 5, drops(CtInvalid), 33)],
+        );
+        assert_eq!(total(&a, CtInvalid), 11);
+    }
+
+    #[test]
+    fn the_first_look_sets_baselines_so_a_restart_counts_nothing_old() {
+        let mut a = acct();
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 1, drops(CtInvalid), 1000)],
+        );
+        assert_eq!(total(&a, CtInvalid), 0);
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 1, drops(CtInvalid), 1003)],
+        );
+        assert_eq!(total(&a, CtInvalid), 3);
+        // A flow born after the first look counts in full.
+        collect(
+            &mut a,
+            &[],
+            &[flow(OVS_FLOW_CMD_GET, 2, drops(CtInvalid), 2)],
+        );
+        assert_eq!(total(&a, CtInvalid), 5);
+    }
+
+    #[test]
+    fn logged_drops_count_under_their_own_reason() {
+        let mut a = acct();
+        collect(&mut a, &[], &[]);
+        a.notify(&flow(OVS_FLOW_CMD_NEW, 1, drops(Controller), 0));
+        a.notify(&flow(OVS_FLOW_CMD_DEL, 1, None, 4));
+        assert_eq!(total(&a, Controller), 4);
+    }
+
+    #[test]
+    fn ports_that_change_hands_do_not_inherit_totals() {
+        let mut a = acct();
+        a.ensure_ports("ovs-system", &[("tap0", "vm")]);
+        collect(&mut a, &[], &[]);
+        let mut f = flow(OVS_FLOW_CMD_NEW, 1, None, 0);
+        f.in_port = Some(3);
+        f.actions = drops(NoAction);
+        a.notify(&f);
+        f.cmd = OVS_FLOW_CMD_DEL;
+        f.packets = 7;
+        a.notify(&f);
+        let key = |port: &str, role| ("ovs-system".to_owned(), port.to_owned(), role, NoAction);
+        assert_eq!(a.totals()[&key("tap0", "vm")].0, 7);
+        // Port 3 now belongs to another VM: tap0's series ends, tap9's starts at 0.
+        let mut n = names();
+        n.ports.insert(3, ("tap9".to_owned(), "vm"));
+        a.set_names(DP, n);
+        a.ensure_ports("ovs-system", &[("tap9", "vm")]);
+        assert!(!a.totals().contains_key(&key("tap0", "vm")));
+        assert_eq!(a.totals()[&key("tap9", "vm")].0, 0);
+        // A port nobody names counts as other.
+        f.cmd = OVS_FLOW_CMD_NEW;
+        f.in_port = Some(42);
+        f.packets = 0;
+        a.notify(&f);
+        f.cmd = OVS_FLOW_CMD_DEL;
+        f.packets = 2;
+        a.notify(&f);
+        assert_eq!(a.totals()[&key(OTHER_PORT, "other")].0, 2);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_max_flows() {
+        let mut a = Accounting::new(10);
+        a.set_names(DP, names());
+        collect(&mut a, &[], &[]);
+        for id in 0..25u128 {
+            a.notify(&flow(OVS_FLOW_CMD_NEW, id, drops(NoAction), 0));
+        }
+        assert_eq!((a.tracked(), a.untracked), (10, 15));
+        let entries: Vec<_> = (100..120u128)
+            .map(|id| flow(OVS_FLOW_CMD_GET, id, drops(NoAction), 1))
+            .collect();
+        collect(&mut a, &[], &entries);
+        assert_eq!(a.tracked(), 10);
+        assert_eq!(a.untracked, 35);
+    }
+}

@@ -1,0 +1,488 @@
+//! Decoding one datapath flow message (a dump entry or a notification) and deciding, from
+//! its actions, whether the flow drops what it matches.
+//!
+//! A flow drops when no action hands the packet on: nothing outputs it, recirculates it or
+//! gives it to ovs-vswitchd to process. Sending a copy to the controller (OVN's logged
+//! ACLs), sampling it (sFlow, IPFIX, OVN's drop sampling through `sample()` or
+//! `psample()`) or running it through conntrack does not hand it on.
+
+use std::hash::{Hash, Hasher};
+
+use super::super::ovs;
+use crate::netlink::wire::{self, DecodeError};
+
+pub const FAMILY: &str = "ovs_flow";
+
+pub const OVS_FLOW_CMD_NEW: u8 = 1;
+pub const OVS_FLOW_CMD_DEL: u8 = 2;
+pub const OVS_FLOW_CMD_GET: u8 = 3;
+pub const OVS_FLOW_CMD_SET: u8 = 4;
+
+pub const OVS_FLOW_ATTR_KEY: u16 = 1;
+pub const OVS_FLOW_ATTR_ACTIONS: u16 = 2;
+pub const OVS_FLOW_ATTR_STATS: u16 = 3;
+pub const OVS_FLOW_ATTR_UFID: u16 = 9;
+pub const OVS_FLOW_ATTR_UFID_FLAGS: u16 = 10;
+pub const OVS_UFID_F_OMIT_MASK: u32 = 1 << 1;
+
+pub const OVS_KEY_ATTR_IN_PORT: u16 = 3;
+pub const OVS_KEY_ATTR_TUNNEL: u16 = 16;
+pub const OVS_KEY_ATTR_CT_STATE: u16 = 22;
+pub const OVS_CS_F_INVALID: u32 = 0x10;
+
+pub const OVS_ACTION_ATTR_OUTPUT: u16 = 1;
+pub const OVS_ACTION_ATTR_USERSPACE: u16 = 2;
+pub const OVS_ACTION_ATTR_SAMPLE: u16 = 6;
+pub const OVS_ACTION_ATTR_RECIRC: u16 = 7;
+pub const OVS_ACTION_ATTR_CT: u16 = 12;
+pub const OVS_ACTION_ATTR_TRUNC: u16 = 13;
+pub const OVS_ACTION_ATTR_CLONE: u16 = 20;
+pub const OVS_ACTION_ATTR_CHECK_PKT_LEN: u16 = 21;
+/// Linux 6.4+: an explicit drop carrying a u32 reason.
+pub const OVS_ACTION_ATTR_DROP: u16 = 24;
+
+const OVS_SAMPLE_ATTR_ACTIONS: u16 = 2;
+const OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_GREATER: u16 = 2;
+const OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_LESS_EQUAL: u16 = 3;
+
+pub const OVS_USERSPACE_ATTR_USERDATA: u16 = 2;
+/// ovs-vswitchd's user_action_cookie starts with a u16 type (host order). Its values
+/// have been stable since OVS 2.6; 2.15 through 3.5 use these.
+pub const USER_ACTION_COOKIE_SFLOW: u16 = 1;
+pub const USER_ACTION_COOKIE_SLOW_PATH: u16 = 2;
+pub const USER_ACTION_COOKIE_FLOW_SAMPLE: u16 = 3;
+pub const USER_ACTION_COOKIE_IPFIX: u16 = 4;
+pub const USER_ACTION_COOKIE_CONTROLLER: u16 = 5;
+
+/// Nested actions are walked this deep at most (the kernel allows 16 levels of clone).
+const MAX_DEPTH: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The flow's key matches ct_state(+inv): conntrack marked the packets invalid.
+    CtInvalid,
+    /// Sent to the controller and nowhere else: OVN's logged drop ACLs (and packets the
+    /// controller consumes, such as DHCP requests it answers itself).
+    Controller,
+    /// An explicit drop action (newer kernels), not conntrack's.
+    Explicit,
+    /// No action hands the packet on: OVS's usual way of dropping.
+    NoAction,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 4] = [
+        DropReason::CtInvalid,
+        DropReason::Controller,
+        DropReason::Explicit,
+        DropReason::NoAction,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::CtInvalid => "ct_invalid",
+            DropReason::Controller => "controller",
+            DropReason::Explicit => "explicit",
+            DropReason::NoAction => "no_action",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActionClass {
+    Drop,
+    Output,
+    Recirculate,
+    Userspace,
+}
+
+impl ActionClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionClass::Drop => "drop",
+            ActionClass::Output => "output",
+            ActionClass::Recirculate => "recirculate",
+            ActionClass::Userspace => "userspace",
+        }
+    }
+}
+
+/// What a flow's actions do with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    pub class: ActionClass,
+    /// Set when the flow drops.
+    pub drop: Option<DropReason>,
+}
+
+/// What the collector needs of one datapath flow message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// OVS_FLOW_CMD_*: GET in a dump, NEW/SET/DEL in notifications.
+    pub cmd: u8,
+    pub dp_ifindex: u32,
+    /// The UFID, or a hash of the key bytes (high bit set) where the flow has none.
+    pub id: u128,
+    pub in_port: Option<u32>,
+    pub tunnel: bool,
+    /// None when the message leaves the actions out (a terse delete notification).
+    pub actions: Option<Actions>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Walk {
+    /// Something hands the packet on: output, recirculation, ovs-vswitchd.
+    output: bool,
+    recirc: bool,
+    userspace: bool,
+    controller: bool,
+    explicit: bool,
+}
+
+/// Walks an action list, nested ones (clone, sample, check_pkt_len) included.
+fn walk(list: &[u8], depth: usize, w: &mut Walk) -> Result<(), DecodeError> {
+    if depth > MAX_DEPTH {
+        return Err(DecodeError::Nesting {
+            family: FAMILY,
+            attr: "OVS_FLOW_ATTR_ACTIONS",
+        });
+    }
+    for a in wire::attrs(FAMILY, "OVS_ACTION_ATTR", list) {
+        let a = a?;
+        match a.ty {
+            OVS_ACTION_ATTR_OUTPUT | OVS_ACTION_ATTR_TRUNC => w.output = true,
+            OVS_ACTION_ATTR_RECIRC => w.recirc = true,
+            OVS_ACTION_ATTR_DROP => w.explicit = true,
+            OVS_ACTION_ATTR_USERSPACE => match cookie_type(a.payload)? {
+                Some(USER_ACTION_COOKIE_CONTROLLER) => w.controller = true,
+                Some(
+                    USER_ACTION_COOKIE_SFLOW
+                    | USER_ACTION_COOKIE_FLOW_SAMPLE
+                    | USER_ACTION_COOKIE_IPFIX,
+                ) => {}
+                // Slow path (ovs-vswitchd processes every packet) or a cookie we do not
+                // know: the packet may well be forwarded, so it is not counted as dropped.
+                _ => w.userspace = true,
+            },
+            OVS_ACTION_ATTR_CLONE => walk(a.payload, depth + 1, w)?,
+            OVS_ACTION_ATTR_SAMPLE => {
+                for s in wire::attrs(FAMILY, "OVS_SAMPLE_ATTR", a.payload) {
+                    let s = s?;
+                    if s.ty == OVS_SAMPLE_ATTR_ACTIONS {
+                        walk(s.payload, depth + 1, w)?;
+                    }
+                }
+            }
+            OVS_ACTION_ATTR_CHECK_PKT_LEN => {
+                for s in wire::attrs(FAMILY, "OVS_CHECK_PKT_LEN_ATTR", a.payload) {
+                    let s = s?;
+                    if matches!(
+                        s.ty,
+                        OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_GREATER
+                            | OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_LESS_EQUAL
+                    ) {
+                        walk(s.payload, depth + 1, w)?;
+                    }
+                }
+            }
+            // ct, meters, header rewrites, dec_ttl's expiry branch, psample: the packet
+            // goes on to the next action, or nowhere.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The cookie type of a userspace action, if it carries an OVS cookie.
+fn cookie_type(userspace: &[u8]) -> Result<Option<u16>, DecodeError> {
+    for u in wire::attrs(FAMILY, "OVS_USERSPACE_ATTR", userspace) {
+        let u = u?;
+        if u.ty == OVS_USERSPACE_ATTR_USERDATA {
+            return Ok(u
+                .payload
+                .get(..2)
+                .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                .map(u16::from_ne_bytes));
+        }
+    }
+    Ok(None)
+}
+
+/// Classifies an action list; `ct_invalid` says whether the key matches ct_state(+inv).
+pub fn classify(list: &[u8], ct_invalid: bool) -> Result<Actions, DecodeError> {
+    let mut w = Walk::default();
+    walk(list, 0, &mut w)?;
+    let class = if w.output {
+        ActionClass::Output
+    } else if w.recirc {
+        ActionClass::Recirculate
+    } else if w.userspace {
+        ActionClass::Userspace
+    } else {
+        ActionClass::Drop
+    };
+    let reason = if ct_invalid {
+        DropReason::CtInvalid
+    } else if w.controller {
+        DropReason::Controller
+    } else if w.explicit {
+        DropReason::Explicit
+    } else {
+        DropReason::NoAction
+    };
+    let drop = (class == ActionClass::Drop).then_some(reason);
+    Ok(Actions { class, drop })
+}
+
+/// Decodes one OVS_FLOW_CMD_* message: a dump entry or a notification.
+pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
+    let cmd = payload.first().copied().unwrap_or_default();
+    let (dp_ifindex, attrs) = ovs::split_ovs(FAMILY, payload)?;
+    let mut f = Flow {
+        cmd,
+        dp_ifindex,
+        id: 0,
+        in_port: None,
+        tunnel: false,
+        actions: None,
+        packets: 0,
+        bytes: 0,
+    };
+    let mut key_bytes: &[u8] = &[];
+    let mut ufid = None;
+    let mut actions = None;
+    let mut ct_invalid = false;
+    for a in wire::attrs(FAMILY, "OVS_FLOW_ATTR", attrs) {
+        let a = a?;
+        match a.ty {
+            OVS_FLOW_ATTR_KEY => {
+                key_bytes = a.payload;
+                for k in wire::attrs(FAMILY, "OVS_FLOW_ATTR_KEY", a.payload) {
+                    let k = k?;
+                    match k.ty {
+                        OVS_KEY_ATTR_IN_PORT => {
+                            f.in_port = Some(k.u32_ne(FAMILY, "OVS_KEY_ATTR_IN_PORT")?)
+                        }
+                        OVS_KEY_ATTR_CT_STATE => {
+                            ct_invalid =
+                                k.u32_ne(FAMILY, "OVS_KEY_ATTR_CT_STATE")? & OVS_CS_F_INVALID != 0
+                        }
+                        OVS_KEY_ATTR_TUNNEL => f.tunnel = !k.payload.is_empty(),
+                        _ => {}
+                    }
+                }
+            }
+            OVS_FLOW_ATTR_ACTIONS => actions = Some(a.payload),
+            // The kernel leaves the statistics out while a flow has matched nothing.
+            OVS_FLOW_ATTR_STATS => {
+                f.packets = wire::read_u64_ne(a.payload, 0).unwrap_or(0);
+                f.bytes = wire::read_u64_ne(a.payload, 8).unwrap_or(0);
+            }
+            OVS_FLOW_ATTR_UFID => ufid = Some(a.payload),
+            _ => {}
+        }
+    }
+    f.id = match ufid.and_then(|u| <[u8; 16]>::try_from(u).ok()) {
+        Some(u) => u128::from_ne_bytes(u) & !(1u128 << 127),
+        None => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key_bytes.hash(&mut h);
+            (1u128 << 127) | u128::from(h.finish())
+        }
+    };
+    f.actions = actions.map(|a| classify(a, ct_invalid)).transpose()?;
+    Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// genlmsghdr + ovs_header + attributes.
+    pub fn flow_msg(cmd: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut p = vec![cmd, 1, 0, 0, 7, 0, 0, 0];
+        for (ty, data) in attrs {
+            wire::push_attr(&mut p, *ty, data);
+        }
+        p
+    }
+
+    fn key(in_port: u32, ct_state: Option<u32>) -> Vec<u8> {
+        let mut k = Vec::new();
+        wire::push_attr(&mut k, OVS_KEY_ATTR_IN_PORT, &in_port.to_ne_bytes());
+        if let Some(s) = ct_state {
+            wire::push_attr(&mut k, OVS_KEY_ATTR_CT_STATE, &s.to_ne_bytes());
+        }
+        k
+    }
+
+    fn action(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        wire::push_attr(&mut a, ty, payload);
+        a
+    }
+
+    fn userspace(cookie: u16) -> Vec<u8> {
+        let mut u = Vec::new();
+        wire::push_attr(&mut u, 1, &7u32.to_ne_bytes());
+        let mut c = cookie.to_ne_bytes().to_vec();
+        c.extend([0u8; 22]);
+        wire::push_attr(&mut u, OVS_USERSPACE_ATTR_USERDATA, &c);
+        action(OVS_ACTION_ATTR_USERSPACE, &u)
+    }
+
+    fn class(actions: Vec<u8>, ct_state: Option<u32>) -> Actions {
+        parse_flow(&flow_msg(
+            OVS_FLOW_CMD_GET,
+            &[
+                (OVS_FLOW_ATTR_KEY, key(2, ct_state)),
+                (OVS_FLOW_ATTR_ACTIONS, actions),
+            ],
+        ))
+        .unwrap()
+        .actions
+        .unwrap()
+    }
+
+    fn dropped(reason: DropReason) -> Actions {
+        Actions {
+            class: ActionClass::Drop,
+            drop: Some(reason),
+        }
+    }
+
+    fn kept(class: ActionClass) -> Actions {
+        Actions { class, drop: None }
+    }
+
+    #[test]
+    fn drops_are_flows_that_hand_nothing_on() {
+        let out = action(OVS_ACTION_ATTR_OUTPUT, &3u32.to_ne_bytes());
+        assert_eq!(class(vec![], Some(0x30)), dropped(DropReason::CtInvalid));
+        assert_eq!(class(vec![], Some(0x21)), dropped(DropReason::NoAction));
+        assert_eq!(class(out.clone(), Some(0x21)), kept(ActionClass::Output));
+        assert_eq!(
+            class(action(OVS_ACTION_ATTR_DROP, &0u32.to_ne_bytes()), None),
+            dropped(DropReason::Explicit)
+        );
+        // ct() alone commits and goes nowhere; with recirc it goes on.
+        let ct = action(OVS_ACTION_ATTR_CT, &[]);
+        assert_eq!(class(ct.clone(), None), dropped(DropReason::NoAction));
+        let recirc = [ct, action(OVS_ACTION_ATTR_RECIRC, &1u32.to_ne_bytes())].concat();
+        assert_eq!(class(recirc, None), kept(ActionClass::Recirculate));
+        // A clone that outputs hands a copy on.
+        assert_eq!(
+            class(action(OVS_ACTION_ATTR_CLONE, &out), None),
+            kept(ActionClass::Output)
+        );
+        // check_pkt_len: either branch may output.
+        let mut cpl = Vec::new();
+        wire::push_attr(&mut cpl, 1, &1500u16.to_ne_bytes());
+        wire::push_attr(&mut cpl, OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_LESS_EQUAL, &out);
+        assert_eq!(
+            class(action(OVS_ACTION_ATTR_CHECK_PKT_LEN, &cpl), None),
+            kept(ActionClass::Output)
+        );
+    }
+
+    #[test]
+    fn logged_and_sampled_drops_are_drops() {
+        // OVN's logged drop ACL: userspace(controller(...)) and nothing else.
+        assert_eq!(
+            class(userspace(USER_ACTION_COOKIE_CONTROLLER), None),
+            dropped(DropReason::Controller)
+        );
+        // ct_invalid wins over the log.
+        assert_eq!(
+            class(userspace(USER_ACTION_COOKIE_CONTROLLER), Some(0x30)),
+            dropped(DropReason::CtInvalid)
+        );
+        // OVN's drop sampling: sample(actions(userspace(flow_sample))) and nothing else.
+        let mut sample = Vec::new();
+        wire::push_attr(&mut sample, 1, &u32::MAX.to_ne_bytes());
+        wire::push_attr(
+            &mut sample,
+            OVS_SAMPLE_ATTR_ACTIONS,
+            &userspace(USER_ACTION_COOKIE_FLOW_SAMPLE),
+        );
+        assert_eq!(
+            class(action(OVS_ACTION_ATTR_SAMPLE, &sample), None),
+            dropped(DropReason::NoAction)
+        );
+        // psample (Linux 6.11+) observes only.
+        assert_eq!(
+            class(action(25, &[0; 8]), None),
+            dropped(DropReason::NoAction)
+        );
+        // Logged and forwarded is not a drop.
+        let out = action(OVS_ACTION_ATTR_OUTPUT, &3u32.to_ne_bytes());
+        assert_eq!(
+            class(
+                [userspace(USER_ACTION_COOKIE_CONTROLLER), out].concat(),
+                None
+            ),
+            kept(ActionClass::Output)
+        );
+        // Slow path: ovs-vswitchd handles every packet and may forward it.
+        assert_eq!(
+            class(userspace(USER_ACTION_COOKIE_SLOW_PATH), None),
+            kept(ActionClass::Userspace)
+        );
+        // A userspace action without an OVS cookie is not assumed to drop.
+        assert_eq!(
+            class(action(OVS_ACTION_ATTR_USERSPACE, &[]), None),
+            kept(ActionClass::Userspace)
+        );
+    }
+
+    #[test]
+    fn identity_is_the_ufid_or_a_key_hash() {
+        let ufid: Vec<u8> = (1..=16).collect();
+        let a = parse_flow(&flow_msg(
+            OVS_FLOW_CMD_GET,
+            &[
+                (OVS_FLOW_ATTR_UFID, ufid.clone()),
+                (OVS_FLOW_ATTR_KEY, key(1, None)),
+            ],
+        ))
+        .unwrap();
+        let b = parse_flow(&flow_msg(OVS_FLOW_CMD_DEL, &[(OVS_FLOW_ATTR_UFID, ufid)])).unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.id >> 127, 0);
+        // A terse delete: no key, no actions.
+        assert_eq!(
+            (b.cmd, b.actions, b.in_port),
+            (OVS_FLOW_CMD_DEL, None, None)
+        );
+        let c = parse_flow(&flow_msg(
+            OVS_FLOW_CMD_GET,
+            &[(OVS_FLOW_ATTR_KEY, key(1, None))],
+        ))
+        .unwrap();
+        let d = parse_flow(&flow_msg(
+            OVS_FLOW_CMD_GET,
+            &[(OVS_FLOW_ATTR_KEY, key(2, None))],
+        ))
+        .unwrap();
+        assert_ne!(c.id, d.id);
+        assert_eq!(c.id >> 127, 1);
+    }
+
+    #[test]
+    fn short_garbled_or_too_deep_messages_are_errors() {
+        assert!(parse_flow(&[1, 1]).is_err());
+        assert!(parse_flow(&[1, 1, 0, 0, 7, 0, 0, 0, 200, 0, 1, 0]).is_err());
+        let mut deep = action(OVS_ACTION_ATTR_OUTPUT, &1u32.to_ne_bytes());
+        for _ in 0..20 {
+            deep = action(OVS_ACTION_ATTR_CLONE, &deep);
+        }
+        let e = parse_flow(&flow_msg(
+            OVS_FLOW_CMD_GET,
+            &[(OVS_FLOW_ATTR_ACTIONS, deep)],
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("OVS_FLOW_ATTR_ACTIONS"), "{e}");
+    }
+}
