@@ -71,20 +71,28 @@ pub fn parse_families(buf: &[u8]) -> Result<Vec<(String, Family)>, DecodeError> 
     Ok(out)
 }
 
-/// The id of multicast group `group` of family `family`, from the controller's dump;
+/// The family's id and the id of its multicast group `group`, from the controller's dump
+/// (both from the same dump, so they belong to the same registration of the family);
 /// `None` when the family or the group is not there.
 pub fn parse_mcast_group(
     buf: &[u8],
     family: &str,
     group: &str,
-) -> Result<Option<u32>, DecodeError> {
+) -> Result<Option<(u16, u32)>, DecodeError> {
     for m in wire::data_messages(FAMILY, buf, true)? {
         let (_, attrs) = split(FAMILY, m.payload)?;
-        let (mut name, mut groups) = (None, None);
+        let (mut name, mut groups, mut family_id) = (None, None, None);
         for a in wire::attrs(FAMILY, "CTRL_ATTR", attrs) {
             let a = a?;
             match a.ty {
                 CTRL_ATTR_FAMILY_NAME => name = Some(a.string(FAMILY, "CTRL_ATTR_FAMILY_NAME")?),
+                CTRL_ATTR_FAMILY_ID => {
+                    family_id = a
+                        .payload
+                        .get(..2)
+                        .and_then(|b| <[u8; 2]>::try_from(b).ok())
+                        .map(u16::from_ne_bytes)
+                }
                 CTRL_ATTR_MCAST_GROUPS => groups = Some(a.payload),
                 _ => {}
             }
@@ -92,6 +100,9 @@ pub fn parse_mcast_group(
         if name != Some(family) {
             continue;
         }
+        let Some(family_id) = family_id else {
+            return Ok(None);
+        };
         for g in wire::attrs(FAMILY, "CTRL_ATTR_MCAST_GROUPS", groups.unwrap_or_default()) {
             let (mut gname, mut id) = (None, None);
             for a in wire::attrs(FAMILY, "CTRL_ATTR_MCAST_GRP", g?.payload) {
@@ -107,7 +118,7 @@ pub fn parse_mcast_group(
                 }
             }
             if gname == Some(group) {
-                return Ok(id);
+                return Ok(id.map(|id| (family_id, id)));
             }
         }
         return Ok(None);
@@ -200,7 +211,7 @@ mod tests {
         buf.extend(done);
         assert_eq!(
             parse_mcast_group(&buf, "ovs_flow", "ovs_flow").unwrap(),
-            Some(9)
+            Some((32, 9))
         );
         assert_eq!(parse_mcast_group(&buf, "ovs_flow", "other").unwrap(), None);
         assert!(parse_mcast_group(&buf[..whole - 4], "ovs_flow", "ovs_flow").is_err());

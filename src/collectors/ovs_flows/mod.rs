@@ -169,7 +169,8 @@ struct State {
     heard: Heard,
     /// The families the monitor and the topology were last resolved with.
     families: Option<Families>,
-    last_open: Option<Instant>,
+    /// When the monitor was last opened, and under which ovs_flow family id.
+    last_open: Option<(Instant, u16)>,
     last_refresh: Option<Instant>,
 }
 
@@ -243,10 +244,14 @@ impl Shared {
         if st.monitor.as_ref().is_some_and(|m| m.family == f.flow) || !self.transport.live() {
             return;
         }
-        if st.families == Some(*f) && st.last_open.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+        // A failed attempt is retried after a while; at once under new family ids.
+        if st
+            .last_open
+            .is_some_and(|(t, id)| id == f.flow && t.elapsed() < REOPEN_EVERY)
+        {
             return;
         }
-        st.last_open = Some(Instant::now());
+        st.last_open = Some((Instant::now(), f.flow));
         let opened = self
             .transport
             .exchange(&genl::families_request())
@@ -255,7 +260,7 @@ impl Shared {
                 genl::parse_mcast_group(&b, FAMILY, monitor::GROUP).map_err(|e| e.to_string())
             })
             .and_then(|g| g.ok_or_else(|| "the ovs_flow family has no ovs_flow group".to_owned()))
-            .and_then(|g| Monitor::open(f.flow, g).map_err(|e| e.to_string()));
+            .and_then(|(family, group)| Monitor::open(family, group).map_err(|e| e.to_string()));
         match opened {
             Ok(m) => {
                 st.monitor = Some(m);
