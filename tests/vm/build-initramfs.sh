@@ -1,30 +1,67 @@
 #!/usr/bin/env bash
-# Builds the guest of the OVS kernel test bed from Debian 12 packages: a cloud kernel and an
-# initramfs in two parts.
+# Builds the guest of the OVS kernel test bed from the packages of one Debian release
+# (bullseye, bookworm or trixie): a cloud kernel and an initramfs in two parts.
 #
 #   BASE     kernel modules, busybox, Open vSwitch, iproute2, conntrack and the shared
 #            libraries they load. The part that downloads (~40 MB), so it is cached under
-#            $PP_VM_CACHE/base-<key>/, where <key> hashes the package versions and the build
-#            scripts, and rebuilt only when that directory is missing; the .debs stay in
-#            $PP_VM_CACHE/debs/ for the next rebuild.
+#            $PP_VM_CACHE/<release>/base-<key>/, where <key> hashes the package versions and
+#            the build scripts, and rebuilt only when that directory is missing; the .debs
+#            stay in $PP_VM_CACHE/<release>/debs/ for the next rebuild. Each release keeps
+#            its own (one) base.
 #   OVERLAY  the exporter, the pptraffic tool and the guest scripts (tests/vm/guest/).
 #            Rebuilt on every call; cheap. The kernel unpacks concatenated cpio archives in
 #            order, so OVERLAY is laid over BASE and rebuilding our code never rebuilds BASE.
 #
+# Packages of the host's own release come from the host's apt lists. Any other release is
+# fetched through a private apt configuration under $PP_VM_CACHE/<release>/apt/ (own
+# sources.list, lists and cache; the host's sources and state are never touched), whose
+# sources.list names the Debian mirrors the host's apt sources already use.
+#
 # usage: tests/vm/build-initramfs.sh [--base-only] [--exporter PATH] [--pptraffic PATH]
 #                                    [--guest-env FILE] [--overlay-out FILE]
 # Prints KERNEL=, BASE= and OVERLAY= shell assignments on stdout; progress goes to stderr.
-# Env: PP_VM_CACHE (default <repo>/.cache/vm), PP_VM_KERNEL (a linux-image-6.1.0-N-cloud-amd64
-# package; default the newest apt knows).
+# Env: PP_VM_RELEASE (bullseye, bookworm or trixie; default bookworm), PP_VM_CACHE (default
+# <repo>/.cache/vm), PP_VM_KERNEL (a linux-image-…-cloud-amd64 package of that release;
+# default the newest apt knows).
 #
-# Needs apt-get, apt-cache, dpkg, python3 and gzip on the host; root only to install qemu
-# or when the apt lists are empty.
+# Needs apt-get, apt-cache, dpkg, python3 and gzip on the host (and xz for trixie's
+# modules; installed when missing, as root); root only to install qemu or xz-utils, or when
+# the host's own apt lists are empty.
 set -euo pipefail
+
+log() { echo "build-initramfs: $*" >&2; }
+die() { echo "build-initramfs: $*" >&2; exit 1; }
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${PP_VM_CACHE:-$REPO/.cache/vm}
-DEBS=$CACHE/debs
+RELEASE=${PP_VM_RELEASE:-bookworm}
+RDIR=$CACHE/$RELEASE
+DEBS=$RDIR/debs
+
+# What differs between releases (everything else is found from the packages themselves:
+# renamed libraries such as libssl3t64 or libssl1.1 come from the packages' Depends):
+#   kernel_re   the cloud kernel packages (apt-cache search); the newest match is used.
+#               bullseye also has 6.1 backports (6.1.0-0.deb11.N), not wanted here.
+#   vswitchd    where the package puts ovs-vswitchd (the alternatives system links it to
+#               /usr/sbin at install time). bullseye's openvswitch-common ships it with its
+#               private libopenvswitch/libofproto beside it, also linked by alternatives.
+#   merged_usr  the packages ship usr/bin, usr/sbin, usr/lib only; the guest gets the
+#               bin -> usr/bin, sbin, lib, lib64 links a merged-/usr system has. Its kernel
+#               modules are .ko.xz, decompressed here (busybox modprobe/depmod want .ko).
+case $RELEASE in
+    bullseye)
+        kernel_re='^linux-image-5\.10\.0-[0-9]+-cloud-amd64$'
+        vswitchd=usr/lib/openvswitch-common/ovs-vswitchd merged_usr=false ;;
+    bookworm)
+        kernel_re='^linux-image-6\.1\.0-[0-9]+-cloud-amd64$'
+        vswitchd=usr/lib/openvswitch-switch/ovs-vswitchd merged_usr=false ;;
+    trixie)
+        kernel_re='^linux-image-6\.12\.[0-9]+\+deb13(\.[0-9]+)?-cloud-amd64$'
+        vswitchd=usr/lib/openvswitch-switch/ovs-vswitchd merged_usr=true ;;
+    *) echo "build-initramfs: unknown release '$RELEASE' (bullseye, bookworm or trixie)" >&2
+       exit 2 ;;
+esac
 
 # Modules the guest loads; the build adds their dependencies from modules.dep.
 MODULES="openvswitch geneve veth tun nf_conntrack_netlink nfnetlink_log"
@@ -34,7 +71,7 @@ WANT=(
     bin/ip sbin/ip
     usr/sbin/conntrack
     usr/sbin/ovsdb-server usr/bin/ovsdb-tool usr/bin/ovsdb-client
-    usr/lib/openvswitch-switch/ovs-vswitchd
+    "$vswitchd"
     usr/bin/ovs-vsctl usr/bin/ovs-appctl usr/bin/ovs-ofctl usr/bin/ovs-dpctl
     usr/share/openvswitch/vswitch.ovsschema
     # Rust binaries of this crate unwind through libgcc_s; nothing above needs it.
@@ -42,8 +79,6 @@ WANT=(
 )
 TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack libgcc-s1)
 
-log() { echo "build-initramfs: $*" >&2; }
-die() { echo "build-initramfs: $*" >&2; exit 1; }
 
 ARGS=("$@")
 base_only=false exporter=$REPO/target/release/packetpath-exporter
@@ -60,40 +95,97 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+# --- apt: the host's lists for the host's release, a private configuration otherwise ---
+
+host_release=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null || true)
+apt_opts=()
+if [ "$RELEASE" != "$host_release" ]; then
+    APT_DIR=$RDIR/apt
+    apt_opts=(
+        -o "Dir::Etc::SourceList=$APT_DIR/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o Dir::Etc::Preferences=/dev/null -o Dir::Etc::PreferencesParts=/dev/null
+        -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache"
+        -o Dir::State::status=/dev/null
+        # The sandbox user cannot write into a root-owned cache.
+        -o APT::Sandbox::User=root
+    )
+fi
+apt_get() { apt-get "${apt_opts[@]}" "$@"; }
+apt_cache() { apt-cache "${apt_opts[@]}" "$@"; }
+
+# private_sources: a sources.list for $RELEASE, made from the host's own Debian entries
+# (`<host release>`, `-updates`, `-security`) with the release's name put in.
+private_sources() {
+    local keyring=/usr/share/keyrings/debian-archive-keyring.gpg opts="" uri suite
+    [ -f "$keyring" ] && opts="[signed-by=$keyring] "
+    # shellcheck disable=SC2016 # apt's format, not the shell's
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 'Identifier: Packages' 2>/dev/null \
+        | sort -u | while read -r uri suite; do
+            case $suite in
+                "$host_release") echo "deb $opts$uri $RELEASE main" ;;
+                "$host_release"-updates | "$host_release"-security)
+                    echo "deb $opts$uri $RELEASE-${suite#"$host_release"-} main" ;;
+            esac
+        done
+}
+
+apt_update() {
+    if [ ${#apt_opts[@]} -gt 0 ]; then
+        mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+    fi
+    apt_get update -qq >&2
+}
+
+if [ ${#apt_opts[@]} -gt 0 ]; then
+    sources=$(private_sources)
+    if [ -z "$host_release" ] || [ -z "$sources" ]; then
+        die "cannot name a mirror for $RELEASE: no Debian entries for the host's release" \
+            "(${host_release:-unknown}) in its apt sources"
+    fi
+    if [ "$sources" != "$(cat "$APT_DIR/sources.list" 2>/dev/null)" ]; then
+        mkdir -p "$APT_DIR"
+        rm -rf "$APT_DIR/lists"
+        echo "$sources" >"$APT_DIR/sources.list"
+    fi
+fi
+
 # candidates PKG...: `name version` of each package's candidate, one apt-cache call for all
 # (each call costs ~0.4 s of parsing the package lists).
 candidates() {
-    apt-cache policy "$@" 2>/dev/null | awk '
+    apt_cache policy "$@" 2>/dev/null | awk '
         /^[^ ].*:$/ { pkg = substr($0, 1, length($0) - 1); sub(/:amd64$/, "", pkg) }
         /^  Candidate:/ && $2 != "(none)" { print pkg, $2 }'
 }
 
 # --- host prerequisites -------------------------------------------------------------------
 
-# A fresh machine may have empty apt lists; one update is enough for everything below.
+# A fresh machine (or release) may have empty apt lists; one update is enough for
+# everything below.
 if [ -z "$(candidates busybox-static)" ]; then
-    log "apt lists are empty: apt-get update"
-    apt-get update -qq >&2
+    log "apt lists for $RELEASE are empty: apt-get update"
+    apt_update
 fi
-if ! command -v qemu-system-x86_64 >/dev/null; then
-    log "installing qemu-system-x86"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        qemu-system-x86 >&2
-fi
+# Installed on the host (its own apt configuration).
+host_install() {
+    log "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+command -v qemu-system-x86_64 >/dev/null || host_install qemu-system-x86
+if $merged_usr && ! command -v xz >/dev/null; then host_install xz-utils; fi
 
 # --- pick versions, derive the cache key --------------------------------------------------
 
-kernel_pkg=${PP_VM_KERNEL:-$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-cloud-amd64$' \
+kernel_pkg=${PP_VM_KERNEL:-$(apt_cache search --names-only "$kernel_re" \
     | awk '{ print $1 }' | sort -V | tail -n 1)}
-[ -n "$kernel_pkg" ] || die "apt knows no linux-image-6.1.0-*-cloud-amd64 (is this bookworm?)"
+[ -n "$kernel_pkg" ] || die "apt knows no $RELEASE cloud kernel ($kernel_re)"
 
 versions=$(candidates "$kernel_pkg" "${TOP_PACKAGES[@]}")
 for pkg in "$kernel_pkg" "${TOP_PACKAGES[@]}"; do
     grep -q "^$pkg " <<<"$versions" || die "no candidate version for $pkg"
 done
-key=$( { echo "$versions"; cat "$HERE/build-initramfs.sh" "$HERE/elfdeps.py"; } \
+key=$( { echo "$RELEASE"; echo "$versions"; cat "$HERE/build-initramfs.sh" "$HERE/elfdeps.py"; } \
     | sha256sum | cut -c1-16)
-BASE_DIR=$CACHE/base-$key
+BASE_DIR=$RDIR/base-$key
 KVER=${kernel_pkg#linux-image-}
 
 # --- base ---------------------------------------------------------------------------------
@@ -115,12 +207,12 @@ fetch() {
     if [ ${#get[@]} -gt 0 ]; then
         log "downloading ${get[*]}"
         # The sandbox user cannot write into a root-owned cache; nothing here is installed.
-        if ! (cd "$DEBS" && apt-get download -qq -o APT::Sandbox::User=root "${get[@]}" >&2); then
+        if ! (cd "$DEBS" && apt_get download -qq -o APT::Sandbox::User=root "${get[@]}" >&2); then
             # Stale apt lists name versions the mirror no longer has: refresh them once and
             # start over, since the versions (and so the cache key) may all change.
             [ -z "${PP_VM_APT_REFRESHED:-}" ] || die "cannot download ${get[*]}"
             log "download failed: apt-get update and start over"
-            apt-get update -qq >&2
+            apt_update
             PP_VM_APT_REFRESHED=1 exec "$0" "${ARGS[@]}"
         fi
         for v in "${get[@]}"; do
@@ -138,7 +230,7 @@ fetch() {
 # lib_depends PKG...: the library packages they depend on directly. Debian's shlibs put the
 # provider of every soname a binary needs among them.
 lib_depends() {
-    apt-cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
+    apt_cache depends --no-recommends --no-suggests --no-conflicts --no-breaks \
         --no-replaces --no-enhances "$@" \
         | awk '$1 ~ /Depends:$/ && $2 ~ /^(lib|zlib)/ { sub(/:any$/, "", $2); print $2 }' \
         | sort -u
@@ -155,6 +247,22 @@ build_base() {
 
     fetch "$kernel_pkg" "${TOP_PACKAGES[@]}"
     local bb=$pool/busybox-static/bin/busybox
+    $merged_usr && bb=$pool/busybox-static/usr/bin/busybox
+    # What alternatives would link at install time: private OVS libraries (bullseye) into
+    # the library path, where the package's soname links point.
+    local lib d
+    for lib in "$pool"/openvswitch-common/usr/lib/openvswitch-common/lib*.so.*; do
+        [ -e "$lib" ] || continue
+        lib=${lib##*/}
+        [ -e "$pool/openvswitch-common/usr/lib/x86_64-linux-gnu/$lib" ] \
+            || ln -s "../openvswitch-common/$lib" "$pool/openvswitch-common/usr/lib/x86_64-linux-gnu/$lib"
+    done
+    if $merged_usr; then
+        for d in bin sbin lib lib64; do
+            mkdir -p "$root/usr/$d"
+            ln -s "usr/$d" "$root/$d"
+        done
+    fi
 
     # Shared libraries: resolve, fetch the library dependencies of the packages that miss a
     # soname, repeat.
@@ -181,7 +289,7 @@ build_base() {
     done < <(awk '$1 == "copy"' <<<"$deps")
 
     # Debian links ovs-vswitchd into /usr/sbin through alternatives, at install time.
-    ln -s ../lib/openvswitch-switch/ovs-vswitchd "$root/usr/sbin/ovs-vswitchd"
+    ln -s "../${vswitchd#usr/}" "$root/usr/sbin/ovs-vswitchd"
     # Busybox for every command no package file provides (the kernel runs /sbin/modprobe).
     local applet
     for applet in $("$bb" --list-full); do
@@ -190,8 +298,14 @@ build_base() {
         ln -s /bin/busybox "$root/$applet"
     done
 
-    # Kernel: the .deb ships no modules.dep and the host may have no kmod.
+    # Kernel: the .deb ships no modules.dep and the host may have no kmod. A merged-/usr
+    # kernel has usr/lib/modules and .ko.xz files: move and decompress them first.
     local kpool=$pool/$kernel_pkg
+    if [ ! -d "$kpool/lib/modules" ] && [ -d "$kpool/usr/lib/modules" ]; then
+        mkdir -p "$kpool/lib"
+        mv "$kpool/usr/lib/modules" "$kpool/lib/modules"
+    fi
+    find "$kpool/lib/modules/$KVER" -name '*.ko.xz' -print0 | xargs -0 -r xz -d
     "$bb" depmod -b "$kpool" "$KVER"
     local mods
     mods=$(awk -v want="$MODULES" '
@@ -214,8 +328,9 @@ build_base() {
         mkdir -p "$root/lib/modules/$KVER/$(dirname "$m")"
         cp "$kpool/lib/modules/$KVER/$m" "$root/lib/modules/$KVER/$m"
     done
-    cp "$kpool/lib/modules/$KVER/modules.builtin" "$kpool/lib/modules/$KVER/modules.order" \
-        "$root/lib/modules/$KVER/"
+    for m in modules.builtin modules.order; do
+        [ ! -f "$kpool/lib/modules/$KVER/$m" ] || cp "$kpool/lib/modules/$KVER/$m" "$root/lib/modules/$KVER/"
+    done
     "$bb" depmod -b "$root" "$KVER"
     log "modules: $(echo "$mods" | sed 's,.*/,,; s,\.ko$,,' | tr '\n' ' ')"
 
@@ -225,6 +340,7 @@ build_base() {
     printf 'root:x:0:\n' >"$root/etc/group"
     # /init loads these; their dependencies come from modules.dep.
     echo "$MODULES" >"$root/etc/guest-modules"
+    echo "$RELEASE" >"$root/etc/guest-release"
     # OVS daemons warn at start without these; the guest resolves no names.
     : >"$root/etc/resolv.conf"
     echo "127.0.0.1 localhost" >"$root/etc/hosts"
@@ -240,11 +356,13 @@ build_base() {
     } >"$work/versions.txt"
     rm -rf "$pool"
     mv "$work" "$BASE_DIR"
-    # Keep the cache to one base and the packages it was made of.
+    # Keep the cache to one base per release and the packages it was made of (and drop
+    # what the layout before releases left: $PP_VM_CACHE/base-*, $PP_VM_CACHE/debs).
     local d
-    for d in "$CACHE"/base-*; do
+    for d in "$RDIR"/base-* "$CACHE"/base-*; do
         [ "$d" = "$BASE_DIR" ] || rm -rf "$d"
     done
+    rm -rf "$CACHE/debs"
     for d in "$DEBS"/*.deb; do
         [[ " ${used_debs[*]} " == *" $d "* ]] || rm -f "$d"
     done
@@ -262,20 +380,28 @@ $base_only && exit 0
 
 # --- overlay ------------------------------------------------------------------------------
 
-[ -x "$exporter" ] || die "no exporter binary at $exporter (cargo build --release)"
-[ -x "$pptraffic" ] || die "no pptraffic at $pptraffic (cargo build --release --example pptraffic)"
-# Host and guest are both bookworm, so dynamically linked binaries run when the base holds
-# every library they load; check that here rather than as a cryptic failure in the guest.
+[ -x "$exporter" ] || die "no exporter binary at $exporter (tests/vm/run.sh builds it)"
+[ -x "$pptraffic" ] || die "no pptraffic at $pptraffic (tests/vm/run.sh builds it)"
+# A static binary runs on every release. A dynamically linked one runs when the base holds
+# every library it loads, with the symbol versions it was linked against (a bookworm build
+# needs GLIBC_2.34, which bullseye's glibc 2.31 lacks); check that here rather than as a
+# cryptic failure in the guest.
 missing=$(python3 "$HERE/elfdeps.py" "$BASE_DIR/tree" "$(realpath "$exporter")" \
     "$(realpath "$pptraffic")" | awk '$1 == "missing" { print $2 }')
-[ -z "$missing" ] || die "the base lacks libraries our binaries need: $missing"
+[ -z "$missing" ] || die "the $RELEASE base lacks libraries (or versions) our binaries need:" \
+    "${missing//$'\n'/ }" "(build them static: tests/vm/run.sh does by default)"
 
-overlay_out=${overlay_out:-$CACHE/overlay.cpio.gz}
+overlay_out=${overlay_out:-$RDIR/overlay.cpio.gz}
 ov=$(mktemp -d)
 trap 'rm -rf "$ov"' EXIT
-mkdir -p "$ov/bin" "$ov/guest"
-install -m 0755 "$exporter" "$ov/bin/packetpath-exporter"
-install -m 0755 "$pptraffic" "$ov/bin/pptraffic"
+# The kernel replaces an existing path whose type differs from the archive's entry: a
+# directory bin/ in OVERLAY would remove the bin -> usr/bin link of a merged-/usr BASE (and
+# /bin/busybox with it), so the binaries go where that link points.
+bindir=bin
+[ ! -L "$BASE_DIR/tree/root/bin" ] || bindir=$(readlink "$BASE_DIR/tree/root/bin")
+mkdir -p "$ov/$bindir" "$ov/guest"
+install -m 0755 "$exporter" "$ov/$bindir/packetpath-exporter"
+install -m 0755 "$pptraffic" "$ov/$bindir/pptraffic"
 install -m 0755 "$HERE/guest/init" "$ov/init"
 for f in "$HERE"/guest/*; do
     [ "$(basename "$f")" = init ] || install -m 0755 "$f" "$ov/guest/"

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Boots the OVS kernel test bed: a Debian 12 kernel under qemu (software emulation; KVM does
-# not work on these machines) runs a scenario from tests/vm/guest/ with the exporter inside,
-# and hands every output back in <out>/results.txt, in blocks a Rust test can assert on:
+# Boots the OVS kernel test bed: a Debian kernel under qemu (software emulation; KVM does
+# not work on these machines; bullseye 5.10, bookworm 6.1 or trixie 6.12, with that
+# release's Open vSwitch) runs a scenario from tests/vm/guest/ with the exporter inside, and
+# hands every output back in <out>/results.txt, in blocks a Rust test can assert on:
 #
 #   === BEGIN <phase>/<what> ===      e.g. checksum1/metrics, checksum1/dump-flows
 #   ...
 #   === END <phase>/<what> ===
 #   === DONE ===                      last line of a run that went through
 #
-# usage: tests/vm/run.sh [--scenario NAME] [--out DIR] [--timeout SECONDS]
+# usage: tests/vm/run.sh [--release NAME] [--scenario NAME] [--out DIR] [--timeout SECONDS]
 #                        [--exporter PATH] [--pptraffic PATH] [--no-build]
+# Without --exporter/--pptraffic, run.sh builds both statically linked (they then run on
+# every release, whatever the guest's glibc) into .cache/static-target, the directory and
+# flags tests/container.rs builds the exporter with.
 # Env:   PP_EXPORTER_FLAGS  extra exporter flags in the guest, e.g.
 #                           "--collector.ovs --collector.ovs_flows"
+#        PP_VM_RELEASE      default of --release (bookworm)
 #        PP_VM_CACHE, PP_VM_KERNEL  see build-initramfs.sh
 # Exits 0 when the guest wrote `=== DONE ===`; prints where results.txt is either way.
 set -euo pipefail
@@ -20,29 +25,47 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 CACHE=${PP_VM_CACHE:-$REPO/.cache/vm}
 
-scenario=seed out=$CACHE/run timeout=240 build=true exporter="" pptraffic=""
+usage() {
+    echo "usage: $0 [--release bullseye|bookworm|trixie] [--scenario NAME] [--out DIR]" \
+        "[--timeout S] [--exporter PATH] [--pptraffic PATH] [--no-build]" >&2
+    exit 2
+}
+release=${PP_VM_RELEASE:-bookworm} scenario=seed out="" timeout=240 build=true exporter=""
+pptraffic=""
 while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || case $1 in --no-build) ;; *) usage ;; esac
     case $1 in
+        --release) release=$2; shift ;;
         --scenario) scenario=$2; shift ;;
         --out) out=$2; shift ;;
         --timeout) timeout=$2; shift ;;
         --exporter) exporter=$2; shift ;;
         --pptraffic) pptraffic=$2; shift ;;
         --no-build) build=false ;;
-        *) echo "usage: $0 [--scenario NAME] [--out DIR] [--timeout S] [--exporter PATH]" \
-               "[--pptraffic PATH] [--no-build]" >&2; exit 2 ;;
+        *) usage ;;
     esac
     shift
 done
+case $release in
+    bullseye | bookworm | trixie) ;;
+    *) echo "unknown release $release (bullseye, bookworm or trixie)" >&2; exit 2 ;;
+esac
 [ -f "$HERE/guest/scenario-$scenario.sh" ] || { echo "no scenario $scenario" >&2; exit 2; }
+out=${out:-$CACHE/$release/run}
 
-# Build the release binaries no path was given for (a caller such as `cargo test` may pass
-# the debug ones it already has).
+# Build the binaries no path was given for (a caller such as `cargo test` may pass the
+# debug ones it already has; dynamically linked, they need a guest glibc as new as the
+# host's: bookworm and trixie here).
+# Static, so one build serves every release: bullseye's glibc 2.31 lacks symbols a
+# bookworm build needs.
+STATIC_TARGET=$REPO/.cache/static-target
+STATIC_BIN=$STATIC_TARGET/x86_64-unknown-linux-gnu/release
 targets=()
-[ -n "$exporter" ] || { exporter=$REPO/target/release/packetpath-exporter; targets+=(--bin packetpath-exporter); }
-[ -n "$pptraffic" ] || { pptraffic=$REPO/target/release/examples/pptraffic; targets+=(--example pptraffic); }
+[ -n "$exporter" ] || { exporter=$STATIC_BIN/packetpath-exporter; targets+=(--bin packetpath-exporter); }
+[ -n "$pptraffic" ] || { pptraffic=$STATIC_BIN/examples/pptraffic; targets+=(--example pptraffic); }
 if $build && [ ${#targets[@]} -gt 0 ]; then
-    (cd "$REPO" && cargo build --release --locked "${targets[@]}")
+    (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' CARGO_TARGET_DIR=$STATIC_TARGET \
+        cargo build --release --locked --target x86_64-unknown-linux-gnu "${targets[@]}")
 fi
 
 mkdir -p "$out"
@@ -56,7 +79,7 @@ quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
     echo "PP_EXPORTER_FLAGS=$(quote "${PP_EXPORTER_FLAGS:-}")"
 } >"$out/guest.env"
 
-paths=$("$HERE/build-initramfs.sh" --exporter "$exporter" --pptraffic "$pptraffic" \
+paths=$(PP_VM_RELEASE=$release PP_VM_CACHE=$CACHE "$HERE/build-initramfs.sh" --exporter "$exporter" --pptraffic "$pptraffic" \
     --guest-env "$out/guest.env" --overlay-out "$out/overlay.cpio.gz")
 KERNEL=$(sed -n 's/^KERNEL=//p' <<<"$paths")
 BASE=$(sed -n 's/^BASE=//p' <<<"$paths")
@@ -64,7 +87,7 @@ OVERLAY=$(sed -n 's/^OVERLAY=//p' <<<"$paths")
 # qemu takes one initrd; the kernel unpacks concatenated archives one after the other.
 cat "$BASE" "$OVERLAY" >"$out/initrd.img"
 
-echo "booting (scenario $scenario, timeout ${timeout}s); console: $out/console.log" >&2
+echo "booting $release (scenario $scenario, timeout ${timeout}s); console: $out/console.log" >&2
 start=$(date +%s)
 rc=0
 # Two CPUs, as conntrack statistics are per CPU and a test must sum them.

@@ -83,12 +83,47 @@ handler_threads_line() {
     tail -n +"$1" /var/log/openvswitch/ovs-vswitchd.log | grep -m 1 'n-handler-threads to'
 }
 
-# ovs_start_switch [BLOCK]: starts ovs-vswitchd and checks that it runs upcall handler threads. Started in the first
-# ~10 s of uptime, OVS 3.1 (per-CPU upcall dispatch) overrides n-handler-threads to 0 and
-# loses every upcall for good, so this waits for uptime 10 s and fails loudly otherwise.
+# ovs_version: the x.y.z of the guest's Open vSwitch (2.15.0 on bullseye, 3.1.0 on bookworm,
+# 3.5.0 on trixie).
+ovs_version() { ovs-vswitchd --version | sed -n '1s/.* //p'; }
+
+# ovs_per_cpu_dispatch: whether this OVS has per-CPU upcall dispatch (2.16 and later; it
+# uses it when the kernel has it, as 6.1 and 6.12 do).
+ovs_per_cpu_dispatch() {
+    case $(ovs_version) in
+        1.* | 2.[0-9].* | 2.1[0-5].*) return 1 ;;
+        *) return 0 ;;
+    esac
+}
+
+# handler_threads: how many upcall handler threads (`handlerN`) the running ovs-vswitchd has.
+handler_threads() {
+    _vpid=$(cat /run/openvswitch/ovs-vswitchd.pid 2>/dev/null) || { echo 0; return; }
+    cat /proc/"$_vpid"/task/*/comm 2>/dev/null | grep -c '^handler' || true
+}
+has_handler_threads() { [ "$(handler_threads)" -gt 0 ]; }
+
+# ovs_start_switch [BLOCK]: starts ovs-vswitchd and checks that it runs upcall handler
+# threads; block BLOCK (default vswitchd-start) says how it came up.
+#   per-CPU dispatch (OVS >= 2.16: bookworm, trixie): started in the first ~10 s of uptime,
+#     OVS 3.1 overrides n-handler-threads to 0 and loses every upcall for good, so this
+#     waits for uptime 10 s and checks the `Overriding n-handler-threads to N` line.
+#   per-vport dispatch (OVS 2.15: bullseye): no such line and no such pitfall; this waits
+#     until vswitchd answers on its control socket and has started handler threads (it
+#     does once a bridge exists).
 ovs_start_switch() {
-    while [ "$(uptime_s)" -lt 10 ]; do sleep 0.2; done
     _log=/var/log/openvswitch/ovs-vswitchd.log
+    if ! ovs_per_cpu_dispatch; then
+        ovs-vswitchd unix:/run/openvswitch/db.sock --pidfile --detach --no-chdir --log-file \
+            || fatal "ovs-vswitchd did not start"
+        wait_for 30 ovs-appctl -t ovs-vswitchd version \
+            || fatal "ovs-vswitchd does not answer on its control socket"
+        wait_for 30 has_handler_threads \
+            || fatal "ovs-vswitchd started no upcall handler threads within 30 s (no bridge?)"
+        note "${1:-vswitchd-start}" "uptime $(cat /proc/uptime): OVS $(ovs_version), per-vport upcall dispatch, $(handler_threads) handler threads"
+        return 0
+    fi
+    while [ "$(uptime_s)" -lt 10 ]; do sleep 0.2; done
     _first=$(($( (cat "$_log" 2>/dev/null || true) | wc -l) + 1))
     ovs-vswitchd unix:/run/openvswitch/db.sock --pidfile --detach --no-chdir --log-file \
         || fatal "ovs-vswitchd did not start"
