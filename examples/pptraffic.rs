@@ -3,6 +3,8 @@
 //! ```text
 //! pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
 //!               [--bad-checksum] [--interval-ms N]
+//! pptraffic churn --src A --dst B --dport N --tuples N [--first N] [--repeat K]
+//!                 [--per-tick N] [--tick-ms N] [--flags syn|finack|ack] [--bad-checksum]
 //! pptraffic tap-reader --dev NAME --count-file PATH
 //! ```
 //!
@@ -11,6 +13,16 @@
 //! FIN/ACKs of the incident). Packet `i` goes to port `dport + i`, so SYNs open distinct
 //! connections. The TCP checksum is right unless `--bad-checksum`; the kernel fills in the
 //! IP checksum.
+//!
+//! `churn` sends `tuples` distinct 5-tuples to `dst`:`dport`, each `repeat` times (default
+//! 3), from one raw socket, to make many short-lived exact-match datapath flows. Tuple `n`
+//! (`first` ≤ n < `first + tuples`) has source port 1024 + n % 64512 and source address
+//! `src` + n / 64512. Tuples go in batches of `per-tick` (default 50), one tick every
+//! `tick-ms` (default 250): at tick t the first copy of batch t, the second of batch t-1
+//! and so on, so the copies of a tuple are a tick apart and its first packet's upcall has
+//! time to install the flow the others hit. A tick that starts late (the sender could not
+//! keep up) is not made up for; `late_ticks` counts them. It prints `key value` lines:
+//! `tuples`, `packets`, `first`, `ticks`, `late_ticks`, `elapsed_ms`.
 //!
 //! `flows` installs `count` exact-match flows into datapath `dp` over generic netlink, in
 //! batches (`ovs-dpctl add-flow` would take a process per flow): every `drop-every`-th has
@@ -34,6 +46,8 @@ use std::process::exit;
 const USAGE: &str = "usage:
   pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
                 [--bad-checksum] [--interval-ms N]
+  pptraffic churn --src A --dst B --dport N --tuples N [--first N] [--repeat K]
+                  [--per-tick N] [--tick-ms N] [--flags syn|finack|ack] [--bad-checksum]
   pptraffic tap-reader --dev NAME --count-file PATH
   pptraffic flows --dp NAME --count N [--start N] [--drop-every K]
   pptraffic measure COMMAND [ARG...]";
@@ -42,6 +56,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("tcp") => Tcp::parse(&args[1..]).and_then(|t| t.send()),
+        Some("churn") => Churn::parse(&args[1..]).and_then(|c| c.send()),
         Some("tap-reader") => TapReader::parse(&args[1..]).and_then(|t| t.run()),
         Some("flows") => install_flows(&args[1..]),
         Some("measure") => measure(&args[1..]),
@@ -118,14 +133,7 @@ impl Tcp {
                 "--count" => t.count = parse(name, value)?,
                 "--interval-ms" => t.interval_ms = parse(name, value)?,
                 "--bad-checksum" => t.bad_checksum = true,
-                "--flags" => {
-                    t.flags = match value.unwrap_or_default() {
-                        "syn" => SYN,
-                        "finack" => FIN | ACK,
-                        "ack" => ACK,
-                        other => return Err(format!("--flags: syn, finack or ack, not {other}")),
-                    }
-                }
+                "--flags" => t.flags = parse_flags(value)?,
                 _ => return Err(format!("tcp: unknown option {name}\n{USAGE}")),
             }
         }
@@ -141,52 +149,18 @@ impl Tcp {
     }
 
     fn send(&self) -> Result<(), String> {
-        // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our IP header as is, filling in
-        // only the IP checksum (and the ID when it is 0).
-        // SAFETY: socket(2) with constant arguments.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            return Err(format!("raw socket: {}", Error::last_os_error()));
-        }
-        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(self.dst.octets()),
-            },
-            sin_zero: [0; 8],
-        };
+        let sock = RawSocket::new()?;
         for i in 0..self.count {
             let dport = self.dport + i as u16;
-            let packet = self.packet(i, dport);
-            // SAFETY: valid fd, buffer and sockaddr_in of the given length.
-            let n = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            };
-            if n != packet.len() as isize {
-                return Err(format!("sendto {}: {}", self.dst, Error::last_os_error()));
-            }
+            sock.send(self.dst, &self.packet(i, dport))?;
             if self.interval_ms > 0 {
                 std::thread::sleep(std::time::Duration::from_millis(self.interval_ms));
             }
         }
-        let flags = match self.flags {
-            SYN => "syn",
-            ACK => "ack",
-            _ => "finack",
-        };
         println!(
-            "sent {} tcp {flags} {}:{} -> {}:{}..{} checksum={}",
+            "sent {} tcp {} {}:{} -> {}:{}..{} checksum={}",
             self.count,
+            flags_name(self.flags),
             self.src,
             self.sport,
             self.dst,
@@ -199,34 +173,243 @@ impl Tcp {
 
     /// IPv4 + TCP headers, no payload.
     fn packet(&self, i: u32, dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45; // version 4, 5-word header
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[4..6].copy_from_slice(&(1 + i as u16).to_be_bytes());
-        p[6] = 0x40; // don't fragment
-        p[8] = 64; // TTL
-        p[9] = libc::IPPROTO_TCP as u8;
-        p[12..16].copy_from_slice(&self.src.octets());
-        p[16..20].copy_from_slice(&self.dst.octets());
+        segment(&Segment {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport,
+            flags: self.flags,
+            id: (i as u16).wrapping_add(1),
+            bad_checksum: self.bad_checksum,
+        })
+    }
+}
 
-        let t = &mut p[20..];
-        t[0..2].copy_from_slice(&self.sport.to_be_bytes());
-        t[2..4].copy_from_slice(&dport.to_be_bytes());
-        let seq = 0x1000_0000u32.wrapping_add(u32::from(dport) << 8);
-        t[4..8].copy_from_slice(&seq.to_be_bytes());
-        if self.flags & ACK != 0 {
-            t[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
-        }
-        t[12] = 5 << 4; // data offset: 5 words
-        t[13] = self.flags;
-        t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+fn parse_flags(value: Option<&str>) -> Result<u8, String> {
+    match value.unwrap_or_default() {
+        "syn" => Ok(SYN),
+        "finack" => Ok(FIN | ACK),
+        "ack" => Ok(ACK),
+        other => Err(format!("--flags: syn, finack or ack, not {other}")),
+    }
+}
 
-        let mut csum = tcp_checksum(self.src, self.dst, &p[20..]);
-        if self.bad_checksum {
-            csum ^= 0x5a5a;
+fn flags_name(flags: u8) -> &'static str {
+    match flags {
+        SYN => "syn",
+        ACK => "ack",
+        _ => "finack",
+    }
+}
+
+/// The header fields of one zero-payload TCP segment.
+struct Segment {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    /// IP ID; 0 lets the kernel choose one.
+    id: u16,
+    bad_checksum: bool,
+}
+
+/// IPv4 + TCP headers, no payload; the IP checksum is left to the kernel.
+fn segment(s: &Segment) -> Vec<u8> {
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45; // version 4, 5-word header
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[4..6].copy_from_slice(&s.id.to_be_bytes());
+    p[6] = 0x40; // don't fragment
+    p[8] = 64; // TTL
+    p[9] = libc::IPPROTO_TCP as u8;
+    p[12..16].copy_from_slice(&s.src.octets());
+    p[16..20].copy_from_slice(&s.dst.octets());
+
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&s.sport.to_be_bytes());
+    t[2..4].copy_from_slice(&s.dport.to_be_bytes());
+    let seq = 0x1000_0000u32.wrapping_add(u32::from(s.dport) << 8);
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    if s.flags & ACK != 0 {
+        t[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
+    }
+    t[12] = 5 << 4; // data offset: 5 words
+    t[13] = s.flags;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+
+    let mut csum = tcp_checksum(s.src, s.dst, &p[20..]);
+    if s.bad_checksum {
+        csum ^= 0x5a5a;
+    }
+    p[36..38].copy_from_slice(&csum.to_be_bytes());
+    p
+}
+
+/// A raw IPv4 socket that sends whole IP packets.
+struct RawSocket(OwnedFd);
+
+impl RawSocket {
+    fn new() -> Result<RawSocket, String> {
+        // IPPROTO_RAW implies IP_HDRINCL: the kernel sends our IP header as is, filling in
+        // only the IP checksum (and the ID when it is 0).
+        // SAFETY: socket(2) with constant arguments.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            return Err(format!("raw socket: {}", Error::last_os_error()));
         }
-        p[36..38].copy_from_slice(&csum.to_be_bytes());
-        p
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        Ok(RawSocket(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn send(&self, dst: Ipv4Addr, packet: &[u8]) -> Result<(), String> {
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: valid fd, buffer and sockaddr_in of the given length.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n != packet.len() as isize {
+            return Err(format!("sendto {dst}: {}", Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+/// Many distinct 5-tuples, each sent `repeat` times a tick apart (see the module doc).
+struct Churn {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    tuples: u32,
+    first: u32,
+    repeat: u32,
+    per_tick: u32,
+    tick_ms: u64,
+    flags: u8,
+    bad_checksum: bool,
+}
+
+/// Source ports of churn tuples: 1024..=65535.
+const CHURN_PORTS: u32 = 65536 - 1024;
+
+impl Churn {
+    fn parse(args: &[String]) -> Result<Churn, String> {
+        let (mut src, mut dst, mut dport, mut tuples) = (None, None, None, None);
+        let mut c = Churn {
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            dport: 0,
+            tuples: 0,
+            first: 0,
+            repeat: 3,
+            per_tick: 50,
+            tick_ms: 250,
+            flags: SYN,
+            bad_checksum: false,
+        };
+        for (name, value) in options(args, &["--bad-checksum"])? {
+            match name {
+                "--src" => src = Some(parse(name, value)?),
+                "--dst" => dst = Some(parse(name, value)?),
+                "--dport" => dport = Some(parse(name, value)?),
+                "--tuples" => tuples = Some(parse(name, value)?),
+                "--first" => c.first = parse(name, value)?,
+                "--repeat" => c.repeat = parse(name, value)?,
+                "--per-tick" => c.per_tick = parse(name, value)?,
+                "--tick-ms" => c.tick_ms = parse(name, value)?,
+                "--flags" => c.flags = parse_flags(value)?,
+                "--bad-checksum" => c.bad_checksum = true,
+                _ => return Err(format!("churn: unknown option {name}\n{USAGE}")),
+            }
+        }
+        let missing = |what: &str| format!("churn: {what} is required\n{USAGE}");
+        c.src = src.ok_or_else(|| missing("--src"))?;
+        c.dst = dst.ok_or_else(|| missing("--dst"))?;
+        c.dport = dport.ok_or_else(|| missing("--dport"))?;
+        c.tuples = tuples.ok_or_else(|| missing("--tuples"))?;
+        if c.repeat == 0 || c.per_tick == 0 {
+            return Err("churn: --repeat and --per-tick must be at least 1".into());
+        }
+        let last = c
+            .first
+            .checked_add(c.tuples)
+            .ok_or("churn: --first + --tuples overflows")?;
+        if u32::from(c.src).checked_add(last / CHURN_PORTS).is_none() {
+            return Err("churn: source addresses run past 255.255.255.255".into());
+        }
+        Ok(c)
+    }
+
+    /// Source address and port of tuple `n`.
+    fn tuple(&self, n: u32) -> (Ipv4Addr, u16) {
+        let src = Ipv4Addr::from(u32::from(self.src).wrapping_add(n / CHURN_PORTS));
+        (src, (1024 + n % CHURN_PORTS) as u16)
+    }
+
+    fn send(&self) -> Result<(), String> {
+        use std::time::{Duration, Instant};
+        let sock = RawSocket::new()?;
+        let batches = self.tuples.div_ceil(self.per_tick);
+        let ticks = if batches == 0 {
+            0
+        } else {
+            batches + self.repeat - 1
+        };
+        let started = Instant::now();
+        let (mut packets, mut late) = (0u64, 0u32);
+        for tick in 0..ticks {
+            // Copy `r` of batch `tick - r`, oldest batch first.
+            for r in (0..self.repeat).rev() {
+                let Some(batch) = tick.checked_sub(r).filter(|b| *b < batches) else {
+                    continue;
+                };
+                let from = batch * self.per_tick;
+                let to = (from + self.per_tick).min(self.tuples);
+                for i in from..to {
+                    let (src, sport) = self.tuple(self.first + i);
+                    let packet = segment(&Segment {
+                        src,
+                        dst: self.dst,
+                        sport,
+                        dport: self.dport,
+                        flags: self.flags,
+                        id: (r + 1) as u16,
+                        bad_checksum: self.bad_checksum,
+                    });
+                    sock.send(self.dst, &packet).map_err(|e| {
+                        format!("{e} (after {packets} packets, tuple {})", self.first + i)
+                    })?;
+                    packets += 1;
+                }
+            }
+            let next = Duration::from_millis(self.tick_ms.saturating_mul(u64::from(tick) + 1));
+            match next.checked_sub(started.elapsed()) {
+                Some(wait) if tick + 1 < ticks => std::thread::sleep(wait),
+                Some(_) => {}
+                None => late += 1,
+            }
+        }
+        println!("tuples {}", self.tuples);
+        println!("packets {packets}");
+        println!("first {}", self.first);
+        println!("ticks {ticks}");
+        println!("late_ticks {late}");
+        println!("elapsed_ms {}", started.elapsed().as_millis());
+        Ok(())
     }
 }
 
