@@ -41,7 +41,11 @@ fn message(cmd: u8, id: u64, packets: u64) -> Vec<u8> {
         wire::push_attr(&mut key, 4, &[0u8; 12]); // ethernet
         wire::push_attr(&mut key, 7, &[0u8; 12]); // ipv4
         wire::push_attr(&mut key, 9, &[0u8; 4]); // tcp
-        wire::push_attr(&mut key, parse::OVS_KEY_ATTR_CT_STATE, &0x21u32.to_ne_bytes());
+        wire::push_attr(
+            &mut key,
+            parse::OVS_KEY_ATTR_CT_STATE,
+            &0x21u32.to_ne_bytes(),
+        );
         wire::push_attr(&mut key, 23, &[0u8; 2]); // ct_zone
         wire::push_attr(&mut key, 24, &[0u8; 4]); // ct_mark
         wire::push_attr(&mut p, parse::OVS_FLOW_ATTR_KEY, &key);

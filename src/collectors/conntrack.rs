@@ -480,15 +480,18 @@ impl Collector for Conntrack {
 mod tests {
     use super::*;
 
+    /// One CPU with one statistic.
+    fn one_stat(cpu: u32, v: u64) -> Vec<CpuStats> {
+        vec![CpuStats {
+            cpu,
+            values: vec![Some(v)],
+        }]
+    }
+
     #[test]
     fn a_wrapping_cpu_counter_keeps_the_sum_monotonic() {
         let mut w = Widen::default();
-        let cpu = |v: u64| {
-            vec![CpuStats {
-                cpu: 1,
-                values: vec![Some(v)],
-            }]
-        };
+        let cpu = |v| one_stat(1, v);
         let mut a = cpu(u64::from(u32::MAX) - 5);
         w.apply(&mut a);
         assert_eq!(a[0].values[0], Some(u64::from(u32::MAX) - 5));
@@ -503,12 +506,7 @@ mod tests {
     #[test]
     fn statistics_that_fall_start_over_instead_of_leaping() {
         let mut w = Widen::default();
-        let cpu = |v: u64| {
-            vec![CpuStats {
-                cpu: 0,
-                values: vec![Some(v)],
-            }]
-        };
+        let cpu = |v| one_stat(0, v);
         let mut a = cpu(8_192);
         w.apply(&mut a);
         // nf_conntrack reloaded: the kernel's counter starts again from 10.

@@ -420,21 +420,27 @@ mod tests {
         a.end_collect();
     }
 
+    /// A collection whose dump holds one flow.
+    fn dump(a: &mut Accounting, id: u128, actions: Option<Actions>, packets: u64) {
+        collect(a, &[], &[flow(OVS_FLOW_CMD_GET, id, actions, packets)]);
+    }
+
+    /// A collection whose dump is empty.
+    fn dump_none(a: &mut Accounting) {
+        collect(a, &[], &[]);
+    }
+
     use DropReason::{Controller, CtInvalid, NoAction};
 
     #[test]
     fn a_forwarding_flow_changed_into_a_drop_credits_only_what_it_dropped() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         a.notify(&flow(OVS_FLOW_CMD_NEW, 1, forwards(), 0));
-        collect(&mut a, &[], &[flow(OVS_FLOW_CMD_GET, 1, forwards(), 20)]);
+        dump(&mut a, 1, forwards(), 20);
         // The revalidator rewrites it in place at 39 forwarded packets; 5 are dropped.
         a.notify(&flow(OVS_FLOW_CMD_SET, 1, drops(NoAction), 39));
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 1, drops(NoAction), 44)],
-        );
+        dump(&mut a, 1, drops(NoAction), 44);
         assert_eq!(total(&a, NoAction), 5);
         assert_eq!(a.totals().values().map(|t| t.1).sum::<u64>(), 5 * 54);
     }
@@ -442,41 +448,29 @@ mod tests {
     #[test]
     fn without_the_notification_a_changed_flow_credits_nothing_rather_than_too_much() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
-        collect(&mut a, &[], &[flow(OVS_FLOW_CMD_GET, 1, forwards(), 39)]);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 1, drops(NoAction), 44)],
-        );
+        dump_none(&mut a);
+        dump(&mut a, 1, forwards(), 39);
+        dump(&mut a, 1, drops(NoAction), 44);
         assert_eq!(total(&a, NoAction), 0);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 1, drops(NoAction), 50)],
-        );
+        dump(&mut a, 1, drops(NoAction), 50);
         assert_eq!(total(&a, NoAction), 6);
     }
 
     #[test]
     fn a_flow_evicted_and_recreated_between_scrapes_counts_both_lives() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         a.notify(&flow(OVS_FLOW_CMD_NEW, 9, drops(CtInvalid), 0));
         a.notify(&flow(OVS_FLOW_CMD_DEL, 9, None, 6));
         a.notify(&flow(OVS_FLOW_CMD_NEW, 9, drops(CtInvalid), 0));
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 4)],
-        );
+        dump(&mut a, 9, drops(CtInvalid), 4);
         assert_eq!(total(&a, CtInvalid), 10);
     }
 
     #[test]
     fn flows_that_live_and_die_between_scrapes_count() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         for id in 0..100u128 {
             let actions = if id % 2 == 0 {
                 drops(NoAction)
@@ -486,7 +480,7 @@ mod tests {
             a.notify(&flow(OVS_FLOW_CMD_NEW, id, actions, 0));
             a.notify(&flow(OVS_FLOW_CMD_DEL, id, None, 3));
         }
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         assert_eq!(total(&a, NoAction), 150);
         assert_eq!(a.tracked(), 0);
     }
@@ -494,50 +488,30 @@ mod tests {
     #[test]
     fn without_notifications_a_recreated_flow_is_a_lower_bound() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 6)],
-        );
+        dump_none(&mut a);
+        dump(&mut a, 9, drops(CtInvalid), 6);
         // Evicted and re-created with fewer packets: only its new count is known.
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 4)],
-        );
+        dump(&mut a, 9, drops(CtInvalid), 4);
         assert_eq!(total(&a, CtInvalid), 10);
         // Re-created with more packets than before: under-counted by the old count.
-        collect(&mut a, &[], &[]);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 9, drops(CtInvalid), 9)],
-        );
+        dump_none(&mut a);
+        dump(&mut a, 9, drops(CtInvalid), 9);
         assert_eq!(total(&a, CtInvalid), 15);
     }
 
     #[test]
     fn a_flow_one_dump_skipped_is_not_counted_again() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 3, drops(NoAction), 10)],
-        );
+        dump_none(&mut a);
+        dump(&mut a, 3, drops(NoAction), 10);
         for _ in 0..GRACE {
-            collect(&mut a, &[], &[]);
+            dump_none(&mut a);
         }
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 3, drops(NoAction), 12)],
-        );
+        dump(&mut a, 3, drops(NoAction), 12);
         assert_eq!(total(&a, NoAction), 12);
         // Missing from GRACE + 1 complete dumps: forgotten.
         for _ in 0..=GRACE {
-            collect(&mut a, &[], &[]);
+            dump_none(&mut a);
         }
         assert_eq!(a.tracked(), 0);
     }
@@ -545,12 +519,8 @@ mod tests {
     #[test]
     fn a_stale_dump_entry_never_brings_a_deleted_flow_back() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 4, drops(CtInvalid), 5)],
-        );
+        dump_none(&mut a);
+        dump(&mut a, 4, drops(CtInvalid), 5);
         // Deleted while the next dump runs; the dump's entry was taken before that.
         collect(
             &mut a,
@@ -566,42 +536,26 @@ mod tests {
             &[flow(OVS_FLOW_CMD_SET, 5, drops(CtInvalid), 30)],
             &[flow(OVS_FLOW_CMD_GET, 5, forwards(), 28)],
         );
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 5, drops(CtInvalid), 33)],
-        );
+        dump(&mut a, 5, drops(CtInvalid), 33);
         assert_eq!(total(&a, CtInvalid), 11);
     }
 
     #[test]
     fn the_first_look_sets_baselines_so_a_restart_counts_nothing_old() {
         let mut a = acct();
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 1, drops(CtInvalid), 1000)],
-        );
+        dump(&mut a, 1, drops(CtInvalid), 1000);
         assert_eq!(total(&a, CtInvalid), 0);
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 1, drops(CtInvalid), 1003)],
-        );
+        dump(&mut a, 1, drops(CtInvalid), 1003);
         assert_eq!(total(&a, CtInvalid), 3);
         // A flow born after the first look counts in full.
-        collect(
-            &mut a,
-            &[],
-            &[flow(OVS_FLOW_CMD_GET, 2, drops(CtInvalid), 2)],
-        );
+        dump(&mut a, 2, drops(CtInvalid), 2);
         assert_eq!(total(&a, CtInvalid), 5);
     }
 
     #[test]
     fn logged_drops_count_under_their_own_reason() {
         let mut a = acct();
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         a.notify(&flow(OVS_FLOW_CMD_NEW, 1, drops(Controller), 0));
         a.notify(&flow(OVS_FLOW_CMD_DEL, 1, None, 4));
         assert_eq!(total(&a, Controller), 4);
@@ -611,7 +565,7 @@ mod tests {
     fn ports_that_change_hands_do_not_inherit_totals() {
         let mut a = acct();
         a.ensure_ports("ovs-system", &[("tap0", "vm")]);
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         let mut f = flow(OVS_FLOW_CMD_NEW, 1, None, 0);
         f.in_port = Some(3);
         f.actions = drops(NoAction);
@@ -643,7 +597,7 @@ mod tests {
     fn memory_is_bounded_by_max_flows() {
         let mut a = Accounting::new(10);
         a.set_names(DP, names());
-        collect(&mut a, &[], &[]);
+        dump_none(&mut a);
         for id in 0..25u128 {
             a.notify(&flow(OVS_FLOW_CMD_NEW, id, drops(NoAction), 0));
         }

@@ -528,28 +528,10 @@ impl Collector for OvsFlows {
 mod tests {
     use super::*;
     use crate::roles::RoleRules;
+    use parse::test_support::{flow_msg, key};
     use parse::{
         OVS_FLOW_ATTR_ACTIONS, OVS_FLOW_ATTR_KEY, OVS_FLOW_ATTR_STATS, OVS_FLOW_ATTR_UFID,
     };
-    use parse::{OVS_KEY_ATTR_CT_STATE, OVS_KEY_ATTR_IN_PORT};
-
-    /// genlmsghdr + ovs_header + attributes.
-    fn flow_msg(attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
-        let mut p = vec![1, 1, 0, 0, 7, 0, 0, 0];
-        for (ty, data) in attrs {
-            wire::push_attr(&mut p, *ty, data);
-        }
-        p
-    }
-
-    fn key(in_port: u32, ct_state: Option<u32>) -> Vec<u8> {
-        let mut k = Vec::new();
-        wire::push_attr(&mut k, OVS_KEY_ATTR_IN_PORT, &in_port.to_ne_bytes());
-        if let Some(s) = ct_state {
-            wire::push_attr(&mut k, OVS_KEY_ATTR_CT_STATE, &s.to_ne_bytes());
-        }
-        k
-    }
 
     fn stats(p: u64, b: u64) -> Vec<u8> {
         [p.to_ne_bytes(), b.to_ne_bytes()].concat()
@@ -631,12 +613,15 @@ mod tests {
     }
 
     fn inv_drop(ufid: u8, packets: u64) -> Vec<u8> {
-        flow_msg(&[
-            (OVS_FLOW_ATTR_UFID, vec![ufid; 16]),
-            (OVS_FLOW_ATTR_KEY, key(2, Some(0x30))),
-            (OVS_FLOW_ATTR_ACTIONS, vec![]),
-            (OVS_FLOW_ATTR_STATS, stats(packets, packets * 54)),
-        ])
+        flow_msg(
+            parse::OVS_FLOW_CMD_NEW,
+            &[
+                (OVS_FLOW_ATTR_UFID, vec![ufid; 16]),
+                (OVS_FLOW_ATTR_KEY, key(2, Some(0x30))),
+                (OVS_FLOW_ATTR_ACTIONS, vec![]),
+                (OVS_FLOW_ATTR_STATS, stats(packets, packets * 54)),
+            ],
+        )
     }
 
     fn scrape(c: &OvsFlows) -> String {

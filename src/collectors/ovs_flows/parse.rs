@@ -296,12 +296,13 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
     Ok(f)
 }
 
+/// Message builders for the collector's unit tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
 
     /// genlmsghdr + ovs_header + attributes.
-    pub fn flow_msg(cmd: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    pub(crate) fn flow_msg(cmd: u8, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
         let mut p = vec![cmd, 1, 0, 0, 7, 0, 0, 0];
         for (ty, data) in attrs {
             wire::push_attr(&mut p, *ty, data);
@@ -309,7 +310,7 @@ mod tests {
         p
     }
 
-    fn key(in_port: u32, ct_state: Option<u32>) -> Vec<u8> {
+    pub(crate) fn key(in_port: u32, ct_state: Option<u32>) -> Vec<u8> {
         let mut k = Vec::new();
         wire::push_attr(&mut k, OVS_KEY_ATTR_IN_PORT, &in_port.to_ne_bytes());
         if let Some(s) = ct_state {
@@ -317,6 +318,12 @@ mod tests {
         }
         k
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{flow_msg, key};
+    use super::*;
 
     fn action(ty: u16, payload: &[u8]) -> Vec<u8> {
         let mut a = Vec::new();
