@@ -378,3 +378,37 @@ impl<T: Transport> Transport for CaptureTransport<T> {
         Ok(end)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel whose dumps always race a change.
+    struct Racing;
+
+    impl Transport for Racing {
+        fn stream(
+            &self,
+            _req: &Request,
+            sink: &mut dyn FnMut(&[u8]) -> bool,
+        ) -> Result<StreamEnd, TransportError> {
+            sink(b"reply");
+            Ok(StreamEnd { interrupted: true })
+        }
+    }
+
+    #[test]
+    fn a_dump_that_keeps_racing_is_used_and_counted() {
+        let req = Request {
+            protocol: Protocol::Route,
+            name: "racing",
+            scope: None,
+            ty: 18,
+            flags: wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
+            payload: vec![],
+        };
+        let before = inconsistent_dumps();
+        assert_eq!(Racing.exchange(&req).unwrap(), b"reply");
+        assert_eq!(inconsistent_dumps() - before, 1);
+    }
+}

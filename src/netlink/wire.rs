@@ -374,6 +374,15 @@ mod tests {
     }
 
     #[test]
+    fn names_that_are_not_utf8_are_kept_lossily() {
+        let mut a = Vec::new();
+        push_attr(&mut a, 3, b"tap\xff\xfe1\0");
+        let attr = attrs("rtnetlink", "IFLA", &a).next().unwrap().unwrap();
+        assert_eq!(attr.name(), "tap\u{fffd}\u{fffd}1");
+        assert!(attr.string("rtnetlink", "IFLA_IFNAME").is_err());
+    }
+
+    #[test]
     fn walks_messages_and_stops_at_done() {
         let mut buf = msg(16, NLM_F_MULTI, &[1, 2, 3]);
         buf.extend(msg(NLMSG_DONE, NLM_F_MULTI, &0i32.to_ne_bytes()));
