@@ -95,6 +95,11 @@ pub struct Args {
     #[arg(long = "collector.ovs_flows.max-flows", alias = "collector.ovs-flows.max-flows", value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub ovs_flows_max: u32,
 
+    /// Do not listen to the kernel's flow notifications: drop counts come from flow dumps
+    /// alone, an approximation (to compare, or where the multicast group is not allowed).
+    #[arg(long = "collector.ovs_flows.dumps-only")]
+    pub ovs_flows_dumps_only: bool,
+
     /// nf_conntrack_log_invalid while the conntrack_invalid collector runs: an IP protocol
     /// number, or 255 for all.
     #[arg(
@@ -318,6 +323,7 @@ impl Cli {
             },
             ovs_flows: collectors::ovs_flows::Options {
                 max_flows: a.ovs_flows_max as usize,
+                notifications: !a.ovs_flows_dumps_only,
             },
             conntrack_invalid: collectors::conntrack_invalid::Options {
                 protocol: a.conntrack_invalid_protocol,

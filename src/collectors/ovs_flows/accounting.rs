@@ -9,9 +9,13 @@
 //!   nothing from before the change); a delete brings the flow's final counts;
 //! - between two dumps with no notification in between, the increase is credited when the
 //!   flow did the same thing at both ends, and not at all when its actions changed unseen
-//!   (a lower bound, never an over-count);
+//!   (an under-count rather than an over-count);
 //! - a count below the last one means the flow started over (re-created under the same
-//!   UFID, or its statistics cleared): its whole count is new.
+//!   UFID, or its statistics cleared): its whole count is new;
+//! - a flow nothing was heard of before a dump found it is new since the last dump, and
+//!   its whole count is credited to its present actions; only the first look at the table
+//!   takes counts as baselines. (With notifications lost, this over-counts a flow that
+//!   was rewritten into a drop before any dump saw it; README gives measured errors.)
 //!
 //! The kernel's dump is not a snapshot, so a flow a dump did not reach is kept for
 //! [`GRACE`] more complete dumps before it is forgotten. Notifications and dump replies

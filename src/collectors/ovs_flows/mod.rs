@@ -5,8 +5,8 @@
 //! multicast group ([`monitor`]), where the kernel announces every flow created, changed
 //! and deleted. Parse: [`parse`] decodes a flow and decides whether it drops. Account:
 //! [`accounting`] turns both into drop totals that only grow, exact for flows whose whole
-//! life was announced (also those that lived and died between two scrapes), and a lower
-//! bound where notifications were lost. Render: the totals, and the flow table by action.
+//! life was announced (also those that lived and died between two scrapes), approximate
+//! where notifications were lost (README says how, with measured errors). Render: the totals, and the flow table by action.
 
 pub mod accounting;
 pub mod monitor;
@@ -42,11 +42,16 @@ pub struct Options {
     /// Flows read per datapath and scrape, and flows tracked; past it the dump stops and
     /// says so.
     pub max_flows: usize,
+    /// Listen to the kernel's flow notifications (exact counts); off: dumps alone.
+    pub notifications: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { max_flows: 200_000 }
+        Options {
+            max_flows: 200_000,
+            notifications: true,
+        }
     }
 }
 
@@ -182,6 +187,8 @@ struct Shared {
     devices: interfaces::Options,
     families: FamilyCache,
     monitor_notice: LogOnce,
+    /// Whether to listen at all (--collector.ovs_flows.dumps-only turns it off).
+    notifications: bool,
 }
 
 /// How often a missing or broken monitor is opened again at most.
@@ -241,7 +248,10 @@ impl Shared {
     /// Joins the ovs_flow group if not joined yet, or joined under other family ids (the
     /// module was reloaded).
     fn ensure_monitor(&self, st: &mut State, f: &Families) {
-        if st.monitor.as_ref().is_some_and(|m| m.family == f.flow) || !self.transport.live() {
+        if st.monitor.as_ref().is_some_and(|m| m.family == f.flow)
+            || !self.transport.live()
+            || !self.notifications
+        {
             return;
         }
         // A failed attempt is retried after a while; at once under new family ids.
@@ -274,7 +284,7 @@ impl Shared {
             Err(e) => {
                 st.monitor = None;
                 if self.monitor_notice.first(&e) {
-                    tracing::warn!(collector = "ovs_flows", error = %e, "cannot listen to ovs_flow notifications; drop counts come from flow dumps alone (a lower bound)");
+                    tracing::warn!(collector = "ovs_flows", error = %e, "cannot listen to ovs_flow notifications; drop counts come from flow dumps alone (approximate, see README)");
                 }
             }
         }
@@ -344,6 +354,7 @@ impl OvsFlows {
             devices: c.interfaces.clone(),
             families: FamilyCache::default(),
             monitor_notice: LogOnce::default(),
+            notifications: c.ovs_flows.notifications,
         });
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -478,7 +489,7 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
         notifications,
         Family::single_counter(
             "packetpath_ovs_flow_notification_overruns_total",
-            "Times the flow notification socket overflowed (ENOBUFS): notifications were lost and drop counts are a lower bound since.",
+            "Times the flow notification socket overflowed (ENOBUFS): notifications were lost, and drop counts fell back to the dumps.",
             h.overruns as f64,
         ),
         Family::single_counter(
@@ -647,7 +658,10 @@ mod tests {
             ovs_topology: Arc::new(SharedTopology::new(RoleRules::default())),
             interfaces,
             conntrack: Default::default(),
-            ovs_flows: Options { max_flows },
+            ovs_flows: Options {
+                max_flows,
+                ..Default::default()
+            },
             conntrack_invalid: Default::default(),
         };
         OvsFlows::new(&config)
