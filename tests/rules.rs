@@ -124,8 +124,13 @@ fn rules_pass_promtool_check_and_unit_tests() {
     if let Some(out) = promtool(&["check", "rules", &path("alerts/packetpath.rules.yml")]) {
         assert!(out.contains("SUCCESS: 18 rules found"), "{out}");
     }
-    if let Some(out) = promtool(&["test", "rules", &path("alerts/tests/packetpath.test.yml")]) {
-        assert!(out.contains("SUCCESS"), "{out}");
+    for tests in [
+        "alerts/tests/packetpath.test.yml",
+        "alerts/tests/quiet.test.yml",
+    ] {
+        if let Some(out) = promtool(&["test", "rules", &path(tests)]) {
+            assert!(out.contains("SUCCESS"), "{tests}: {out}");
+        }
     }
 }
 

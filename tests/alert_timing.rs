@@ -1,0 +1,323 @@
+//! How fast the packet-path alerts fire, and how much background they stay quiet under,
+//! measured by `promtool test rules` on the shipped rules. README's "Alert timing" table is
+//! this test's output: the test fails when the table and the rules disagree, and
+//! `UPDATE_README=1` rewrites the table.
+//!
+//! The incident at rate r: every packet of it is a short FIN/ACK from the tunnel with a
+//! bad checksum, so conntrack's invalid counter, the classifier's bad_checksum class and
+//! the tunnel's ct_invalid drop flow all rise by r a second, and the tunnel receives r
+//! more than the VMs get. Beside it run 100 packets a second to the VMs and 5 to other
+//! ports (a gap with no loss behind it). The background at rate b: late RSTs of forgotten
+//! connections from the tunnel, invalid for out_of_window and dropped as ct_invalid, at b
+//! a second, and nothing with a bad checksum. Scrapes are 15 s apart, as Prometheus'
+//! default.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+const ALERTS: [&str; 5] = [
+    "PacketpathTunnelToVMLoss",
+    "PacketpathConntrackBadChecksum",
+    "PacketpathOVSDropFlowsFromTunnel",
+    "PacketpathConntrackInvalidSpike",
+    "PacketpathChecksumValidationDroppingTunnelTraffic",
+];
+
+/// Incident rates: (column, events per second).
+const RATES: [(&str, f64); 3] = [
+    ("1 event/min", 1.0 / 60.0),
+    ("1 event/10 s", 0.1),
+    ("10 events/s", 10.0),
+];
+
+/// Background rates tried, per second.
+const BACKGROUND: [f64; 9] = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0];
+
+const SCRAPE_S: u32 = 15;
+/// How long an incident is watched for its alerts, and a background for silence.
+const INCIDENT_S: u32 = 30 * 60;
+const BACKGROUND_S: u32 = 2 * 3600;
+
+fn repo(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(p)
+        .display()
+        .to_string()
+}
+
+/// `promtool` series values: `per_sample` added every scrape for `samples` scrapes.
+fn ramp(per_sample: f64, samples: u32) -> String {
+    format!("0+{per_sample}x{samples}")
+}
+
+fn series(out: &mut String, name: &str, instance: &str, labels: &str, values: &str) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    writeln!(
+        out,
+        "      - series: '{name}{{instance=\"{instance}\"{sep}{labels}}}'\n        values: '{values}'"
+    )
+    .unwrap();
+}
+
+/// One node's series: `invalid` invalids a second, bad checksums or not, all from the tunnel
+/// and dropped there.
+fn node(out: &mut String, instance: &str, invalid: f64, bad_checksum: bool, samples: u32) {
+    let s = f64::from(SCRAPE_S);
+    let (reason, flags) = if bad_checksum {
+        ("bad_checksum", "fin")
+    } else {
+        ("out_of_window", "rst")
+    };
+    series(
+        out,
+        "packetpath_interface_receive_packets_total",
+        instance,
+        "device=\"genev_sys_6081\",role=\"tunnel\"",
+        &ramp((105.0 + invalid) * s, samples),
+    );
+    series(
+        out,
+        "packetpath_interface_transmit_packets_total",
+        instance,
+        "device=\"tap1\",role=\"vm\"",
+        &ramp(100.0 * s, samples),
+    );
+    series(
+        out,
+        "packetpath_conntrack_invalid_total",
+        instance,
+        "",
+        &ramp(invalid * s, samples),
+    );
+    series(
+        out,
+        "packetpath_conntrack_invalid_packets_total",
+        instance,
+        &format!(
+            "family=\"ipv4\",protocol=\"tcp\",reason=\"{reason}\",size_class=\"lt60\",tcp_flags=\"{flags}\""
+        ),
+        &ramp(invalid * s, samples),
+    );
+    series(
+        out,
+        "packetpath_ovs_drop_flow_packets_total",
+        instance,
+        "datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"",
+        &ramp(invalid * s, samples),
+    );
+    series(
+        out,
+        "packetpath_conntrack_sysctl",
+        instance,
+        "name=\"nf_conntrack_checksum\"",
+        &format!("1x{samples}"),
+    );
+}
+
+fn incident(rate: f64) -> String {
+    format!("incident-{rate}")
+}
+
+fn background(rate: f64) -> String {
+    format!("background-{rate}")
+}
+
+/// A promtool test file that expects no alert at every evaluation: its failures say when
+/// and for which node each alert fired.
+fn test_file(rules: &str) -> String {
+    let samples = BACKGROUND_S / SCRAPE_S;
+    let mut out = format!(
+        "rule_files:\n  - {rules}\nevaluation_interval: {SCRAPE_S}s\ntests:\n  - interval: {SCRAPE_S}s\n    input_series:\n"
+    );
+    for (_, r) in RATES {
+        node(&mut out, &incident(r), r, true, samples);
+    }
+    for b in BACKGROUND {
+        node(&mut out, &background(b), b, false, samples);
+    }
+    out.push_str("    alert_rule_test:\n");
+    let mut t = 30;
+    while t <= BACKGROUND_S {
+        for a in ALERTS {
+            writeln!(
+                out,
+                "      - eval_time: {t}s\n        alertname: {a}\n        exp_alerts: []"
+            )
+            .unwrap();
+        }
+        t += if t < INCIDENT_S { 30 } else { 300 };
+    }
+    out
+}
+
+/// "1h2m30s" -> seconds.
+fn seconds(d: &str) -> u32 {
+    let (mut total, mut n) = (0, 0);
+    for c in d.chars() {
+        match c {
+            '0'..='9' => n = n * 10 + c.to_digit(10).unwrap_or(0),
+            'h' => (total, n) = (total + n * 3600, 0),
+            'm' => (total, n) = (total + n * 60, 0),
+            's' => (total, n) = (total + n, 0),
+            _ => {}
+        }
+    }
+    total
+}
+
+/// (alert, node) -> the first evaluation at which it was firing.
+fn first_firing(promtool_output: &str) -> BTreeMap<(String, String), u32> {
+    let mut first = BTreeMap::new();
+    for block in promtool_output.split("alertname: ").skip(1) {
+        let Some((alert, rest)) = block.split_once(", time: ") else {
+            continue;
+        };
+        let at = seconds(rest.split(',').next().unwrap_or_default());
+        let got = rest.split("got:").nth(1).unwrap_or_default();
+        for inst in got.split("instance=\"").skip(1) {
+            let node = inst.split('"').next().unwrap_or_default().to_owned();
+            let e = first.entry((alert.to_owned(), node)).or_insert(at);
+            *e = (*e).min(at);
+        }
+    }
+    first
+}
+
+fn duration(s: u32) -> String {
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s} s"),
+        (m, 0) => format!("{m} min"),
+        (m, s) => format!("{m} min {s} s"),
+    }
+}
+
+fn rate(r: f64) -> String {
+    format!("{r}/s")
+}
+
+fn table(first: &BTreeMap<(String, String), u32>, severities: &BTreeMap<String, String>) -> String {
+    let mut out = String::from(
+        "| Alert | Severity | 1 event/min | 1 event/10 s | 10 events/s | Quiet under background up to |\n|---|---|---|---|---|---|\n",
+    );
+    for a in ALERTS {
+        let fired = |node: String| first.get(&(a.to_owned(), node)).copied();
+        let cells: Vec<String> = RATES
+            .iter()
+            .map(|(_, r)| match fired(incident(*r)) {
+                Some(t) if t <= INCIDENT_S => duration(t),
+                _ => "—".to_owned(),
+            })
+            .collect();
+        let quiet: Vec<f64> = BACKGROUND
+            .iter()
+            .copied()
+            .take_while(|b| fired(background(*b)).is_none())
+            .collect();
+        let tolerated = match (quiet.last(), quiet.len() == BACKGROUND.len()) {
+            (_, true) => format!("≥ {} (all tried)", rate(BACKGROUND[BACKGROUND.len() - 1])),
+            (Some(b), false) => rate(*b),
+            (None, false) => format!("< {}", rate(BACKGROUND[0])),
+        };
+        writeln!(
+            out,
+            "| `{a}` | {} | {} | {} | {} | {tolerated} |",
+            severities.get(a).map_or("?", String::as_str),
+            cells[0],
+            cells[1],
+            cells[2]
+        )
+        .unwrap();
+    }
+    out
+}
+
+fn severities() -> BTreeMap<String, String> {
+    let rules = std::fs::read_to_string(repo("alerts/packetpath.rules.yml")).unwrap();
+    rules
+        .split("- alert: ")
+        .skip(1)
+        .filter_map(|b| {
+            let name = b.lines().next()?.trim().to_owned();
+            let sev = b
+                .split("severity: ")
+                .nth(1)?
+                .lines()
+                .next()?
+                .trim()
+                .to_owned();
+            Some((name, sev))
+        })
+        .collect()
+}
+
+const BEGIN: &str = "<!-- alert-timing: generated by tests/alert_timing.rs -->\n";
+const END: &str = "<!-- alert-timing end -->";
+
+#[test]
+fn readme_alert_timing_table_is_what_promtool_measures() {
+    let dir = std::env::temp_dir().join(format!("pp-alert-timing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("timing.test.yml");
+    std::fs::write(&file, test_file(&repo("alerts/packetpath.rules.yml"))).unwrap();
+    let out = match Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+    {
+        Ok(out) => common::said(&out),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("promtool not available ({e}); skipping outside CI");
+            return;
+        }
+        Err(e) => panic!("promtool is required under CI=true: {e}"),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = first_firing(&out);
+    // The measurement itself must be sound: the flood fires everything it should, and
+    // the smallest background fires nothing.
+    assert!(
+        first.contains_key(&(ALERTS[0].to_owned(), incident(10.0))),
+        "{out}"
+    );
+    for a in ALERTS {
+        assert!(
+            !first.contains_key(&(a.to_owned(), background(BACKGROUND[0]))),
+            "{a} fires on the smallest background"
+        );
+    }
+    let want = table(&first, &severities());
+    let readme_path = repo("README.md");
+    let readme = std::fs::read_to_string(&readme_path).unwrap();
+    let (start, end) = (
+        readme
+            .find(BEGIN)
+            .expect("README has the alert timing markers")
+            + BEGIN.len(),
+        readme
+            .find(END)
+            .expect("README has the alert timing end marker"),
+    );
+    if std::env::var("UPDATE_README").is_ok() {
+        let updated = format!("{}{want}{}", &readme[..start], &readme[end..]);
+        std::fs::write(&readme_path, updated).unwrap();
+        return;
+    }
+    assert_eq!(
+        &readme[start..end],
+        want,
+        "README's alert timing table is stale: UPDATE_README=1 cargo test --test alert_timing"
+    );
+}
+
+#[test]
+fn durations_parse_as_promtool_prints_them() {
+    assert_eq!(seconds("6m30s"), 390);
+    assert_eq!(seconds("1h0m0s"), 3600);
+    assert_eq!(seconds("45s"), 45);
+    assert_eq!(duration(390), "6 min 30 s");
+    assert_eq!(duration(120), "2 min");
+}
