@@ -7,9 +7,13 @@
 //! - a second exporter replaying the netlink replies captured in the OVS test bed, so the
 //!   OVS series exist too.
 //!
-//! Clean traffic (good SYNs to other ports) must leave the alerts inactive; corrupt-checksum
-//! SYNs must bring PacketpathTunnelToVMLoss, PacketpathConntrackInvalidSpike and
-//! PacketpathConntrackBadChecksum to `firing`. Then every metric that a rule or a dashboard
+//! Clean traffic (good SYNs to other ports) with a healthy node's background (a late RST
+//! every 2 s, marked invalid) must leave every packet-path alert inactive for 150 s; the
+//! seed incident's trickle, one bad-checksum FIN/ACK every 30 s, must fire
+//! PacketpathConntrackBadChecksum (the rules' signature window is scaled from 15 to 2
+//! minutes and its count from 5 to 3 events, so it fires in about a minute and a half);
+//! a flood of corrupt-checksum SYNs must bring PacketpathTunnelToVMLoss,
+//! PacketpathConntrackInvalidSpike and PacketpathConntrackBadChecksum to `firing`. Then every metric that a rule or a dashboard
 //! panel names must return data, and every expression must evaluate without error.
 
 mod common;
@@ -21,9 +25,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ConntrackBed, Exporter, KillOnDrop, Netns, require_root, send_segments, tcp_syn};
+use common::{
+    ConntrackBed, Exporter, KillOnDrop, Netns, require_root, send_segments, tcp, tcp_segment,
+    tcp_syn,
+};
 
 const PROM_PORT: u16 = 19090;
+/// How long the trickle may take to fire, and how long the background must stay quiet.
+const TRICKLE: Duration = Duration::from_secs(150);
+/// Every alert about the packet path (not the exporter's own health).
+const ALL_PACKET_PATH: [&str; 5] = [
+    "PacketpathTunnelToVMLoss",
+    "PacketpathConntrackInvalidSpike",
+    "PacketpathConntrackBadChecksum",
+    "PacketpathOVSDropFlowsFromTunnel",
+    "PacketpathChecksumValidationDroppingTunnelTraffic",
+];
 const ALERTS: [&str; 3] = [
     "PacketpathTunnelToVMLoss",
     "PacketpathConntrackInvalidSpike",
@@ -44,10 +61,11 @@ struct Prometheus {
 
 impl Prometheus {
     /// Starts Debian's prometheus in `ns` with the rules rendered for a fast test: 1 s
-    /// scrapes, 10 s rate windows, 5 s `for:`.
+    /// scrapes, 10 s rate windows, 5 s `for:`, and a 2-minute signature window in which 3
+    /// bad checksums (not 5 in 15 minutes) are the signature.
     fn start(ns: &Netns, dir: &Path, targets: &[u16]) -> Prometheus {
         let mut env = String::from(
-            "RATE_WINDOW=10s\nTUNNEL_LOSS_FOR=5s\nINVALID_SPIKE_PPS=1\nINVALID_SPIKE_FOR=5s\nBAD_CHECKSUM_FOR=5s\n",
+            "RATE_WINDOW=10s\nSIGNATURE_WINDOW=2m\nBAD_CHECKSUM_MIN_EVENTS=3\nTUNNEL_LOSS_FOR=5s\nINVALID_SPIKE_PPS=1\nINVALID_SPIKE_FOR=5s\nBAD_CHECKSUM_FOR=5s\n",
         );
         // The file's own values follow; render.sh uses the first value of a key.
         env.push_str(&std::fs::read_to_string(repo("alerts/thresholds.env")).unwrap());
@@ -142,8 +160,8 @@ fn encode(q: &str) -> String {
         .collect()
 }
 
-/// Sends SYNs from the client namespace until stopped, ~100 a second, on fresh ports.
-fn traffic(cli: &Netns, corrupt: bool, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Runs `f` on a thread of its own in the client namespace.
+fn in_client(cli: &Netns, f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
     let path = format!("/run/netns/{}", cli.name);
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
@@ -153,6 +171,13 @@ fn traffic(cli: &Netns, corrupt: bool, stop: Arc<AtomicBool>) -> std::thread::Jo
             unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );
+        f()
+    })
+}
+
+/// Sends SYNs from the client namespace until stopped, ~100 a second, on fresh ports.
+fn traffic(cli: &Netns, corrupt: bool, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    in_client(cli, move || {
         let mut port: u16 = if corrupt { 20000 } else { 50000 };
         while !stop.load(Ordering::Relaxed) {
             let batch: Vec<Vec<u8>> = (0..10)
@@ -163,6 +188,29 @@ fn traffic(cli: &Netns, corrupt: bool, stop: Arc<AtomicBool>) -> std::thread::Jo
                 .collect();
             send_segments(&batch);
             std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// One segment every `every` from the client namespace until stopped, the first at once:
+/// `flags` to port 8080 from fresh ports, with a bad checksum if `corrupt`.
+fn paced(
+    cli: &Netns,
+    every: Duration,
+    flags: u8,
+    corrupt: bool,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    in_client(cli, move || {
+        let mut port: u16 = if corrupt { 30000 } else { 40000 };
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                port += 1;
+                send_segments(&[tcp_segment(port, 8080, flags, &[], corrupt)]);
+                next += every;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     })
 }
@@ -239,18 +287,40 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
     let ovs = Exporter::start(&bed.srv, 19492, None, &[&replay, &procfs]);
     let prom = Prometheus::start(&bed.srv, &dir, &[19491, 19492]);
 
-    // Clean traffic: the tunnel receives, nothing reaches the VM, but nothing is dropped
-    // either (it goes to other ports): no alert may even be pending.
+    // Clean traffic with a healthy node's background: the tunnel receives, nothing reaches
+    // the VM, but nothing is dropped either (it goes to other ports), and a late RST of a
+    // forgotten connection every 2 s is marked invalid: no alert may even be pending, for
+    // as long as the trickle below takes.
     let stop = Arc::new(AtomicBool::new(false));
     let sender = traffic(&bed.cli, false, stop.clone());
-    std::thread::sleep(Duration::from_secs(20));
-    let active = prom.active();
-    for name in ALERTS {
-        assert!(
-            !active.iter().any(|(a, _)| a == name),
-            "{name} active on clean traffic: {active:?}"
-        );
+    let rsts = paced(
+        &bed.cli,
+        Duration::from_secs(2),
+        tcp::RST,
+        false,
+        stop.clone(),
+    );
+    let quiet_until = Instant::now() + TRICKLE;
+    while Instant::now() < quiet_until {
+        let active = prom.active();
+        for name in ALL_PACKET_PATH {
+            assert!(
+                !active.iter().any(|(a, _)| a == name),
+                "{name} active on clean traffic with background RSTs: {active:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(5));
     }
+    let rst_invalid = prom.query(
+        "sum(packetpath_conntrack_invalid_packets_total{reason!=\"bad_checksum\",tcp_flags=\"rst\"})",
+    );
+    assert_ne!(
+        rst_invalid["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap_or("0"),
+        "0",
+        "the background RSTs must be marked invalid for the quiet phase to mean anything: {rst_invalid}"
+    );
     let gap =
         prom.query("packetpath:tunnel_receive_packets:rate - packetpath:vm_delivery_packets:rate");
     let gap_now: f64 = gap["data"]["result"][0]["value"][1]
@@ -262,8 +332,26 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         gap_now > 1.0,
         "the clean phase must open a tunnel/VM gap for the test to mean anything: {gap}"
     );
+    // The trickle: one short FIN/ACK with a bad checksum every 30 s, beside the same clean
+    // traffic and background. The signature alert fires on it.
+    let trickle = paced(
+        &bed.cli,
+        Duration::from_secs(30),
+        tcp::FIN | tcp::ACK,
+        true,
+        stop.clone(),
+    );
+    let active = wait_alerts(&prom, &["PacketpathConntrackBadChecksum"], TRICKLE);
+    assert!(
+        active
+            .iter()
+            .any(|(a, s)| a == "PacketpathConntrackBadChecksum" && s == "firing"),
+        "one bad-checksum FIN/ACK every 30 s did not fire PacketpathConntrackBadChecksum: {active:?}"
+    );
     stop.store(true, Ordering::Relaxed);
-    sender.join().unwrap();
+    for t in [sender, rsts, trickle] {
+        t.join().unwrap();
+    }
 
     // The incident: corrupt checksums, marked invalid and dropped.
     let stop = Arc::new(AtomicBool::new(false));
