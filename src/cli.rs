@@ -95,6 +95,18 @@ pub struct Args {
     #[arg(long = "collector.ovs_flows.max-flows", alias = "collector.ovs-flows.max-flows", value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub ovs_flows_max: u32,
 
+    /// The Open vSwitch database's unix socket, for the ovsdb collector.
+    #[arg(
+        long = "collector.ovsdb.socket",
+        value_name = "PATH",
+        default_value = "/run/openvswitch/db.sock"
+    )]
+    pub ovsdb_socket: PathBuf,
+
+    /// VM ports the ovsdb collector labels at most; the rest are counted in packetpath_vm_ports.
+    #[arg(long = "collector.ovsdb.max-ports", value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ovsdb_max_ports: u32,
+
     /// Do not listen to the kernel's flow notifications: drop counts come from flow dumps
     /// alone, an approximation (to compare, or where the multicast group is not allowed).
     #[arg(long = "collector.ovs_flows.dumps-only")]
@@ -313,6 +325,10 @@ impl Cli {
             sysfs: a.sysfs.clone(),
             transport,
             ovs_topology: Arc::new(collectors::ovs::SharedTopology::new(roles.clone())),
+            ovsdb: collectors::ovsdb::Options {
+                socket: a.ovsdb_socket.clone(),
+                max_ports: a.ovsdb_max_ports as usize,
+            },
             roles,
             interfaces: collectors::interfaces::Options {
                 device_include: a.device_include.clone(),

@@ -35,6 +35,7 @@ fn emitted() -> BTreeMap<String, (String, Vec<String>)> {
         "tests/golden/metrics.txt",
         "tests/golden/metrics-procfs.txt",
         "tests/golden/metrics-ovs.txt",
+        "tests/golden/metrics-ovsdb.txt",
     ] {
         for line in read(f).lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

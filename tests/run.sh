@@ -29,6 +29,7 @@ declare -A need=(
     [npm]=/usr/bin/npm
     [openssl]=/usr/bin/openssl        # certificates for the TLS tests
     [apache2-utils]=/usr/bin/htpasswd  # bcrypt hashes for the basic auth tests
+    [openvswitch-switch]=/usr/sbin/ovsdb-server  # a private ovsdb-server (tests/ovsdb.rs)
 )
 missing=()
 for pkg in "${!need[@]}"; do
@@ -39,6 +40,13 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "installing: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
+        # Install without starting services: openvswitch-switch would start ovsdb-server
+        # and ovs-vswitchd system-wide, and the tests run their own.
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        fi
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
         echo "missing packages (install them as root): ${missing[*]}" >&2

@@ -9,6 +9,7 @@ pub mod conntrack_invalid;
 pub mod interfaces;
 pub mod ovs;
 pub mod ovs_flows;
+pub mod ovsdb;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,6 +70,7 @@ pub struct Config {
     pub conntrack_invalid: conntrack_invalid::Options,
     /// The OVS datapaths and ports, read once per scrape for both OVS collectors.
     pub ovs_topology: Arc<ovs::SharedTopology>,
+    pub ovsdb: ovsdb::Options,
 }
 
 /// The enabled collectors, by name, in registry order.
@@ -88,6 +90,7 @@ pub const REGISTRY: &[Spec] = &[
     conntrack_invalid::SPEC,
     ovs::SPEC,
     ovs_flows::SPEC,
+    ovsdb::SPEC,
 ];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {

@@ -697,6 +697,8 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// TCP flag bits for [`tcp_segment`].
+pub mod ovsdb;
+
 pub mod tcp {
     pub const FIN: u8 = 0x01;
     pub const SYN: u8 = 0x02;

@@ -656,6 +656,7 @@ mod tests {
             transport: kernel,
             roles: RoleRules::default(),
             ovs_topology: Arc::new(SharedTopology::new(RoleRules::default())),
+            ovsdb: Default::default(),
             interfaces,
             conntrack: Default::default(),
             ovs_flows: Options {

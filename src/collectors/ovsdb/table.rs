@@ -1,0 +1,181 @@
+//! The cached copy of the Open vSwitch database's `Interface` table, kept up to date from
+//! the `monitor` reply and `update` notifications (RFC 7047 §4.1.5, §4.1.6): pure, no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+/// The columns the exporter asks for; never `statistics`, which ovs-vswitchd rewrites
+/// every few seconds.
+pub const COLUMNS: [&str; 3] = ["name", "external_ids", "error"];
+
+/// Longest label value kept; longer ones are cut (at a character boundary).
+pub const MAX_VALUE: usize = 128;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub external_ids: BTreeMap<String, String>,
+    pub error: Option<String>,
+}
+
+impl Interface {
+    pub fn id(&self, key: &str) -> Option<&str> {
+        self.external_ids.get(key).map(String::as_str)
+    }
+}
+
+/// Why an update could not be applied; the connection is then synchronised again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("ovsdb: table-updates is not an object")]
+    NotObject,
+    #[error("ovsdb: Interface row {uuid}: {what}")]
+    Row { uuid: String, what: &'static str },
+}
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_VALUE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
+/// An OVSDB string map: `["map", [[k, v], ...]]`.
+fn map(v: &Value) -> Option<BTreeMap<String, String>> {
+    let pairs = match v.as_array()?.as_slice() {
+        [tag, pairs] if tag == "map" => pairs.as_array()?,
+        _ => return None,
+    };
+    pairs
+        .iter()
+        .map(|p| match p.as_array()?.as_slice() {
+            [k, v] => Some((cut(k.as_str()?), cut(v.as_str()?))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An optional string column: `"text"`, or `["set", []]` when empty.
+fn optional_string(v: &Value) -> Option<Option<String>> {
+    if let Some(s) = v.as_str() {
+        return Some(Some(cut(s)));
+    }
+    match v.as_array()?.as_slice() {
+        [tag, items] if tag == "set" => match items.as_array()?.as_slice() {
+            [] => Some(None),
+            [one] => Some(Some(cut(one.as_str()?))),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Interfaces by row UUID.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub rows: HashMap<String, Interface>,
+}
+
+impl Table {
+    /// Applies `table-updates` (the monitor reply, or an `update`'s second parameter).
+    /// A row whose `new` is absent is deleted; columns `new` leaves out keep their value.
+    pub fn apply(&mut self, updates: &Value) -> Result<(), UpdateError> {
+        let tables = updates.as_object().ok_or(UpdateError::NotObject)?;
+        let Some(rows) = tables.get("Interface") else {
+            return Ok(());
+        };
+        let rows = rows.as_object().ok_or(UpdateError::NotObject)?;
+        for (uuid, change) in rows {
+            let bad = |what| UpdateError::Row {
+                uuid: uuid.clone(),
+                what,
+            };
+            let Some(new) = change.get("new") else {
+                self.rows.remove(uuid);
+                continue;
+            };
+            let new = new.as_object().ok_or_else(|| bad("new is not an object"))?;
+            let row = self.rows.entry(uuid.clone()).or_default();
+            if let Some(n) = new.get("name") {
+                row.name = cut(n.as_str().ok_or_else(|| bad("name is not a string"))?);
+            }
+            if let Some(ids) = new.get("external_ids") {
+                row.external_ids = map(ids).ok_or_else(|| bad("external_ids is not a map"))?;
+            }
+            if let Some(e) = new.get("error") {
+                row.error = optional_string(e).ok_or_else(|| bad("error is not a string"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn os_vif(uuid: &str, name: &str) -> Value {
+        json!({"Interface": {uuid: {"new": {
+            "name": name,
+            "external_ids": ["map", [
+                ["attached-mac", "fa:16:3e:11:22:33"],
+                ["iface-id", "519d7cc4-7593-4944-af80-6a8a9b4f4e9a"],
+                ["iface-status", "active"],
+                ["vm-uuid", "0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f"]
+            ]],
+            "error": ["set", []]
+        }}}})
+    }
+
+    #[test]
+    fn rows_are_inserted_changed_and_deleted() {
+        let mut t = Table::default();
+        t.apply(&os_vif("u1", "tap519d7cc4-75")).unwrap();
+        let r = &t.rows["u1"];
+        assert_eq!(r.name, "tap519d7cc4-75");
+        assert_eq!(
+            r.id("iface-id"),
+            Some("519d7cc4-7593-4944-af80-6a8a9b4f4e9a")
+        );
+        assert_eq!(r.error, None);
+        // A modify carries the changed columns: the error appears, the rest stays.
+        t.apply(&json!({"Interface": {"u1": {
+            "old": {"error": ["set", []]},
+            "new": {"error": "could not open network device tap519d7cc4-75 (No such device)"}
+        }}}))
+        .unwrap();
+        let r = &t.rows["u1"];
+        assert_eq!(r.name, "tap519d7cc4-75");
+        assert_eq!(
+            r.error.as_deref(),
+            Some("could not open network device tap519d7cc4-75 (No such device)")
+        );
+        t.apply(&json!({"Interface": {"u1": {"old": {"name": "tap519d7cc4-75"}}}}))
+            .unwrap();
+        assert!(t.rows.is_empty());
+        // Other tables are ignored.
+        t.apply(&json!({"Bridge": {"b1": {"new": {"name": "br-int"}}}}))
+            .unwrap();
+        assert!(t.rows.is_empty());
+    }
+
+    #[test]
+    fn values_are_cut_and_bad_rows_named() {
+        let mut t = Table::default();
+        let long = "é".repeat(100);
+        t.apply(&json!({"Interface": {"u2": {"new": {"name": long}}}}))
+            .unwrap();
+        assert_eq!(t.rows["u2"].name.len(), 128);
+        let e = t
+            .apply(&json!({"Interface": {"u3": {"new": {"external_ids": "x"}}}}))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ovsdb: Interface row u3: external_ids is not a map"
+        );
+        assert_eq!(t.apply(&json!([1])).unwrap_err(), UpdateError::NotObject);
+    }
+}
