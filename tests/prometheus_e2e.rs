@@ -31,6 +31,9 @@ use common::{
 };
 
 const PROM_PORT: u16 = 19090;
+/// The identity os-vif gives the test's VM port in OVSDB.
+const PORT_ID: &str = "519d7cc4-7593-4944-af80-6a8a9b4f4e9a";
+const VM_ID: &str = "0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f";
 /// How long the trickle may take to fire, and how long the background must stay quiet.
 const TRICKLE: Duration = Duration::from_secs(150);
 /// Every alert about the packet path (not the exporter's own health).
@@ -272,6 +275,21 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         "--collector.conntrack_invalid.state-file={}",
         dir.join("state").display()
     );
+    // The VM's identity, as os-vif writes it, in a private ovsdb-server.
+    assert!(common::ovsdb::available("e2e"), "ovsdb-server is needed");
+    let db = common::ovsdb::Db::new("e2e");
+    db.vsctl(&[
+        "add-port",
+        "br-int",
+        "tap0",
+        "--",
+        "set",
+        "Interface",
+        "tap0",
+        &format!("external_ids:iface-id={PORT_ID}"),
+        &format!("external_ids:vm-uuid={VM_ID}"),
+    ]);
+    let ovsdb = format!("--collector.ovsdb.socket={}", db.socket());
     let live = Exporter::start(
         &bed.srv,
         19491,
@@ -280,6 +298,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
             "--collector.conntrack_invalid",
             &state,
             "--collector.interfaces.tunnel-regex=^s0$",
+            &ovsdb,
         ],
     );
     let replay = format!("--debug.netlink-replay-dir={}", repo("tests/fixtures/ovs"));
@@ -393,7 +412,8 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
             let e = t["expr"].as_str().unwrap();
             exprs.push(
                 e.replace("$__rate_interval", "30s")
-                    .replace("$instance", ".*"),
+                    .replace("$instance", ".*")
+                    .replace("$vm", ".*"),
             );
         }
     }
@@ -412,9 +432,20 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         }
     }
     assert!(checked.len() > 25, "{checked:?}");
+    // README's join recipe: the VM port's series carry its Neutron port and instance.
+    let joined = prom.query(
+        "packetpath_interface_transmit_packets_total{device=\"tap0\"} * on (instance, device) group_left (port_id, instance_id) packetpath_vm_port_info",
+    );
+    let metric = &joined["data"]["result"][0]["metric"];
+    assert_eq!(
+        (metric["port_id"].as_str(), metric["instance_id"].as_str()),
+        (Some(PORT_ID), Some(VM_ID)),
+        "{joined}"
+    );
     drop(prom);
     drop(tap);
     drop(live);
     drop(ovs);
+    drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }

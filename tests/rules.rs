@@ -186,5 +186,5 @@ fn rules_and_dashboard_name_only_emitted_metrics() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vars, ["datasource", "instance"]);
+    assert_eq!(vars, ["datasource", "instance", "vm"]);
 }
