@@ -379,11 +379,11 @@ mod tests {
     fn collector_selection() {
         assert_eq!(
             enabled(&[]),
-            vec!["interfaces", "conntrack", "ovs", "ovs_flows"]
+            vec!["interfaces", "conntrack", "ovs", "ovs_flows", "ovsdb"]
         );
         assert_eq!(
             enabled(&["--no-collector.conntrack", "--no-collector.ovs_flows"]),
-            vec!["interfaces", "ovs"]
+            vec!["interfaces", "ovs", "ovsdb"]
         );
         assert_eq!(
             enabled(&["--collector.disable-defaults", "--collector.conntrack"]),
@@ -404,11 +404,11 @@ mod tests {
     fn bad_input_is_one_line() {
         assert_eq!(
             usage(&["--collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb)"
         );
         assert_eq!(
             usage(&["--no-collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb)"
         );
         let re = usage(&["--collector.interfaces.device-include", "(tap"]);
         assert!(
