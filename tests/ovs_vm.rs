@@ -94,9 +94,41 @@ fn check_phase(r: &Results, phase: &str, drop_total: f64) {
         "conntrack_invalid",
         "ovs",
         "ovs_flows",
+        "ovsdb",
     ] {
         assert_eq!(success(&m, c), 1.0, "{phase}: {c}");
     }
+    // The VM port's identity as os-vif wrote it in OVSDB, on the same device name as the
+    // incident's series, so they join on it.
+    let (id, one) = m
+        .select("packetpath_vm_port_info", &[("device", "tap0")])
+        .next()
+        .unwrap_or_else(|| panic!("{phase}: no identity for tap0"));
+    assert_eq!(one, 1.0);
+    assert_eq!(
+        (
+            id["port_id"].as_str(),
+            id["instance_id"].as_str(),
+            id["mac"].as_str(),
+            id["status"].as_str()
+        ),
+        (
+            "519d7cc4-7593-4944-af80-6a8a9b4f4e9a",
+            "0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f",
+            "02:00:00:00:00:02",
+            "active"
+        ),
+        "{phase}"
+    );
+    assert!(
+        m.get(
+            "packetpath_interface_transmit_packets_total",
+            &[("device", "tap0"), ("role", "vm")]
+        )
+        .is_some(),
+        "{phase}"
+    );
+    assert_eq!(m.value("packetpath_vm_ports", &[]), 1.0, "{phase}");
     let show = r.get(&format!("{phase}/dpctl-show"));
     let dp = [("datapath", "ovs-system")];
     let lookups = |result: &str| {

@@ -20,7 +20,7 @@
 # shellcheck source=topology.sh
 . /guest/topology.sh
 EXPORTER_BASE_FLAGS="--web.listen-address=127.0.0.1:9479 --collector.disable-defaults \
---collector.interfaces --collector.conntrack"
+--collector.interfaces --collector.conntrack --collector.ovsdb"
 
 scenario_prepare() {
     topology_up

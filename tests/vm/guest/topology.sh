@@ -18,6 +18,9 @@ UL_HOST_MAC=02:00:00:00:01:02
 UL_REMOTE=192.168.100.1
 UL_REMOTE_MAC=02:00:00:00:01:01
 SPORT=40000
+# The VM's Neutron port and instance (os-vif's external_ids on tap0).
+VM_PORT_ID=519d7cc4-7593-4944-af80-6a8a9b4f4e9a
+VM_UUID=0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f
 
 # topology_up: both namespaces, the underlay, the remote geneve device, the VM's TAP held
 # by a pptraffic tap-reader, and br-int with its geneve and TAP ports (in the database;
@@ -53,7 +56,10 @@ topology_up() {
     ovs-vsctl --no-wait add-br br-int -- set bridge br-int fail-mode=secure
     ovs-vsctl --no-wait add-port br-int gnv0 -- set interface gnv0 type=geneve \
         options:remote_ip="$UL_REMOTE" options:key=100
-    ovs-vsctl --no-wait add-port br-int tap0
+    # The VM's identity as os-vif writes it when Nova plugs the port.
+    ovs-vsctl --no-wait add-port br-int tap0 -- set Interface tap0 \
+        external_ids:iface-id="$VM_PORT_ID" external_ids:vm-uuid="$VM_UUID" \
+        external_ids:attached-mac="$VM_MAC" external_ids:iface-status=active
 }
 
 # Starts the exporter in the root netns with the base flags plus $PP_EXPORTER_FLAGS. If it
