@@ -55,7 +55,8 @@ start 19710 --collector.ovsdb.socket="$dir/db.sock"
 with=${pids[-1]}
 start 19711 --no-collector.ovsdb
 without=${pids[-1]}
-until curl -s http://127.0.0.1:19710/metrics | grep -q 'collector_success{collector="ovsdb"} 1'; do sleep 0.2; done
+synced() { [[ $(curl -s http://127.0.0.1:19710/metrics) == *'collector_success{collector="ovsdb"} 1'* ]]; }
+until synced; do sleep 0.2; done
 
 scrape() { curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1/metrics"; }
 for _ in 1 2 3; do scrape 19710 >/dev/null; scrape 19711 >/dev/null; done

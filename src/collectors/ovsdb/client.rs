@@ -87,7 +87,8 @@ impl Client {
         Arc::new(Client {
             view: Mutex::new(View {
                 table: Table::default(),
-                down: Some(("not connected to ovsdb-server yet".to_owned(), false)),
+                // Starting up is not a failure worth a warning.
+                down: Some(("not connected to ovsdb-server yet".to_owned(), true)),
             }),
             stop: AtomicBool::new(false),
             socket,
