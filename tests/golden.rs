@@ -301,32 +301,24 @@ fn golden_ovsdb() {
         return;
     }
     let db = common::ovsdb::Db::new("golden");
-    db.vsctl(&[
-        "add-port",
-        "br-int",
+    db.plug(
         "tap519d7cc4-75",
-        "--",
-        "set",
-        "Interface",
-        "tap519d7cc4-75",
-        "external_ids:iface-id=519d7cc4-7593-4944-af80-6a8a9b4f4e9a",
-        "external_ids:iface-status=active",
-        "external_ids:attached-mac=fa:16:3e:11:22:33",
-        "external_ids:vm-uuid=0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f",
-        "external_ids:ovn-installed=true",
-    ]);
-    db.vsctl(&[
-        "add-port",
-        "br-int",
+        &[
+            "external_ids:iface-id=519d7cc4-7593-4944-af80-6a8a9b4f4e9a",
+            "external_ids:iface-status=active",
+            "external_ids:attached-mac=fa:16:3e:11:22:33",
+            "external_ids:vm-uuid=0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f",
+            "external_ids:ovn-installed=true",
+        ],
+    );
+    db.plug(
         "vnet0",
-        "--",
-        "set",
-        "Interface",
-        "vnet0",
-        "external_ids:iface-id=5b4f2a10-0c8e-4a55-9d3e-1f2e3d4c5b6a",
-        "external_ids:vm-id=7d1c0b2a-3e4f-4a5b-8c6d-9e0f1a2b3c4d",
-        "external_ids:attached-mac=52:54:00:12:34:56",
-    ]);
+        &[
+            "external_ids:iface-id=5b4f2a10-0c8e-4a55-9d3e-1f2e3d4c5b6a",
+            "external_ids:vm-id=7d1c0b2a-3e4f-4a5b-8c6d-9e0f1a2b3c4d",
+            "external_ids:attached-mac=52:54:00:12:34:56",
+        ],
+    );
     // What ovs-vswitchd writes when the TAP is gone (no ovs-vswitchd here, so by hand).
     db.vsctl(&[
         "set",

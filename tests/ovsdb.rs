@@ -60,45 +60,27 @@ fn identity_from_os_vif_and_libvirt_follows_the_database() {
     }
     let db = Db::new("identity");
     // os-vif's plug: the tap with Neutron's port, the instance and its state.
-    db.vsctl(&[
-        "add-port",
-        "br-int",
+    db.plug(
         "tap519d7cc4-75",
-        "--",
-        "set",
-        "Interface",
-        "tap519d7cc4-75",
-        "type=internal",
-        &format!("external_ids:iface-id={OS_VIF_PORT}"),
-        "external_ids:iface-status=active",
-        "external_ids:attached-mac=fa:16:3e:11:22:33",
-        &format!("external_ids:vm-uuid={OS_VIF_VM}"),
-    ]);
+        &[
+            "type=internal",
+            &format!("external_ids:iface-id={OS_VIF_PORT}"),
+            "external_ids:iface-status=active",
+            "external_ids:attached-mac=fa:16:3e:11:22:33",
+            &format!("external_ids:vm-uuid={OS_VIF_VM}"),
+        ],
+    );
     // libvirt's <virtualport type='openvswitch'>: vm-id, not vm-uuid.
-    db.vsctl(&[
-        "add-port",
-        "br-int",
+    db.plug(
         "vnet0",
-        "--",
-        "set",
-        "Interface",
-        "vnet0",
-        "external_ids:iface-id=p-libvirt",
-        "external_ids:vm-id=i-libvirt",
-        "external_ids:attached-mac=52:54:00:00:00:01",
-    ]);
+        &[
+            "external_ids:iface-id=p-libvirt",
+            "external_ids:vm-id=i-libvirt",
+            "external_ids:attached-mac=52:54:00:00:00:01",
+        ],
+    );
     // A tunnel port carries no iface-id: no VM port.
-    db.vsctl(&[
-        "add-port",
-        "br-int",
-        "gnv0",
-        "--",
-        "set",
-        "Interface",
-        "gnv0",
-        "type=geneve",
-        "options:remote_ip=192.0.2.1",
-    ]);
+    db.plug("gnv0", &["type=geneve", "options:remote_ip=192.0.2.1"]);
 
     let ns = Netns::new("ovsdb");
     let e = exporter(&ns, 19600, &db, None);
@@ -130,16 +112,7 @@ fn identity_from_os_vif_and_libvirt_follows_the_database() {
         "external_ids:iface-status=inactive",
         "external_ids:ovn-installed=true",
     ]);
-    db.vsctl(&[
-        "add-port",
-        "br-int",
-        "tap2",
-        "--",
-        "set",
-        "Interface",
-        "tap2",
-        "external_ids:iface-id=p2",
-    ]);
+    db.plug("tap2", &["external_ids:iface-id=p2"]);
     db.vsctl(&["del-port", "br-int", "vnet0"]);
     wait_for("the changes", Duration::from_secs(5), || {
         let m = e.scrape();

@@ -278,17 +278,13 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
     // The VM's identity, as os-vif writes it, in a private ovsdb-server.
     assert!(common::ovsdb::available("e2e"), "ovsdb-server is needed");
     let db = common::ovsdb::Db::new("e2e");
-    db.vsctl(&[
-        "add-port",
-        "br-int",
+    db.plug(
         "tap0",
-        "--",
-        "set",
-        "Interface",
-        "tap0",
-        &format!("external_ids:iface-id={PORT_ID}"),
-        &format!("external_ids:vm-uuid={VM_ID}"),
-    ]);
+        &[
+            &format!("external_ids:iface-id={PORT_ID}"),
+            &format!("external_ids:vm-uuid={VM_ID}"),
+        ],
+    );
     let ovsdb = format!("--collector.ovsdb.socket={}", db.socket());
     let live = Exporter::start(
         &bed.srv,

@@ -57,6 +57,27 @@ pub trait Collector: Send + Sync + 'static {
     fn shutdown(&self) {}
 }
 
+/// A collector's background thread (a listener, a client): started with the collector,
+/// joined on shutdown after the collector has told it to stop.
+pub struct Worker(std::sync::Mutex<Option<std::thread::JoinHandle<()>>>);
+
+impl Worker {
+    pub fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Worker {
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(f)
+            .map_err(|e| tracing::error!(thread = name, error = %e, "could not start thread"))
+            .ok();
+        Worker(std::sync::Mutex::new(handle))
+    }
+
+    pub fn join(&self) {
+        if let Some(h) = self.0.lock().ok().and_then(|mut t| t.take()) {
+            let _ = h.join();
+        }
+    }
+}
+
 /// What collectors are built from: paths, the netlink transport, and per-collector options.
 #[derive(Clone)]
 pub struct Config {

@@ -78,6 +78,22 @@ impl Db {
         let _ = std::fs::remove_file(self.path("ovsdb.pid"));
     }
 
+    /// Adds port `device` to br-int with these `column=value` settings on its Interface
+    /// (`external_ids:iface-id=...`, as os-vif or libvirt write them).
+    pub fn plug(&self, device: &str, settings: &[&str]) {
+        let mut args = vec![
+            "add-port",
+            "br-int",
+            device,
+            "--",
+            "set",
+            "Interface",
+            device,
+        ];
+        args.extend_from_slice(settings);
+        self.vsctl(&args);
+    }
+
     pub fn vsctl(&self, args: &[&str]) -> String {
         let db = format!("--db=unix:{}", self.socket());
         let mut all = vec![db.as_str(), "--no-wait"];

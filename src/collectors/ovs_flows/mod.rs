@@ -21,7 +21,7 @@ use self::accounting::{Accounting, Names, OTHER_PORT};
 use self::monitor::{Drained, Monitor};
 use self::parse::{ActionClass, FAMILY, Flow};
 use super::ovs::{Families, FamilyCache, Reader, SharedTopology, Topology};
-use super::{CollectError, Collector, Config, Spec, interfaces};
+use super::{CollectError, Collector, Config, Spec, Worker, interfaces};
 use crate::LogOnce;
 use crate::netlink::genl;
 use crate::netlink::wire::{self, Control, DecodeError};
@@ -334,7 +334,7 @@ pub struct Seen {
 pub struct OvsFlows {
     shared: Arc<Shared>,
     opts: Options,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    worker: Worker,
 }
 
 impl OvsFlows {
@@ -357,15 +357,10 @@ impl OvsFlows {
             notifications: c.ovs_flows.notifications,
         });
         let s = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("ovs-flow-monitor".into())
-            .spawn(move || listen(s))
-            .map_err(|e| tracing::error!(error = %e, "could not start the ovs_flow listener"))
-            .ok();
         OvsFlows {
             shared,
             opts: c.ovs_flows.clone(),
-            thread: Mutex::new(thread),
+            worker: Worker::spawn("ovs-flow-monitor", move || listen(s)),
         }
     }
 
@@ -529,9 +524,7 @@ impl Collector for OvsFlows {
 
     fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = h.join();
-        }
+        self.worker.join();
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use self::client::Client;
 use self::table::Interface;
-use super::{CollectError, Collector, Config, Spec};
+use super::{CollectError, Collector, Config, Spec, Worker};
 use crate::render::Family;
 
 pub const SPEC: Spec = Spec {
@@ -106,22 +106,17 @@ pub fn render(ports: &mut [VmPort<'_>], max: usize) -> Vec<Family> {
 pub struct Ovsdb {
     client: Arc<Client>,
     max_ports: usize,
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    worker: Worker,
 }
 
 impl Ovsdb {
     pub fn new(c: &Config) -> Self {
         let client = Client::new(c.ovsdb.socket.clone());
         let runner = client.clone();
-        let thread = std::thread::Builder::new()
-            .name("ovsdb-client".into())
-            .spawn(move || runner.run())
-            .map_err(|e| tracing::error!(error = %e, "could not start the OVSDB client"))
-            .ok();
         Ovsdb {
             client,
             max_ports: c.ovsdb.max_ports,
-            thread: std::sync::Mutex::new(thread),
+            worker: Worker::spawn("ovsdb-client", move || runner.run()),
         }
     }
 }
@@ -142,9 +137,7 @@ impl Collector for Ovsdb {
 
     fn shutdown(&self) {
         self.client.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = h.join();
-        }
+        self.worker.join();
     }
 }
 
