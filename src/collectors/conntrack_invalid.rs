@@ -429,8 +429,7 @@ impl Counts {
             // TCP bad-checksum series exist from the start at 0, so the first packet of
             // the seed incident's signature is an increase, not a new series.
             let preset = Proto::ALL.get(p) == Some(&Proto::Tcp)
-                && Reason::ALL.get(r) == Some(&Reason::BadChecksum)
-                && fam < IpFamily::ALL.len();
+                && Reason::ALL.get(r) == Some(&Reason::BadChecksum);
             if v == 0 && !preset {
                 continue;
             }

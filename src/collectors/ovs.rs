@@ -415,16 +415,9 @@ impl SharedTopology {
             c.taken[reader as usize] = true;
             return Ok(c.topo.clone());
         }
-        let topo = Arc::new(fetch_topology(t, f, &self.kinds, &self.rules)?);
         let mut taken = [false; 2];
         taken[reader as usize] = true;
-        *cached = Some(Cached {
-            at: std::time::Instant::now(),
-            families: *f,
-            topo: topo.clone(),
-            taken,
-        });
-        Ok(topo)
+        self.dump(&mut cached, t, f, taken)
     }
 
     /// A fresh dump outside any scrape (a flow on a port not seen yet); the next scrape's
@@ -435,12 +428,23 @@ impl SharedTopology {
         f: &Families,
     ) -> Result<Arc<Vec<Topology>>, CollectError> {
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        self.dump(&mut cached, t, f, [false; 2])
+    }
+
+    /// Dumps the topology and keeps it as the copy to share, already `taken` by those.
+    fn dump(
+        &self,
+        cached: &mut Option<Cached>,
+        t: &dyn Transport,
+        f: &Families,
+        taken: [bool; 2],
+    ) -> Result<Arc<Vec<Topology>>, CollectError> {
         let topo = Arc::new(fetch_topology(t, f, &self.kinds, &self.rules)?);
         *cached = Some(Cached {
             at: std::time::Instant::now(),
             families: *f,
             topo: topo.clone(),
-            taken: [false; 2],
+            taken,
         });
         Ok(topo)
     }

@@ -319,23 +319,24 @@ impl<'a> Attr<'a> {
         Ok(u32::from_be_bytes(self.exact(family, name)?))
     }
 
-    /// A NUL-terminated (or unterminated) string attribute.
-    pub fn string(&self, family: &'static str, name: &'static str) -> Result<&'a str, DecodeError> {
-        let raw = match self.payload.iter().position(|&c| c == 0) {
+    /// The bytes of a NUL-terminated (or unterminated) string attribute.
+    fn until_nul(&self) -> &'a [u8] {
+        match self.payload.iter().position(|&c| c == 0) {
             Some(end) => self.payload.get(..end).unwrap_or_default(),
             None => self.payload,
-        };
-        std::str::from_utf8(raw).map_err(|_| DecodeError::AttrString { family, attr: name })
+        }
+    }
+
+    /// A NUL-terminated (or unterminated) string attribute.
+    pub fn string(&self, family: &'static str, name: &'static str) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.until_nul())
+            .map_err(|_| DecodeError::AttrString { family, attr: name })
     }
 
     /// A device or datapath name: Linux allows any bytes but '/' and NUL in one, so bytes
     /// that are not UTF-8 become U+FFFD rather than failing the whole reply.
     pub fn name(&self) -> String {
-        let raw = match self.payload.iter().position(|&c| c == 0) {
-            Some(end) => self.payload.get(..end).unwrap_or_default(),
-            None => self.payload,
-        };
-        String::from_utf8_lossy(raw).into_owned()
+        String::from_utf8_lossy(self.until_nul()).into_owned()
     }
 }
 

@@ -98,8 +98,6 @@ pub struct Accounting {
     initial: bool,
     /// Flows not tracked because `max_flows` were already.
     pub untracked: u64,
-    /// Packets dropped by flows of a datapath the topology did not name when credited.
-    pub unattributed: u64,
 }
 
 impl Accounting {
@@ -113,7 +111,6 @@ impl Accounting {
             dumping: None,
             initial: true,
             untracked: 0,
-            unattributed: 0,
         }
     }
 
@@ -167,8 +164,9 @@ impl Accounting {
         if packets == 0 && bytes == 0 {
             return;
         }
+        // A datapath nobody named: the listener reads the topology before it applies a
+        // notification about an unknown one, so this is a datapath already gone again.
         let Some(names) = self.names.get(&dp) else {
-            self.unattributed = self.unattributed.saturating_add(packets);
             return;
         };
         let (port, role) = in_port

@@ -6,7 +6,8 @@
 //! and deleted. Parse: [`parse`] decodes a flow and decides whether it drops. Account:
 //! [`accounting`] turns both into drop totals that only grow, exact for flows whose whole
 //! life was announced (also those that lived and died between two scrapes), approximate
-//! where notifications were lost (README says how, with measured errors). Render: the totals, and the flow table by action.
+//! where notifications were lost (README says how, with measured errors). Render: the
+//! totals, and the flow table by action.
 
 pub mod accounting;
 pub mod monitor;
@@ -160,20 +161,13 @@ fn names_of(topo: &Topology, devices: &interfaces::Options) -> Names {
     }
 }
 
-/// Notification counts since start.
-#[derive(Debug, Default)]
-struct Heard {
-    drained: Drained,
-}
-
 /// Everything the listener thread and scrapes share, behind one lock: the order in which
 /// notifications and dump entries are applied is the order they are read.
 struct State {
     acct: Accounting,
     monitor: Option<Monitor>,
-    heard: Heard,
-    /// The families the monitor and the topology were last resolved with.
-    families: Option<Families>,
+    /// Notifications read since start.
+    heard: Drained,
     /// When the monitor was last opened, and under which ovs_flow family id.
     last_open: Option<(Instant, u16)>,
     last_refresh: Option<Instant>,
@@ -204,23 +198,18 @@ impl Shared {
     /// Applies every queued notification. Outside a scrape (`may_refresh`) a flow on a
     /// datapath or port not named yet first has the topology read again.
     fn drain(&self, st: &mut State, may_refresh: bool) {
-        let Some(m) = st.monitor.as_mut() else { return };
+        let State { monitor, heard, .. } = st;
+        let Some(m) = monitor.as_mut() else { return };
         let mut flows = Vec::new();
-        match m.drain(&mut |f| flows.push(*f)) {
-            Ok(d) => {
-                let h = &mut st.heard.drained;
-                h.new += d.new;
-                h.set += d.set;
-                h.del += d.del;
-                h.overruns += d.overruns;
-                h.errors += d.errors;
-                if d.overruns > 0 {
-                    tracing::debug!(
-                        overruns = d.overruns,
-                        "ovs_flow notifications lost (ENOBUFS); counts fall back to flow dumps"
-                    );
-                }
+        let overruns = heard.overruns;
+        match m.drain(heard, &mut |f| flows.push(*f)) {
+            Ok(()) if heard.overruns > overruns => {
+                tracing::debug!(
+                    overruns = heard.overruns - overruns,
+                    "ovs_flow notifications lost (ENOBUFS); counts fall back to flow dumps"
+                );
             }
+            Ok(()) => {}
             Err(e) => {
                 if self.monitor_notice.first(&e.to_string()) {
                     tracing::warn!(collector = "ovs_flows", error = %e, "ovs_flow notification socket failed; it is opened again at the next scrape");
@@ -230,9 +219,10 @@ impl Shared {
         }
         let stale = st.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if may_refresh && stale && flows.iter().any(|f| !st.acct.knows(f)) {
-            if let Some(f) = st.families {
+            let t = self.transport.as_ref();
+            if let Ok(f) = self.families.get(t) {
                 st.last_refresh = Some(Instant::now());
-                if let Ok(topo) = self.topology.refresh(self.transport.as_ref(), &f) {
+                if let Ok(topo) = self.topology.refresh(t, &f) {
                     for tp in topo.iter() {
                         st.acct
                             .set_names(tp.datapath.ifindex, names_of(tp, &self.devices));
@@ -292,9 +282,8 @@ impl Shared {
 }
 
 /// The listener: applies notifications as they come, so the socket never fills up
-/// between scrapes.
-/// From start, not from the first scrape: flows created after the exporter started are
-/// then counted from their first packet.
+/// between scrapes, and from start rather than from the first scrape, so flows created
+/// after the exporter started count from their first packet.
 fn listen(shared: Arc<Shared>) {
     let mut last_probe: Option<Instant> = None;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -307,9 +296,7 @@ fn listen(shared: Arc<Shared>) {
                 {
                     last_probe = Some(Instant::now());
                     if let Ok(f) = shared.families.get(shared.transport.as_ref()) {
-                        let mut st = shared.lock();
-                        st.families = Some(f);
-                        shared.ensure_monitor(&mut st, &f);
+                        shared.ensure_monitor(&mut shared.lock(), &f);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(200))
@@ -343,8 +330,7 @@ impl OvsFlows {
             state: Mutex::new(State {
                 acct: Accounting::new(c.ovs_flows.max_flows),
                 monitor: None,
-                heard: Heard::default(),
-                families: None,
+                heard: Drained::default(),
                 last_open: None,
                 last_refresh: None,
             }),
@@ -364,9 +350,15 @@ impl OvsFlows {
         }
     }
 
-    fn scan(&self, f: &Families, topo: &Topology, st: &mut State) -> Result<Seen, CollectError> {
+    /// Dumps one datapath's flows; `roles` are its ports' roles by port number.
+    fn scan(
+        &self,
+        f: &Families,
+        topo: &Topology,
+        roles: &HashMap<u32, &'static str>,
+        st: &mut State,
+    ) -> Result<Seen, CollectError> {
         let dp = topo.datapath.ifindex;
-        let names = names_of(topo, &self.shared.devices);
         let mut by_action: HashMap<(&'static str, ActionClass), u64> = HashMap::new();
         let req = flow_request(f, dp);
         st.acct.begin_dump(dp);
@@ -380,8 +372,8 @@ impl OvsFlows {
             &mut |flow| {
                 let role = flow
                     .in_port
-                    .and_then(|p| names.ports.get(&p))
-                    .map_or("other", |(_, r)| *r);
+                    .and_then(|p| roles.get(&p).copied())
+                    .unwrap_or("other");
                 let class = flow.actions.map_or(ActionClass::Drop, |a| a.class);
                 *by_action.entry((role, class)).or_default() += 1;
                 st.borrow_mut().acct.dumped(&flow);
@@ -402,11 +394,9 @@ impl OvsFlows {
         let t = self.shared.transport.as_ref();
         let topo = self.shared.topology.get(t, f, Reader::Flows)?;
         let mut st = self.shared.lock();
-        st.families = Some(*f);
         self.shared.ensure_monitor(&mut st, f);
         st.acct.begin_collect();
         for tp in topo.iter() {
-            let names = names_of(tp, &self.shared.devices);
             let watched: Vec<(&str, &'static str)> = tp
                 .vports
                 .iter()
@@ -416,14 +406,22 @@ impl OvsFlows {
                 })
                 .map(|(v, r)| (v.name.as_str(), *r))
                 .collect();
-            st.acct.set_names(tp.datapath.ifindex, names);
+            st.acct
+                .set_names(tp.datapath.ifindex, names_of(tp, &self.shared.devices));
             st.acct.ensure_ports(&tp.datapath.name, &watched);
         }
         // What was heard before the dumps start belongs before them.
         self.shared.drain(&mut st, false);
         let seen = topo
             .iter()
-            .map(|tp| self.scan(f, tp, &mut st))
+            .map(|tp| {
+                let roles = tp
+                    .vports
+                    .iter()
+                    .map(|v| v.port_no)
+                    .zip(tp.roles.iter().copied());
+                self.scan(f, tp, &roles.collect(), &mut st)
+            })
             .collect::<Result<Vec<_>, _>>();
         let live: Vec<u32> = topo.iter().map(|tp| tp.datapath.ifindex).collect();
         st.acct.forget_datapaths(&live);
@@ -467,7 +465,7 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
         }
         truncated.push(&[dp], if s.truncated { 1.0 } else { 0.0 });
     }
-    let h = &st.heard.drained;
+    let h = &st.heard;
     let mut notifications = Family::counter(
         "packetpath_ovs_flow_notifications_total",
         "Datapath flow notifications received from the kernel, by command.",

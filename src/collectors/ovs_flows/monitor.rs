@@ -27,7 +27,7 @@ const RCVBUF: i32 = 16 << 20;
 /// Datagrams read per call at most, so one call never holds the lock for long.
 const MAX_BATCH: usize = 4096;
 
-/// What one drain read.
+/// What the monitor has read since start.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
     pub new: u64,
@@ -82,10 +82,9 @@ impl Monitor {
         Waiter(self.sock.clone())
     }
 
-    /// Reads what is queued, without waiting, and hands each flow notification to `on`.
-    /// Fails only when the socket is broken.
-    pub fn drain(&mut self, on: &mut dyn FnMut(&Flow)) -> std::io::Result<Drained> {
-        let mut d = Drained::default();
+    /// Reads what is queued, without waiting, hands each flow notification to `on` and
+    /// counts it in `d`. Fails only when the socket is broken.
+    pub fn drain(&mut self, d: &mut Drained, on: &mut dyn FnMut(&Flow)) -> std::io::Result<()> {
         for _ in 0..MAX_BATCH {
             let n = match self.sock.recv(&mut self.buf[..], Msg::DONTWAIT) {
                 Ok((n, _)) => n,
@@ -125,6 +124,6 @@ impl Monitor {
                 }
             }
         }
-        Ok(d)
+        Ok(())
     }
 }

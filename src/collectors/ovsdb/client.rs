@@ -188,10 +188,9 @@ impl Client {
                     Ok(None) => {}
                     Err(what) => return SessionError::Protocol { path, what },
                 }
-                if self.view().down.is_none() {
-                    *backoff = BACKOFF_MIN;
-                }
             }
+            // The server answers: a later failure starts its backoff afresh.
+            *backoff = BACKOFF_MIN;
         }
     }
 
