@@ -23,48 +23,26 @@ mod common;
 #[path = "vm/results.rs"]
 mod vm_results;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use common::Metrics;
 use vm_results::{Results, conntrack_sum, dp_flows, key_values};
 
-fn repo(p: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-}
-
 const TUNNEL: (&str, &str) = ("in_port", "genev_sys_6081");
 
 fn run_bed(release: &str) -> Option<Results> {
-    let have_qemu = Command::new("sh")
-        .args(["-c", "command -v qemu-system-x86_64"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_qemu && !common::require_root("flow churn in a real OVS datapath (installs qemu)") {
-        return None;
-    }
     let out = std::env::temp_dir().join(format!("pp-churn-{release}-{}", std::process::id()));
     // The bed's own static build of the exporter and pptraffic serves every release.
-    let status = Command::new(repo("tests/vm/run.sh"))
-        .args([
+    let results = common::boot_ovs_bed(&format!("churn on {release}"), &out, |cmd| {
+        cmd.args([
             "--release",
             release,
             "--scenario",
             "churn",
             "--timeout",
             "900",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("run tests/vm/run.sh");
-    let results = out.join("results.txt");
-    assert!(
-        status.success(),
-        "{release}: the OVS test bed failed ({status}); see {} and {}",
-        results.display(),
-        out.join("console.log").display()
-    );
+        ]);
+    })?;
     Some(Results::read(&results))
 }
 

@@ -11,7 +11,6 @@ mod common;
 mod vm_results;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::Metrics;
 use vm_results::{
@@ -24,38 +23,21 @@ fn repo(p: &str) -> PathBuf {
 
 /// Boots the bed once; the run takes about 30 s warm.
 fn run_bed() -> Option<Results> {
-    let have_qemu = Command::new("sh")
-        .args(["-c", "command -v qemu-system-x86_64"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    // Without qemu, run.sh installs it, which needs root; under CI=true that must not skip.
-    if !have_qemu && !common::require_root("seed_incident_in_a_real_ovs_datapath (installs qemu)") {
-        return None;
-    }
     let out = std::env::temp_dir().join(format!("pp-vm-{}", std::process::id()));
     let exporter = PathBuf::from(common::BIN);
-    let mut cmd = Command::new(repo("tests/vm/run.sh"));
-    cmd.env(
-        "PP_EXPORTER_FLAGS",
-        "--collector.ovs --collector.ovs_flows --collector.conntrack_invalid",
-    )
-    .arg("--out")
-    .arg(&out)
-    .arg("--exporter")
-    .arg(&exporter);
-    // `cargo test` builds the examples beside the binaries; run.sh builds it otherwise.
-    let pptraffic = exporter.parent().map(|d| d.join("examples/pptraffic"));
-    if let Some(p) = pptraffic.filter(|p| p.exists()) {
-        cmd.arg("--pptraffic").arg(p);
-    }
-    let status = cmd.status().expect("run tests/vm/run.sh");
-    let results = out.join("results.txt");
-    assert!(
-        status.success(),
-        "the OVS test bed failed ({status}); see {} and {}",
-        results.display(),
-        out.join("console.log").display()
-    );
+    let results = common::boot_ovs_bed("seed_incident_in_a_real_ovs_datapath", &out, |cmd| {
+        cmd.env(
+            "PP_EXPORTER_FLAGS",
+            "--collector.ovs --collector.ovs_flows --collector.conntrack_invalid",
+        )
+        .arg("--exporter")
+        .arg(&exporter);
+        // `cargo test` builds the examples beside the binaries; run.sh builds it otherwise.
+        let pptraffic = exporter.parent().map(|d| d.join("examples/pptraffic"));
+        if let Some(p) = pptraffic.filter(|p| p.exists()) {
+            cmd.arg("--pptraffic").arg(p);
+        }
+    })?;
     Some(Results::read(&results))
 }
 

@@ -11,6 +11,35 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_packetpath-exporter");
 
+/// Boots the OVS test bed (tests/vm/run.sh, with the options `configure` adds) into `out`
+/// and returns its results.txt. Without qemu, run.sh installs it, which needs root: only
+/// then, and never under CI=true, is the test skipped (None).
+pub fn boot_ovs_bed(
+    test: &str,
+    out: &std::path::Path,
+    configure: impl FnOnce(&mut Command),
+) -> Option<std::path::PathBuf> {
+    let have_qemu = Command::new("sh")
+        .args(["-c", "command -v qemu-system-x86_64"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_qemu && !require_root(&format!("{test} (installs qemu)")) {
+        return None;
+    }
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vm/run.sh"));
+    cmd.arg("--out").arg(out);
+    configure(&mut cmd);
+    let status = cmd.status().expect("run tests/vm/run.sh");
+    let results = out.join("results.txt");
+    assert!(
+        status.success(),
+        "{test}: the OVS test bed failed ({status}); see {} and {}",
+        results.display(),
+        out.join("console.log").display()
+    );
+    Some(results)
+}
+
 /// True when the test may run. Without root it skips locally but fails under CI=true,
 /// so a CI machine that lost its privileges cannot pass silently.
 pub fn require_root(test: &str) -> bool {
