@@ -107,6 +107,14 @@ pub struct Args {
     #[arg(long = "collector.ovsdb.max-ports", value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub ovsdb_max_ports: u32,
 
+    /// Export the offload features of VM ports too (one series per feature and port).
+    #[arg(long = "collector.offload.vm-ports")]
+    pub offload_vm_ports: bool,
+
+    /// Export the offload features of devices matching this regex, whatever their role (uplinks the default route does not use).
+    #[arg(long = "collector.offload.device-include", value_name = "REGEX", value_parser = parse_regex)]
+    pub offload_device_include: Option<Regex>,
+
     /// Do not listen to the kernel's flow notifications: drop counts come from flow dumps
     /// alone, an approximation (to compare, or where the multicast group is not allowed).
     #[arg(long = "collector.ovs_flows.dumps-only")]
@@ -330,6 +338,11 @@ impl Cli {
                 max_ports: a.ovsdb_max_ports as usize,
             },
             roles,
+            links: Arc::default(),
+            offload: collectors::offload::Options {
+                vm_ports: a.offload_vm_ports,
+                device_include: a.offload_device_include.clone(),
+            },
             interfaces: collectors::interfaces::Options {
                 device_include: a.device_include.clone(),
                 device_exclude: a.device_exclude.clone(),
@@ -379,11 +392,18 @@ mod tests {
     fn collector_selection() {
         assert_eq!(
             enabled(&[]),
-            vec!["interfaces", "conntrack", "ovs", "ovs_flows", "ovsdb"]
+            vec![
+                "interfaces",
+                "conntrack",
+                "ovs",
+                "ovs_flows",
+                "ovsdb",
+                "offload"
+            ]
         );
         assert_eq!(
             enabled(&["--no-collector.conntrack", "--no-collector.ovs_flows"]),
-            vec!["interfaces", "ovs", "ovsdb"]
+            vec!["interfaces", "ovs", "ovsdb", "offload"]
         );
         assert_eq!(
             enabled(&["--collector.disable-defaults", "--collector.conntrack"]),
@@ -404,11 +424,11 @@ mod tests {
     fn bad_input_is_one_line() {
         assert_eq!(
             usage(&["--collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload)"
         );
         assert_eq!(
             usage(&["--no-collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload)"
         );
         let re = usage(&["--collector.interfaces.device-include", "(tap"]);
         assert!(

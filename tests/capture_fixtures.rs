@@ -5,7 +5,8 @@
 //!
 //! The scenario, in a fresh namespace pair: lo; veth-a <-> veth-b (enslaved to bridge br0);
 //! genev_sys_6081 <-> gs-peer (a veth carrying OVS's tunnel device name); vx0 (vxlan);
-//! tap0 (a persistent tap); s0 with conntrack active. 5 frames of 100 bytes leave veth-a,
+//! tap0 (a persistent tap); s0 with conntrack active and the default route; veth-a with
+//! its transmit checksum off. 5 frames of 100 bytes leave veth-a,
 //! and 3 TCP SYNs with corrupt checksums arrive on s0 with nf_conntrack_checksum=1.
 //! The exporter then runs in that namespace with --debug.netlink-capture-dir, as root
 //! (tests/fixtures/netlink) and as nobody (tests/fixtures/netlink-eperm: the kernel's
@@ -31,6 +32,9 @@ fn capture_fixtures() {
         "ip link add vx0 type vxlan id 42 dstport 4789 local 10.201.0.2 remote 10.201.0.9 dev s0",
     );
     ns.exec("ip tuntap add dev tap0 mode tap");
+    // s0 carries the default route (the offload collector's uplink); veth-a's transmit
+    // checksum is off, so the features dump holds a 0 where the others have 1.
+    ns.exec("ip route add default via 10.201.0.1 dev s0");
     for l in [
         "veth-a",
         "veth-b",
@@ -42,6 +46,7 @@ fn capture_fixtures() {
     ] {
         ns.exec(&format!("ip link set {l} up"));
     }
+    ns.exec("ethtool -K veth-a tx off");
     ns.enter(|| send_frames("veth-a", 5, 100));
     bed.set_checksum(true);
     bed.send(3, 0);

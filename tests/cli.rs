@@ -18,7 +18,7 @@ fn unknown_collector() {
     one_line_error(
         &["--collector.conntrack_bogus"],
         2,
-        "unknown collector \"conntrack_bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb)",
+        "unknown collector \"conntrack_bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload)",
     );
 }
 

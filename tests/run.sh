@@ -23,6 +23,7 @@ declare -A need=(
     [buildah]=/usr/bin/buildah        # building the image (tests/container.rs)
     [podman]=/usr/bin/podman          # running it
     [runc]=/usr/bin/runc               # podman's runtime here (crun fails on hybrid cgroups)
+    [ethtool]=/usr/sbin/ethtool        # what the offload collector must agree with
     [curl]=/usr/bin/curl              # scraping the container; the TLS client in tests/web.rs
     [python3-venv]=/usr/share/doc/python3-venv  # kubernetes-validate's environment
     [nodejs]=/usr/bin/node            # the prometheus-operator CRD schema check

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use regex::Regex;
 
+use super::shared::PerScrape;
 use super::{CollectError, Collector, Config, Spec};
 use crate::netlink::wire::{self, Attr, DecodeError};
 use crate::netlink::{Protocol, Request, Transport};
@@ -28,6 +29,7 @@ const IFINFOMSG_LEN: usize = 16;
 const IFLA_STATS: u16 = 7;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
@@ -101,6 +103,8 @@ pub struct Link {
     pub name: String,
     pub kind: Option<String>,
     pub master: Option<u32>,
+    /// The lower device (a VLAN's parent), when it is in this namespace.
+    pub link: Option<u32>,
     pub operstate: u8,
     pub mtu: Option<u32>,
     pub stats: Option<Stats>,
@@ -120,6 +124,27 @@ pub fn request() -> Request {
 pub fn fetch(t: &dyn Transport) -> Result<Vec<u8>, CollectError> {
     t.exchange(&request())
         .map_err(|e| CollectError::new(format!("link dump failed: {e}")))
+}
+
+/// The link list one scrape reads once for `interfaces` and `offload`.
+pub type SharedLinks = PerScrape<(), Vec<Link>>;
+
+/// Who reads [`SharedLinks`].
+#[derive(Debug, Clone, Copy)]
+pub enum Reader {
+    Interfaces = 0,
+    Offload = 1,
+}
+
+/// This scrape's links for `reader`. The raw dump (~1.5 KiB a link) is dropped once parsed.
+pub fn links(
+    shared: &SharedLinks,
+    t: &dyn Transport,
+    reader: Reader,
+) -> Result<Arc<Vec<Link>>, CollectError> {
+    shared.get(&(), reader as u8, || {
+        parse(&fetch(t)?).map_err(|e| CollectError::new(format!("link dump: {e}")))
+    })
 }
 
 /// Decodes an RTM_GETLINK dump reply.
@@ -157,6 +182,7 @@ fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
         name: String::new(),
         kind: None,
         master: None,
+        link: None,
         operstate: 0,
         mtu: None,
         stats: None,
@@ -168,6 +194,7 @@ fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
             IFLA_IFNAME => link.name = a.name(),
             IFLA_MTU => link.mtu = Some(a.u32_ne(FAMILY, "IFLA_MTU")?),
             IFLA_MASTER => link.master = Some(a.u32_ne(FAMILY, "IFLA_MASTER")?),
+            IFLA_LINK => link.link = Some(a.u32_ne(FAMILY, "IFLA_LINK")?),
             IFLA_OPERSTATE => link.operstate = a.u8(FAMILY, "IFLA_OPERSTATE")?,
             IFLA_STATS64 => link.stats = Some(Stats::decode(a.payload, 8)),
             IFLA_STATS => legacy_stats = Some(Stats::decode(a.payload, 4)),
@@ -316,6 +343,7 @@ pub fn render(links: &[Link], rules: &RoleRules, opts: &Options) -> Vec<Family> 
 
 pub struct Interfaces {
     transport: Arc<dyn Transport>,
+    links: Arc<SharedLinks>,
     rules: RoleRules,
     opts: Options,
 }
@@ -324,6 +352,7 @@ impl Interfaces {
     pub fn new(c: &Config) -> Self {
         Interfaces {
             transport: c.transport.clone(),
+            links: c.links.clone(),
             rules: c.roles.clone(),
             opts: c.interfaces.clone(),
         }
@@ -332,11 +361,7 @@ impl Interfaces {
 
 impl Collector for Interfaces {
     fn collect(&self) -> Result<Vec<Family>, CollectError> {
-        // The raw dump (~1.5 KiB a link) is dropped before rendering starts.
-        let links = {
-            let bytes = fetch(self.transport.as_ref())?;
-            parse(&bytes).map_err(|e| CollectError::new(format!("link dump: {e}")))?
-        };
+        let links = links(&self.links, self.transport.as_ref(), Reader::Interfaces)?;
         Ok(render(&links, &self.rules, &self.opts))
     }
 }

@@ -7,9 +7,11 @@
 pub mod conntrack;
 pub mod conntrack_invalid;
 pub mod interfaces;
+pub mod offload;
 pub mod ovs;
 pub mod ovs_flows;
 pub mod ovsdb;
+pub mod shared;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -92,6 +94,9 @@ pub struct Config {
     /// The OVS datapaths and ports, read once per scrape for both OVS collectors.
     pub ovs_topology: Arc<ovs::SharedTopology>,
     pub ovsdb: ovsdb::Options,
+    /// The links, read once per scrape for `interfaces` and `offload`.
+    pub links: Arc<interfaces::SharedLinks>,
+    pub offload: offload::Options,
 }
 
 /// The enabled collectors, by name, in registry order.
@@ -112,6 +117,7 @@ pub const REGISTRY: &[Spec] = &[
     ovs::SPEC,
     ovs_flows::SPEC,
     ovsdb::SPEC,
+    offload::SPEC,
 ];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {

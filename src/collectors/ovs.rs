@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::interfaces::{COUNTERS, Stats};
+use super::shared::PerScrape;
 use super::{CollectError, Collector, Config, Spec};
 use crate::netlink::genl::{self, GENL_HDRLEN};
 use crate::netlink::wire::{self, DecodeError};
@@ -370,54 +371,32 @@ pub enum Reader {
     Flows = 1,
 }
 
-/// A topology one scrape reads once for both OVS collectors: the first to ask dumps it,
-/// the other takes the same copy. A copy each reader has already had, or an old one, is
-/// never handed out again: the next ask dumps afresh.
+/// The topology one scrape reads once for both OVS collectors.
 pub struct SharedTopology {
     rules: RoleRules,
     kinds: LinkKinds,
-    cached: Mutex<Option<Cached>>,
+    shared: PerScrape<Families, Vec<Topology>>,
 }
-
-struct Cached {
-    at: std::time::Instant,
-    families: Families,
-    topo: Arc<Vec<Topology>>,
-    taken: [bool; 2],
-}
-
-/// Older than this, a copy is not shared: concurrent collectors of one scrape start
-/// within milliseconds of each other.
-const SHARE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl SharedTopology {
     pub fn new(rules: RoleRules) -> Self {
         SharedTopology {
             rules,
             kinds: LinkKinds::default(),
-            cached: Mutex::new(None),
+            shared: PerScrape::default(),
         }
     }
 
-    /// The topology for `reader` in this scrape. The lock is held while dumping, so the
-    /// other reader waits for this dump instead of starting its own.
+    /// The topology for `reader` in this scrape.
     pub fn get(
         &self,
         t: &dyn Transport,
         f: &Families,
         reader: Reader,
     ) -> Result<Arc<Vec<Topology>>, CollectError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cached
-            .as_mut()
-            .filter(|c| !c.taken[reader as usize] && c.families == *f && c.at.elapsed() < SHARE_FOR)
-        {
-            c.taken[reader as usize] = true;
-            return Ok(c.topo.clone());
-        }
-        let mut taken = [false; 2];
-        taken[reader as usize] = true;
-        self.dump(&mut cached, t, f, taken)
+        self.shared.get(f, reader as u8, || {
+            fetch_topology(t, f, &self.kinds, &self.rules)
+        })
     }
 
     /// A fresh dump outside any scrape (a flow on a port not seen yet); the next scrape's
@@ -427,26 +406,8 @@ impl SharedTopology {
         t: &dyn Transport,
         f: &Families,
     ) -> Result<Arc<Vec<Topology>>, CollectError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        self.dump(&mut cached, t, f, [false; 2])
-    }
-
-    /// Dumps the topology and keeps it as the copy to share, already `taken` by those.
-    fn dump(
-        &self,
-        cached: &mut Option<Cached>,
-        t: &dyn Transport,
-        f: &Families,
-        taken: [bool; 2],
-    ) -> Result<Arc<Vec<Topology>>, CollectError> {
-        let topo = Arc::new(fetch_topology(t, f, &self.kinds, &self.rules)?);
-        *cached = Some(Cached {
-            at: std::time::Instant::now(),
-            families: *f,
-            topo: topo.clone(),
-            taken,
-        });
-        Ok(topo)
+        self.shared
+            .refresh(f, || fetch_topology(t, f, &self.kinds, &self.rules))
     }
 }
 

@@ -14,6 +14,8 @@ pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
 pub const NLM_F_DUMP: u16 = 0x300;
+/// Marks a nested attribute; families with strict validation (ethtool) require it.
+pub const NLA_F_NESTED: u16 = 0x8000;
 /// Flags carried in `nla_type` (nested, network byte order); the rest is the type.
 const NLA_TYPE_MASK: u16 = 0x3fff;
 

@@ -648,6 +648,8 @@ mod tests {
             roles: RoleRules::default(),
             ovs_topology: Arc::new(SharedTopology::new(RoleRules::default())),
             ovsdb: Default::default(),
+            links: Default::default(),
+            offload: Default::default(),
             interfaces,
             conntrack: Default::default(),
             ovs_flows: Options {
