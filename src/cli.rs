@@ -50,14 +50,6 @@ pub struct Args {
     #[arg(long = "collector.disable-defaults")]
     pub disable_defaults: bool,
 
-    /// Mount point of procfs.
-    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
-    pub procfs: PathBuf,
-
-    /// Mount point of sysfs.
-    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
-    pub sysfs: PathBuf,
-
     /// Only log messages at or above this level.
     #[arg(long = "log.level", value_enum, default_value = "info")]
     pub log_level: LogLevel,
@@ -69,6 +61,22 @@ pub struct Args {
     /// Time each collector may take per scrape before it counts as failed.
     #[arg(long = "scrape.timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub scrape_timeout: Duration,
+
+    /// Where collectors read from and how.
+    #[command(flatten)]
+    pub sources: Sources,
+}
+
+/// Where the collectors read from, and their options; shared with `diagnose`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Sources {
+    /// Mount point of procfs.
+    #[arg(long = "path.procfs", value_name = "DIR", default_value = "/proc")]
+    pub procfs: PathBuf,
+
+    /// Mount point of sysfs.
+    #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
+    pub sysfs: PathBuf,
 
     /// Only export devices whose name matches this regex (unanchored).
     #[arg(long = "collector.interfaces.device-include", value_name = "REGEX", value_parser = parse_regex)]
@@ -306,67 +314,70 @@ fn check_dir(flag: &str, p: &Path) -> Result<(), String> {
 impl Cli {
     /// Checks the paths and builds the enabled collectors.
     pub fn build(&self) -> Result<Enabled, String> {
-        let a = &self.args;
-        check_dir("--path.procfs", &a.procfs)?;
-        check_dir("--path.sysfs", &a.sysfs)?;
-        let kernel = KernelTransport::new(a.scrape_timeout);
-        let transport: Arc<dyn Transport> = match (&a.netlink_replay_dir, &a.netlink_capture_dir) {
-            (Some(dir), _) => {
-                check_dir("--debug.netlink-replay-dir", dir)?;
-                Arc::new(ReplayTransport { dir: dir.clone() })
-            }
-            (None, Some(dir)) => {
-                check_dir("--debug.netlink-capture-dir", dir)?;
-                Arc::new(CaptureTransport {
-                    inner: kernel,
-                    dir: dir.clone(),
-                })
-            }
-            (None, None) => Arc::new(kernel),
-        };
-        let roles = RoleRules {
-            tunnel: a.tunnel_regex.clone(),
-            vm: a.vm_regex.clone(),
-        };
-        let config = Config {
-            procfs: a.procfs.clone(),
-            sysfs: a.sysfs.clone(),
-            transport,
-            ovs_topology: Arc::new(collectors::ovs::SharedTopology::new(roles.clone())),
-            ovsdb: collectors::ovsdb::Options {
-                socket: a.ovsdb_socket.clone(),
-                max_ports: a.ovsdb_max_ports as usize,
-            },
-            roles,
-            links: Arc::default(),
-            offload: collectors::offload::Options {
-                vm_ports: a.offload_vm_ports,
-                device_include: a.offload_device_include.clone(),
-            },
-            interfaces: collectors::interfaces::Options {
-                device_include: a.device_include.clone(),
-                device_exclude: a.device_exclude.clone(),
-            },
-            conntrack: collectors::conntrack::Options {
-                per_cpu: a.conntrack_per_cpu,
-            },
-            ovs_flows: collectors::ovs_flows::Options {
-                max_flows: a.ovs_flows_max as usize,
-                notifications: !a.ovs_flows_dumps_only,
-            },
-            conntrack_invalid: collectors::conntrack_invalid::Options {
-                protocol: a.conntrack_invalid_protocol,
-                state_file: a.conntrack_invalid_state_file.clone(),
-                max_devices: a.conntrack_invalid_max_devices,
-            },
-        };
-        Ok(self
-            .enabled
-            .iter()
-            .filter_map(|name| collectors::spec(name))
-            .map(|s| (s.name, (s.build)(&config)))
-            .collect())
+        build(&self.args.sources, &self.enabled, self.args.scrape_timeout)
     }
+}
+
+/// Checks the paths and builds the collectors `enabled` names.
+pub fn build(a: &Sources, enabled: &[&'static str], timeout: Duration) -> Result<Enabled, String> {
+    check_dir("--path.procfs", &a.procfs)?;
+    check_dir("--path.sysfs", &a.sysfs)?;
+    let kernel = KernelTransport::new(timeout);
+    let transport: Arc<dyn Transport> = match (&a.netlink_replay_dir, &a.netlink_capture_dir) {
+        (Some(dir), _) => {
+            check_dir("--debug.netlink-replay-dir", dir)?;
+            Arc::new(ReplayTransport { dir: dir.clone() })
+        }
+        (None, Some(dir)) => {
+            check_dir("--debug.netlink-capture-dir", dir)?;
+            Arc::new(CaptureTransport {
+                inner: kernel,
+                dir: dir.clone(),
+            })
+        }
+        (None, None) => Arc::new(kernel),
+    };
+    let roles = RoleRules {
+        tunnel: a.tunnel_regex.clone(),
+        vm: a.vm_regex.clone(),
+    };
+    let config = Config {
+        procfs: a.procfs.clone(),
+        sysfs: a.sysfs.clone(),
+        transport,
+        ovs_topology: Arc::new(collectors::ovs::SharedTopology::new(roles.clone())),
+        ovsdb: collectors::ovsdb::Options {
+            socket: a.ovsdb_socket.clone(),
+            max_ports: a.ovsdb_max_ports as usize,
+        },
+        roles,
+        links: Arc::default(),
+        offload: collectors::offload::Options {
+            vm_ports: a.offload_vm_ports,
+            device_include: a.offload_device_include.clone(),
+        },
+        interfaces: collectors::interfaces::Options {
+            device_include: a.device_include.clone(),
+            device_exclude: a.device_exclude.clone(),
+        },
+        conntrack: collectors::conntrack::Options {
+            per_cpu: a.conntrack_per_cpu,
+        },
+        ovs_flows: collectors::ovs_flows::Options {
+            max_flows: a.ovs_flows_max as usize,
+            notifications: !a.ovs_flows_dumps_only,
+        },
+        conntrack_invalid: collectors::conntrack_invalid::Options {
+            protocol: a.conntrack_invalid_protocol,
+            state_file: a.conntrack_invalid_state_file.clone(),
+            max_devices: a.conntrack_invalid_max_devices,
+        },
+    };
+    Ok(enabled
+        .iter()
+        .filter_map(|name| collectors::spec(name))
+        .map(|s| (s.name, (s.build)(&config)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 //! Layout: `collectors/` holds one module per source (fetch → parse → render) and the one
 //! registry list; `netlink/` the transport trait and the pure wire decoder; `scrape` runs
 //! collectors; `server` serves HTTP and `web` secures it (TLS, basic auth); `cli` turns
-//! flags into a [`collectors::Config`].
+//! flags into a [`collectors::Config`]; `diagnose` is the one-command evidence chain.
 
 pub mod cli;
 pub mod collectors;
 pub mod counter;
+pub mod diagnose;
 pub mod logging;
 pub mod netlink;
 pub mod render;
@@ -31,6 +32,11 @@ impl LogOnce {
         }
         *last = Some(msg.to_owned());
         true
+    }
+
+    /// The condition recorded last, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Forgets the condition; true if one was recorded (it has just cleared).

@@ -4,6 +4,10 @@ use packetpath_exporter::cli::{self, Exit};
 use packetpath_exporter::{logging, scrape::Scraper, server, web};
 
 fn main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "diagnose") {
+        return packetpath_exporter::diagnose::main(argv.by_ref().skip(2).collect());
+    }
     let cli = match cli::parse_from(std::env::args_os()) {
         Ok(c) => c,
         Err(Exit::Info(text)) => {

@@ -126,6 +126,14 @@ impl Scraper {
         }
     }
 
+    /// Why a collector failed last (at start or on a scrape), if it is failing.
+    pub fn failure(&self, name: &str) -> Option<String> {
+        self.slots
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.last_error.get())
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         self.slots.iter().map(|s| s.name).collect()
     }

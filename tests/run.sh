@@ -24,6 +24,7 @@ declare -A need=(
     [podman]=/usr/bin/podman          # running it
     [runc]=/usr/bin/runc               # podman's runtime here (crun fails on hybrid cgroups)
     [ethtool]=/usr/sbin/ethtool        # what the offload collector must agree with
+    [tmux]=/usr/bin/tmux              # diagnose on a terminal (tests/diagnose.rs)
     [curl]=/usr/bin/curl              # scraping the container; the TLS client in tests/web.rs
     [python3-venv]=/usr/share/doc/python3-venv  # kubernetes-validate's environment
     [nodejs]=/usr/bin/node            # the prometheus-operator CRD schema check

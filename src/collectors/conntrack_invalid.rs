@@ -608,7 +608,8 @@ fn configure(sock: &NlSocket, seq: u32, payload: &[u8]) -> Result<(), i32> {
     }
 }
 
-const GROUP_TAKEN: &str =
+/// Why the collector does not run when another process listens to the group.
+pub const GROUP_TAKEN: &str =
     "NFLOG group 0 is already bound by another process (ulogd?); not taking it";
 
 /// Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff in /proc/self/status).

@@ -1,0 +1,299 @@
+//! Reading a running exporter's `/metrics`: plain HTTP or TLS (a CA file, a client
+//! certificate, or no verification at all when asked), with basic auth, as the exporter's
+//! web config file sets them up on the other side.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+/// Largest body accepted; the exporter's own output is a few MiB at most.
+const MAX_BODY: usize = 64 << 20;
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to reach the exporter; the password is read from a file, never a flag.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// A parsed `http(s)://[user:pass@]host[:port]/path` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub userinfo: Option<(String, String)>,
+}
+
+impl Url {
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let bad = |why: &str| format!("{s:?} is not a URL like http://node:9479/metrics ({why})");
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(bad("http:// or https:// expected"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/metrics"),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => {
+                let (user, pass) = u.split_once(':').unwrap_or((u, ""));
+                (Some((user.to_owned(), pass.to_owned())), h)
+            }
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None if tls => 443,
+            None => 80,
+        };
+        Ok(Url {
+            tls,
+            host: host.to_owned(),
+            port,
+            path: path.to_owned(),
+            userinfo,
+        })
+    }
+}
+
+/// Accepts any certificate: only with --from.insecure-skip-verify.
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Debian's bundle of the system's trusted CAs, used when no --from.ca-file is given.
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+fn tls_config(o: &ClientOptions) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = if o.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+    } else {
+        let ca = o
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_CAS));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&ca)
+            .map_err(|e| format!("--from.ca-file {}: {e}", ca.display()))?
+        {
+            let cert = cert.map_err(|e| format!("--from.ca-file {}: {e}", ca.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("--from.ca-file {}: {e}", ca.display()))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    match (&o.cert_file, &o.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--from.cert-file {}: {e}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|_| format!("--from.key-file {}: not a PEM private key", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err("--from.cert-file and --from.key-file go together".into()),
+    }
+}
+
+fn basic_auth(url: &Url, o: &ClientOptions) -> Result<Option<String>, String> {
+    let creds = match (&o.username, &url.userinfo) {
+        (Some(user), _) => {
+            let pass = match &o.password_file {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| format!("--from.password-file {}: {e}", f.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+                None => String::new(),
+            };
+            Some((user.clone(), pass))
+        }
+        (None, Some(u)) => Some(u.clone()),
+        (None, None) => None,
+    };
+    Ok(creds.map(|(u, p)| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    }))
+}
+
+async fn exchange<S>(io: S, url: &Url, auth: Option<&str>) -> Result<String, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, axum::body::Body>(
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .map_err(|e| format!("HTTP: {e}"))?;
+    tokio::spawn(conn);
+    let host = if url.host.contains(':') {
+        format!("[{}]:{}", url.host, url.port)
+    } else {
+        format!("{}:{}", url.host, url.port)
+    };
+    let mut req = axum::http::Request::get(&url.path)
+        .header("host", host)
+        .header("accept", "text/plain");
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let req = req
+        .body(axum::body::Body::empty())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let status = resp.status();
+    let body = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), MAX_BODY)
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("HTTP status {status}"));
+    }
+    String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8 text".into())
+}
+
+/// One GET of the exporter's metrics; every failure is one line.
+pub async fn fetch(url: &Url, o: &ClientOptions) -> Result<String, String> {
+    let auth = basic_auth(url, o)?;
+    let work = async {
+        let tcp = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        if url.tls {
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config(o)?));
+            let name = ServerName::try_from(url.host.clone())
+                .map_err(|_| format!("{:?} is not a valid TLS server name", url.host))?;
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?;
+            exchange(tls, url, auth.as_deref()).await
+        } else {
+            exchange(tcp, url, auth.as_deref()).await
+        }
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .map_err(|_| format!("no answer within {TIMEOUT:?}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("https://pp:s3cret@node-1:9479/m").unwrap();
+        assert_eq!(
+            u,
+            Url {
+                tls: true,
+                host: "node-1".into(),
+                port: 9479,
+                path: "/m".into(),
+                userinfo: Some(("pp".into(), "s3cret".into())),
+            }
+        );
+        let u = Url::parse("http://[::1]:9479").unwrap();
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("::1", 9479, "/metrics")
+        );
+        assert_eq!(Url::parse("http://node").unwrap().port, 80);
+        for bad in [
+            "node:9479",
+            "http://",
+            "http://n:port/",
+            "ftp://x/",
+            "http://[::1/",
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! `packetpath-exporter diagnose`: the seed incident's evidence chain in one command.
+//!
+//! Two samples of every series, `--interval` apart, from this host's collectors (the same
+//! code the exporter runs, no HTTP server) or from a running exporter (`--from URL`),
+//! read back through the text format so both paths analyse the same thing; then a report
+//! and one verdict. Exit status: 0 no loss signal, 1 a loss signal, 2 usage errors or no
+//! source readable at all.
+
+pub mod analysis;
+pub mod client;
+pub mod exposition;
+pub mod output;
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::cli::{Sources, parse_duration};
+use crate::collectors::REGISTRY;
+use crate::collectors::conntrack_invalid::GROUP_TAKEN;
+use crate::logging::{Format as LogFormat, LogLevel};
+use crate::scrape::Scraper;
+use analysis::Context;
+use client::{ClientOptions, Url};
+use exposition::Sample;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "packetpath-exporter diagnose",
+    about = "Where packets die between the tunnel and a VM's TAP: two samples --interval apart, the evidence chain, one verdict.",
+    long_about = "Where packets die between the tunnel and a VM's TAP.\n\n\
+        Takes two samples --interval apart, from this host's kernel (the exporter's collectors, no HTTP server) or from a running exporter (--from URL), and prints, per tunnel and VM port: what arrived on the tunnel, what was delivered to the VM, which datapath flows dropped packets and why, conntrack-invalid packets and (when it can classify them) why, the conntrack settings, and the offloads of the devices involved; then one verdict with the likely fix.\n\n\
+        With CAP_NET_ADMIN and NFLOG group 0 free it classifies invalid packets itself for the interval and restores every setting it changed; when an exporter owns the group it uses that exporter's numbers (--exporter).\n\n\
+        Exit status: 0 no loss signal; 1 a loss signal; 2 bad usage, or no source could be read at all. A source this host lacks (no OVS, no ethtool netlink) is reported, not an error.",
+    term_width = 100,
+    max_term_width = 100
+)]
+pub struct Args {
+    /// Time between the two samples (ms, s, m).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Output format: text (tables; colour and a countdown on a terminal) or json.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+
+    /// Read a running exporter's metrics instead of this host's kernel (http or https URL; user:password@ for basic auth).
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+
+    /// CA certificates (PEM) that sign the exporter's certificate; default the system's.
+    #[arg(long = "from.ca-file", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for an exporter that asks for one.
+    #[arg(long = "from.cert-file", value_name = "FILE")]
+    pub cert_file: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long = "from.key-file", value_name = "FILE")]
+    pub key_file: Option<std::path::PathBuf>,
+
+    /// Do not verify the exporter's certificate.
+    #[arg(long = "from.insecure-skip-verify")]
+    pub insecure_skip_verify: bool,
+
+    /// Basic auth user name.
+    #[arg(long = "from.username", value_name = "USER")]
+    pub username: Option<String>,
+
+    /// File holding the basic auth password.
+    #[arg(long = "from.password-file", value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
+
+    /// The local exporter whose conntrack_invalid numbers to use when it owns NFLOG group 0.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:9479/metrics"
+    )]
+    pub exporter: String,
+
+    /// Log messages at or above this level on stderr (collectors' own reasons are in the report).
+    #[arg(long = "log.level", value_enum, default_value = "error")]
+    pub log_level: LogLevel,
+
+    #[command(flatten)]
+    pub sources: Sources,
+}
+
+/// Runs the subcommand on `argv` (the words after `diagnose`).
+pub fn main(argv: Vec<OsString>) -> ExitCode {
+    let args = std::iter::once(OsString::from("packetpath-exporter diagnose")).chain(argv);
+    let matches = Args::command().try_get_matches_from(args);
+    let args = match matches.and_then(|m| Args::from_arg_matches(&m)) {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return ExitCode::SUCCESS;
+            }
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "packetpath-exporter diagnose: {}",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(args.log_level, LogFormat::Logfmt);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("packetpath-exporter diagnose: start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let format = args.format;
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            let text = match format {
+                Format::Json => output::json(&report),
+                Format::Text => output::text(&report, &style()),
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+            ExitCode::from(u8::from(report.verdict.loss))
+        }
+        Err(line) => {
+            eprintln!("packetpath-exporter diagnose: {line}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Colour and width on a terminal, plain text when piped.
+fn style() -> output::Style {
+    let tty = std::io::stdout().is_terminal();
+    output::Style {
+        colour: tty && std::env::var_os("NO_COLOR").is_none(),
+        width: tty.then(terminal_width).flatten(),
+    }
+}
+
+fn terminal_width() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ fills a winsize; fd 1 is only read.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) };
+    if rc == 0 && ws.ws_col > 0 {
+        return Some(usize::from(ws.ws_col));
+    }
+    std::env::var("COLUMNS").ok()?.parse().ok()
+}
+
+/// Waits out the interval, counting down on stderr when it is a terminal; Ctrl-C or
+/// SIGTERM ends the wait early with an error (the caller restores what it changed).
+async fn countdown(interval: Duration) -> Result<(), String> {
+    let tty = std::io::stderr().is_terminal();
+    let end = Instant::now() + interval;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("signal handler: {e}"))?;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        if tty {
+            eprint!("\rsampling: {} s left ", left.as_secs_f64().ceil() as u64);
+        }
+        let tick = left.min(Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::signal::ctrl_c() => return Err("interrupted".into()),
+            _ = term.recv() => return Err("terminated".into()),
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+    Ok(())
+}
+
+fn parse(text: &str, what: &str) -> Result<Vec<Sample>, String> {
+    exposition::parse(text).map_err(|e| format!("{what} is not Prometheus metrics: {e}"))
+}
+
+fn client_options(a: &Args) -> ClientOptions {
+    ClientOptions {
+        ca_file: a.ca_file.clone(),
+        cert_file: a.cert_file.clone(),
+        key_file: a.key_file.clone(),
+        insecure_skip_verify: a.insecure_skip_verify,
+        username: a.username.clone(),
+        password_file: a.password_file.clone(),
+    }
+}
+
+async fn remote(url: &Url, o: &ClientOptions, raw: &str) -> Result<Vec<Sample>, String> {
+    let text = client::fetch(url, o)
+        .await
+        .map_err(|e| format!("cannot read {raw}: {e}"))?;
+    parse(&text, raw)
+}
+
+async fn run(a: Args) -> Result<analysis::Report, String> {
+    let start = Instant::now();
+    if let Some(raw) = &a.from {
+        let url = Url::parse(raw)?;
+        let o = client_options(&a);
+        let before = remote(&url, &o, raw).await?;
+        countdown(a.interval).await?;
+        let after = remote(&url, &o, raw).await?;
+        let classifier = if after
+            .iter()
+            .any(|s| s.name == "packetpath_conntrack_invalid_packets_total")
+        {
+            format!("classified by the exporter at {raw}")
+        } else {
+            format!(
+                "not classified: the exporter at {raw} does not run the conntrack_invalid collector"
+            )
+        };
+        let ctx = Context {
+            source: format!("the exporter at {raw}"),
+            interval_seconds: start.elapsed().as_secs_f64(),
+            classifier,
+        };
+        return Ok(analysis::analyse(&before, &after, ctx));
+    }
+    local(a, start).await
+}
+
+/// Undoes every collector's changes however `local` ends.
+struct Restore(Arc<Scraper>);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+async fn local(a: Args, start: Instant) -> Result<analysis::Report, String> {
+    let names: Vec<&'static str> = REGISTRY.iter().map(|s| s.name).collect();
+    let timeout = Duration::from_secs(5);
+    let scraper = Scraper::new(crate::cli::build(&a.sources, &names, timeout)?, timeout);
+    let _restore = Restore(scraper.clone());
+    // The exporter owning NFLOG group 0 has the classification; read its numbers too.
+    let group = scraper.failure("conntrack_invalid");
+    let exporter = match group.as_deref() {
+        Some(GROUP_TAKEN) => Some(Url::parse(&a.exporter)?),
+        _ => None,
+    };
+    let o = ClientOptions::default();
+    let sample = |exporter: Option<Url>| {
+        let scraper = scraper.clone();
+        let o = o.clone();
+        let raw = a.exporter.clone();
+        async move {
+            let ours = parse(
+                &String::from_utf8_lossy(&scraper.scrape().await),
+                "this host",
+            )?;
+            let theirs = match &exporter {
+                Some(url) => Some(remote(url, &o, &raw).await),
+                None => None,
+            };
+            Ok::<_, String>((ours, theirs))
+        }
+    };
+    let (mut before, theirs_before) = sample(exporter.clone()).await?;
+    countdown(a.interval).await?;
+    let (mut after, theirs_after) = sample(exporter).await?;
+    scraper.shutdown();
+
+    let classifier = match (group.as_deref(), theirs_before, theirs_after) {
+        (None, ..) => "classified here for the interval (nf_conntrack_log_invalid set to log to NFLOG group 0, then restored)".to_owned(),
+        (Some(GROUP_TAKEN), Some(Ok(b)), Some(Ok(af))) => {
+            let take = |v: Vec<Sample>| -> Vec<Sample> {
+                v.into_iter()
+                    .filter(|s| s.name.starts_with("packetpath_conntrack_invalid_"))
+                    .collect()
+            };
+            let (b, af) = (take(b), take(af));
+            let used = !af.is_empty();
+            before.extend(b);
+            after.extend(af);
+            if used {
+                format!(
+                    "NFLOG group 0 is owned by the exporter at {}; its classification is used",
+                    a.exporter
+                )
+            } else {
+                format!(
+                    "NFLOG group 0 is owned by another process, and the exporter at {} does not classify",
+                    a.exporter
+                )
+            }
+        }
+        (Some(GROUP_TAKEN), b, af) => {
+            let why = [b, af]
+                .into_iter()
+                .flatten()
+                .find_map(Result::err)
+                .unwrap_or_default();
+            format!("NFLOG group 0 is owned by another process (ulogd or an exporter): no classification ({why})")
+        }
+        (Some(why), ..) => format!("not classified: {why}"),
+    };
+    let mut report = analysis::analyse(
+        &before,
+        &after,
+        Context {
+            source: format!("this host ({})", hostname()),
+            interval_seconds: start.elapsed().as_secs_f64(),
+            classifier,
+        },
+    );
+    if group.is_none() {
+        // The value diagnose itself set for the interval says nothing about the host.
+        report.settings.remove("nf_conntrack_log_invalid");
+    }
+    for s in &mut report.sources {
+        if !s.ok {
+            s.note = scraper.failure(&s.collector);
+        }
+    }
+    let readable = report
+        .sources
+        .iter()
+        .any(|s| s.ok && s.collector != "conntrack_invalid");
+    if !readable {
+        let why: Vec<String> = report
+            .sources
+            .iter()
+            .map(|s| format!("{}: {}", s.collector, s.note.clone().unwrap_or_default()))
+            .collect();
+        return Err(format!("no source could be read ({})", why.join("; ")));
+    }
+    Ok(report)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}

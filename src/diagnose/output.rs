@@ -1,0 +1,376 @@
+//! The report as text (tables that fit the terminal, colour only on a terminal) or JSON.
+
+use super::analysis::{Report, Severity};
+
+/// How the text is drawn: a terminal gets colour and tables cut to its width.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub colour: bool,
+    /// Columns available; None when piped (no limit).
+    pub width: Option<usize>,
+}
+
+const RED: &str = "\x1b[1;31m";
+const GREEN: &str = "\x1b[1;32m";
+const YELLOW: &str = "\x1b[33m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.colour {
+            format!("{code}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// Cuts `s` to `max` characters, marking the cut.
+fn cut(s: &str, max: usize) -> String {
+    if chars(s) <= max {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A table with a header row; numeric columns (all but the first) right-aligned. When it
+/// is wider than the terminal, the first column (device names) gives up the room.
+fn table(out: &mut String, style: &Style, header: &[&str], rows: &[Vec<String>]) {
+    if rows.is_empty() {
+        out.push_str("  (none)\n");
+        return;
+    }
+    let n = header.len();
+    let mut widths: Vec<usize> = header.iter().map(|h| chars(h)).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(chars(c));
+        }
+    }
+    if let Some(limit) = style.width {
+        let total: usize = 2 + widths.iter().sum::<usize>() + 2 * n.saturating_sub(1);
+        if total > limit
+            && let Some(first) = widths.first_mut()
+        {
+            *first = first.saturating_sub(total - limit).max(8);
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut l = String::from(" ");
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            let c = cut(c, *w);
+            l.push(' ');
+            if i == 0 {
+                l.push_str(&format!("{c:<w$}"));
+            } else {
+                l.push_str(&format!(" {c:>w$}"));
+            }
+        }
+        l.trim_end().to_owned() + "\n"
+    };
+    let head = line(header.iter().map(|h| (*h).to_owned()).collect());
+    out.push_str(&style.paint(BOLD, head.trim_end()));
+    out.push('\n');
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+}
+
+/// Wraps `text` to the terminal width: the first line after `first`, the rest indented
+/// to line up with it.
+fn wrap(out: &mut String, first: &str, text: &str, width: Option<usize>) {
+    let Some(width) = width else {
+        out.push_str(first);
+        out.push_str(text);
+        out.push('\n');
+        return;
+    };
+    // `first` may carry colour codes: indent by what shows.
+    let shown = strip_escapes(first);
+    let indent = " ".repeat(chars(&shown));
+    let room = width.saturating_sub(chars(&shown)).max(10);
+    let mut prefix = first.to_owned();
+    let mut line = String::new();
+    for word in text.split(' ') {
+        if !line.is_empty() && chars(&line) + 1 + chars(word) > room {
+            out.push_str(&prefix);
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+            prefix = indent.clone();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(&prefix);
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for d in it.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn on(v: Option<bool>) -> String {
+    match v {
+        Some(true) => "on".into(),
+        Some(false) => "off".into(),
+        None => "-".into(),
+    }
+}
+
+pub fn text(r: &Report, style: &Style) -> String {
+    let mut o = String::new();
+    let iv = format!("{} s", (r.interval_seconds * 10.0).round() / 10.0);
+    o.push_str(&style.paint(
+        BOLD,
+        &format!("packetpath diagnose: {}, two samples {iv} apart", r.source),
+    ));
+    o.push_str("\n\n");
+
+    let sources: Vec<String> = r
+        .sources
+        .iter()
+        .map(|s| {
+            let state = if s.ok { "ok" } else { "unavailable" };
+            match &s.note {
+                Some(n) => format!("{} {state} ({n})", s.collector),
+                None => format!("{} {state}", s.collector),
+            }
+        })
+        .collect();
+    wrap(&mut o, "Sources: ", &sources.join(", "), style.width);
+    o.push('\n');
+
+    o.push_str(&style.paint(BOLD, &format!("Tunnel to VM, packets in {iv}")));
+    o.push('\n');
+    let rows: Vec<Vec<String>> = r
+        .tunnels
+        .iter()
+        .chain(&r.vm_ports)
+        .map(|p| {
+            vec![
+                p.display(),
+                p.role.clone(),
+                p.received.to_string(),
+                p.transmitted.to_string(),
+                p.receive_dropped.to_string(),
+                p.transmit_dropped.to_string(),
+                p.errors.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &mut o,
+        style,
+        &[
+            "DEVICE", "ROLE", "RECEIVED", "SENT", "RX-DROP", "TX-DROP", "ERRORS",
+        ],
+        &rows,
+    );
+    wrap(
+        &mut o,
+        "  ",
+        "(a tunnel receives what arrives from other hypervisors; a VM port sends what it delivers to the VM)",
+        style.width,
+    );
+    o.push('\n');
+
+    o.push_str(&style.paint(BOLD, "Datapath flows that dropped packets"));
+    o.push('\n');
+    let rows: Vec<Vec<String>> = r
+        .drops
+        .iter()
+        .map(|x| vec![x.flow(), x.reason.clone(), x.packets.to_string()])
+        .collect();
+    table(&mut o, style, &["FLOW", "REASON", "PACKETS"], &rows);
+    o.push('\n');
+
+    o.push_str(&style.paint(BOLD, "Conntrack"));
+    o.push('\n');
+    match &r.conntrack {
+        Some(c) => {
+            o.push_str(&format!(
+                "  invalid {}, drop {}, insert_failed {}, early_drop {}\n",
+                c.invalid, c.drop, c.insert_failed, c.early_drop
+            ));
+            wrap(&mut o, "  why invalid: ", &c.classifier, style.width);
+            if !c.classified.is_empty() {
+                let rows: Vec<Vec<String>> = c
+                    .classified
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.reason.clone(),
+                            format!("{} {}", k.family, k.protocol),
+                            k.size_class.clone(),
+                            k.tcp_flags.clone(),
+                            k.packets.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &mut o,
+                    style,
+                    &["REASON", "PROTOCOL", "SIZE", "TCP-FLAGS", "PACKETS"],
+                    &rows,
+                );
+            }
+        }
+        None => o.push_str("  (conntrack statistics unavailable)\n"),
+    }
+    o.push('\n');
+
+    o.push_str(&style.paint(BOLD, "Settings"));
+    o.push('\n');
+    let settings: Vec<String> = r.settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if settings.is_empty() {
+        o.push_str("  (none read)\n");
+    } else {
+        wrap(&mut o, "  ", &settings.join("  "), style.width);
+    }
+    o.push('\n');
+
+    o.push_str(&style.paint(BOLD, "Offload"));
+    o.push('\n');
+    let feature = |off: &super::analysis::Offload, f: &str| on(off.features.get(f).copied());
+    let rows: Vec<Vec<String>> = r
+        .offload
+        .iter()
+        .map(|x| {
+            vec![
+                x.device.clone(),
+                x.role.clone(),
+                on(x.rx_checksum()),
+                on(x.tx_checksum()),
+                feature(x, "tx-tcp-segmentation"),
+                feature(x, "tx-generic-segmentation"),
+                feature(x, "rx-gro"),
+                feature(x, "tx-udp_tnl-csum-segmentation"),
+            ]
+        })
+        .collect();
+    table(
+        &mut o,
+        style,
+        &[
+            "DEVICE",
+            "ROLE",
+            "RX-CSUM",
+            "TX-CSUM",
+            "TSO",
+            "GSO",
+            "GRO",
+            "UDP-TNL-CSUM",
+        ],
+        &rows,
+    );
+    o.push('\n');
+
+    if !r.findings.is_empty() {
+        o.push_str(&style.paint(BOLD, "Findings"));
+        o.push('\n');
+        for f in &r.findings {
+            let tag = match f.severity {
+                Severity::Loss => style.paint(RED, "LOSS"),
+                Severity::Warning => style.paint(YELLOW, "WARN"),
+                Severity::Info => "INFO".to_owned(),
+            };
+            wrap(&mut o, &format!("  {tag} "), &f.text, style.width);
+        }
+        o.push('\n');
+    }
+
+    let head = if r.verdict.loss {
+        style.paint(RED, "Verdict: packets are being lost")
+    } else {
+        style.paint(GREEN, "Verdict: no loss signal")
+    };
+    o.push_str(&head);
+    o.push('\n');
+    wrap(&mut o, "  ", &r.verdict.summary, style.width);
+    if let Some(fix) = &r.verdict.fix {
+        wrap(&mut o, "  Likely fix: ", fix, style.width);
+    }
+    o
+}
+
+pub fn json(r: &Report) -> String {
+    serde_json::to_string_pretty(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")) + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_fit_the_terminal_by_cutting_names() {
+        let mut out = String::new();
+        let rows = vec![vec![
+            "a-very-long-device-name-indeed".to_owned(),
+            "12".to_owned(),
+        ]];
+        let style = Style {
+            colour: false,
+            width: Some(24),
+        };
+        table(&mut out, &style, &["DEVICE", "PACKETS"], &rows);
+        for l in out.lines() {
+            assert!(chars(l) <= 24, "{l:?}");
+        }
+        assert!(out.contains("a-very-long-…       12"), "{out}");
+        let mut wide = String::new();
+        table(
+            &mut wide,
+            &Style {
+                colour: false,
+                width: None,
+            },
+            &["DEVICE", "PACKETS"],
+            &rows,
+        );
+        assert!(
+            wide.contains("a-very-long-device-name-indeed       12"),
+            "{wide}"
+        );
+    }
+
+    #[test]
+    fn wrapping_keeps_words() {
+        let mut out = String::new();
+        wrap(&mut out, "  ", "one two three four five", Some(12));
+        assert_eq!(out, "  one two\n  three four\n  five\n");
+        let mut out = String::new();
+        wrap(
+            &mut out,
+            "\x1b[1mX:\x1b[0m ",
+            "one two three four",
+            Some(13),
+        );
+        assert_eq!(out, "\x1b[1mX:\x1b[0m one two\n   three four\n");
+    }
+}
