@@ -283,23 +283,7 @@ fn on_a_terminal_it_counts_down_and_fits_the_width() {
         !done.contains("sampling: "),
         "the countdown is cleared: {done}"
     );
-    let plain: String = {
-        // Colour codes removed, to measure what shows.
-        let mut out = String::new();
-        let mut it = done.chars();
-        while let Some(c) = it.next() {
-            if c == '\x1b' {
-                for d in it.by_ref() {
-                    if d == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
+    let plain = packetpath_exporter::diagnose::output::strip_escapes(&done);
     for l in plain.lines() {
         assert!(l.chars().count() <= 70, "wider than the terminal: {l:?}");
     }
@@ -310,5 +294,46 @@ fn on_a_terminal_it_counts_down_and_fits_the_width() {
     assert!(
         verdict.contains("\x1b[1m") && verdict.contains("32m"),
         "{verdict:?}"
+    );
+}
+
+#[test]
+fn ctrl_c_during_the_interval_restores_the_settings() {
+    if !require_root("ctrl_c_during_the_interval_restores_the_settings") {
+        return;
+    }
+    let bed = ConntrackBed::new();
+    let before = netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid");
+    assert_ne!(before.trim(), "255");
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &bed.srv.name,
+            BIN,
+            "diagnose",
+            "--interval",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for(
+        "diagnose to set log_invalid",
+        Duration::from_secs(10),
+        || netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid").trim() == "255",
+    );
+    // `ip netns exec` execs the command: the child is diagnose itself.
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim(), "packetpath-exporter diagnose: interrupted");
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid"),
+        before
     );
 }

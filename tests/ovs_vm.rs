@@ -434,6 +434,32 @@ fn seed_incident_in_a_real_ovs_datapath() {
         );
     }
 
+    // diagnose on the node: exit 1, and a verdict that names the tunnel device, the VM
+    // port (by instance and Neutron port) and the drop flow, with the exact count.
+    let out = r.get("diagnose/output");
+    assert_eq!(r.get("diagnose/status").trim(), "1", "{out}");
+    assert!(
+        out.contains(
+            "5 packets (5 shorter than 60 bytes, mostly TCP FIN/ACK) from genev_sys_6081 failed conntrack's checksum check"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "the datapath flow ovs-system: in_port(genev_sys_6081) ct_state(+inv) → drop dropped 5 of them before they reached \
+             tap0 (instance 0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f, port 519d7cc4-7593-4944-af80-6a8a9b4f4e9a)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("NFLOG group 0 is owned by the exporter at http://127.0.0.1:9479/metrics; its classification is used"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Likely fix: Set net.netfilter.nf_conntrack_checksum=0"),
+        "{out}"
+    );
+
     if std::env::var("UPDATE_FIXTURES").as_deref() == Ok("1") {
         save_fixtures(&r);
     }

@@ -976,3 +976,80 @@ fn node_exporter_takes_the_same_files_and_answers_alike() {
         );
     }
 }
+
+/// `diagnose --from` reads an exporter the way Prometheus does: TLS with the CA, a client
+/// certificate, basic auth from a password file. Wrong credentials or an untrusted server
+/// are one line and status 2.
+#[test]
+fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() {
+    let pki = Pki::new("diagnose");
+    let config = pki.write(
+        "diagnose.yml",
+        &tls_auth_config(
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+            "",
+        ),
+    );
+    let client = pki.client_cert("client");
+    let e = Exporter::start(&pki, &config, true, &client);
+    let password = pki.write("password", &format!("{PASSWORD}\n"));
+    let wrong = pki.write("wrong", "not-the-password\n");
+    let url = e.url("/metrics");
+    let diagnose = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args([
+                "diagnose",
+                "--interval",
+                "1s",
+                "--format",
+                "json",
+                "--from",
+                &url,
+            ])
+            .args(["--from.cert-file", &pki.path("client.crt")])
+            .args(["--from.key-file", &pki.path("client.key")])
+            .args(["--from.username", "prometheus"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let ca = pki.path("ca.crt");
+    let (code, out, err) = diagnose(&["--from.ca-file", &ca, "--from.password-file", &password]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"], format!("the exporter at {url}"));
+    assert_eq!(v["sources"][0]["collector"], "interfaces");
+    assert_eq!(v["sources"][0]["ok"], true);
+    assert_eq!(v["verdict"]["loss"], false);
+    assert!(
+        v["conntrack"].is_null(),
+        "the exporter runs interfaces only: {out}"
+    );
+
+    let (code, out, err) = diagnose(&["--from.ca-file", &ca, "--from.password-file", &wrong]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert_eq!(
+        err.trim(),
+        format!("packetpath-exporter diagnose: cannot read {url}: HTTP status 401 Unauthorized")
+    );
+    // The server's certificate is signed by a CA diagnose was not told to trust.
+    let rogue = pki.path("rogue-ca.crt");
+    let (code, _, err) = diagnose(&["--from.ca-file", &rogue, "--from.password-file", &password]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("TLS: invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let (code, out, err) = diagnose(&[
+        "--from.insecure-skip-verify",
+        "--from.password-file",
+        &password,
+    ]);
+    assert_eq!(code, Some(0), "{out}{err}");
+}

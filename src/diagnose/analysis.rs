@@ -399,6 +399,11 @@ fn offload_mismatch(offload: &[Offload]) -> Vec<String> {
     out
 }
 
+/// Whether there was a tunnel device and an uplink to compare.
+fn compared(offload: &[Offload]) -> bool {
+    offload.iter().any(|o| o.role == "tunnel") && offload.iter().any(|o| o.role == "uplink")
+}
+
 fn judge(r: &mut Report, lost: u64) {
     let iv = secs(r.interval_seconds);
     let mut f = Vec::new();
@@ -490,7 +495,7 @@ fn judge(r: &mut Report, lost: u64) {
             s.push_str(&format!(
                 "; the datapath flow {} dropped {} of them",
                 flow.flow(),
-                count(inv_from_tunnel.max(flow.packets), "packet", "packets")
+                inv_from_tunnel.max(flow.packets)
             ));
             if let Some(vm) = r.vm_ports.iter().max_by_key(|p| p.transmitted) {
                 s.push_str(&format!(" before they reached {}", vm.display()));
@@ -504,7 +509,7 @@ fn judge(r: &mut Report, lost: u64) {
                 " Offload differs on the path ({}): the device that hands these packets on with a partial checksum is where to look; 'ethtool -K <device> tx off' makes the kernel finish the checksum in software.",
                 mismatch.join("; ")
             ));
-        } else {
+        } else if compared(&r.offload) {
             x.push_str(" Checksum offload is the same on the tunnel and the uplinks, so the fault is in the kernel's handling of these packets (short frames), not a device setting.");
         }
         fix = Some(x);

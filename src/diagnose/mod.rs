@@ -169,13 +169,29 @@ fn terminal_width() -> Option<usize> {
     std::env::var("COLUMNS").ok()?.parse().ok()
 }
 
+/// SIGINT and SIGTERM, caught from the start: once settings are changed, a signal must
+/// end in their restoration, never in the default handler's immediate exit.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> Result<Signals, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let err = |e: std::io::Error| format!("signal handler: {e}");
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(err)?,
+            term: signal(SignalKind::terminate()).map_err(err)?,
+        })
+    }
+}
+
 /// Waits out the interval, counting down on stderr when it is a terminal; Ctrl-C or
 /// SIGTERM ends the wait early with an error (the caller restores what it changed).
-async fn countdown(interval: Duration) -> Result<(), String> {
+async fn countdown(signals: &mut Signals, interval: Duration) -> Result<(), String> {
     let tty = std::io::stderr().is_terminal();
     let end = Instant::now() + interval;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("signal handler: {e}"))?;
     loop {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -187,8 +203,8 @@ async fn countdown(interval: Duration) -> Result<(), String> {
         let tick = left.min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = tokio::signal::ctrl_c() => return Err("interrupted".into()),
-            _ = term.recv() => return Err("terminated".into()),
+            _ = signals.int.recv() => return Err("interrupted".into()),
+            _ = signals.term.recv() => return Err("terminated".into()),
         }
     }
     if tty {
@@ -221,11 +237,12 @@ async fn remote(url: &Url, o: &ClientOptions, raw: &str) -> Result<Vec<Sample>, 
 
 async fn run(a: Args) -> Result<analysis::Report, String> {
     let start = Instant::now();
+    let mut signals = Signals::register()?;
     if let Some(raw) = &a.from {
         let url = Url::parse(raw)?;
         let o = client_options(&a);
         let before = remote(&url, &o, raw).await?;
-        countdown(a.interval).await?;
+        countdown(&mut signals, a.interval).await?;
         let after = remote(&url, &o, raw).await?;
         let classifier = if after
             .iter()
@@ -244,7 +261,7 @@ async fn run(a: Args) -> Result<analysis::Report, String> {
         };
         return Ok(analysis::analyse(&before, &after, ctx));
     }
-    local(a, start).await
+    local(a, start, &mut signals).await
 }
 
 /// Undoes every collector's changes however `local` ends.
@@ -256,7 +273,7 @@ impl Drop for Restore {
     }
 }
 
-async fn local(a: Args, start: Instant) -> Result<analysis::Report, String> {
+async fn local(a: Args, start: Instant, signals: &mut Signals) -> Result<analysis::Report, String> {
     let names: Vec<&'static str> = REGISTRY.iter().map(|s| s.name).collect();
     let timeout = Duration::from_secs(5);
     let scraper = Scraper::new(crate::cli::build(&a.sources, &names, timeout)?, timeout);
@@ -285,7 +302,7 @@ async fn local(a: Args, start: Instant) -> Result<analysis::Report, String> {
         }
     };
     let (mut before, theirs_before) = sample(exporter.clone()).await?;
-    countdown(a.interval).await?;
+    countdown(signals, a.interval).await?;
     let (mut after, theirs_after) = sample(exporter).await?;
     scraper.shutdown();
 

@@ -118,7 +118,8 @@ fn wrap(out: &mut String, first: &str, text: &str, width: Option<usize>) {
     }
 }
 
-fn strip_escapes(s: &str) -> String {
+/// `s` without its SGR colour codes: what a terminal shows.
+pub fn strip_escapes(s: &str) -> String {
     let mut out = String::new();
     let mut it = s.chars();
     while let Some(c) = it.next() {

@@ -16,6 +16,7 @@
 #   fault      ovs-vswitchd stopped, datapath deleted, openvswitch unloaded; a few SYNs
 #              still arrive from the tunnel
 #   recovered  module and daemon back, flows re-added, checksum=1 again
+#   diagnose   `packetpath-exporter diagnose` while 5 short bad-checksum FIN/ACKs arrive
 
 # shellcheck source=topology.sh
 . /guest/topology.sh
@@ -187,4 +188,24 @@ bad_finack 2
 bad 4
 good 5"
     snapshot $phase
+
+    # diagnose: the one command an engineer runs on the node, while the seed's short
+    # FIN/ACKs arrive during its interval. The exporter above owns NFLOG group 0, so
+    # diagnose uses that exporter's classification. A primer first, so the +inv drop
+    # megaflow is in place and counts every packet of the batch.
+    phase=diagnose
+    : >"/tmp/traffic-$phase.log"
+    tcp --dport 7300 --flags finack --bad-checksum
+    sleep 2
+    # The status goes through a file: busybox's wait may not report it once reaped.
+    (
+        /bin/packetpath-exporter diagnose --interval 8s >/tmp/diagnose.out 2>&1
+        echo $? >/tmp/diagnose.rc
+    ) &
+    _pid=$!
+    sleep 3
+    tcp --dport 7400 --count 5 --flags finack --bad-checksum
+    wait "$_pid" || true
+    emit $phase/output cat /tmp/diagnose.out
+    emit $phase/status cat /tmp/diagnose.rc
 }
