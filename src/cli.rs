@@ -119,7 +119,7 @@ pub struct Sources {
     #[arg(long = "collector.offload.vm-ports")]
     pub offload_vm_ports: bool,
 
-    /// Export the offload features of devices matching this regex, whatever their role (uplinks the default route does not use).
+    /// Export the offload features of devices matching this regex as uplinks (role uplink unless they have a role): the tunnel network's devices where the default route does not use them.
     #[arg(long = "collector.offload.device-include", value_name = "REGEX", value_parser = parse_regex)]
     pub offload_device_include: Option<Regex>,
 

@@ -75,8 +75,9 @@ fn offload_features_follow_ethtool() {
         return;
     }
     let ns = Netns::new("offload");
-    // va carries the default route (an uplink), vx0 is a tunnel, vb is included by name,
-    // and the TAPs are VM ports that only an opt-in exports.
+    // va carries the default route (an uplink), vx0 is a tunnel, vb is included by name
+    // (an uplink the default route does not use), and the TAPs are VM ports that only an
+    // opt-in exports.
     ns.exec(
         "ip link add va type veth peer name vb && ip addr add 10.9.0.1/24 dev va \
          && ip link set va up && ip link set vb up && ip route add default via 10.9.0.2 dev va \
@@ -101,7 +102,7 @@ fn offload_features_follow_ethtool() {
         )
         .map(|(l, _)| (l["device"].clone(), l["role"].clone()))
         .collect();
-    let want: BTreeMap<String, String> = [("va", "uplink"), ("vb", "other"), ("vx0", "tunnel")]
+    let want: BTreeMap<String, String> = [("va", "uplink"), ("vb", "uplink"), ("vx0", "tunnel")]
         .map(|(d, r)| (d.to_owned(), r.to_owned()))
         .into();
     assert_eq!(roles, want, "no VM port by default");

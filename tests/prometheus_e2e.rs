@@ -269,6 +269,11 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
 
     let bed = ConntrackBed::new();
     bed.set_checksum(true);
+    // An uplink (the default route's device) for the offload rules to compare with.
+    bed.srv.exec(
+        "ip link add up0 type veth peer name up1 && ip link set up0 up && ip link set up1 up \
+         && ip route add default dev up0",
+    );
     let tap = bed.srv.enter(|| common::open_tap("tap0"));
     bed.srv.exec("ip link set tap0 up");
     let state = format!(

@@ -88,7 +88,8 @@ const RTNH_LEN: usize = 8;
 pub struct Options {
     /// Export VM ports too (one series per feature and port).
     pub vm_ports: bool,
-    /// Devices exported whatever their role (uplinks the default route does not use).
+    /// Devices exported whatever their role; role `other` becomes `uplink` (the tunnel
+    /// network's devices where the default route does not use them).
     pub device_include: Option<Regex>,
 }
 
@@ -405,11 +406,12 @@ fn role_label(
         .device_include
         .as_ref()
         .is_some_and(|re| re.is_match(&link.name));
+    // A device named by --collector.offload.device-include is an uplink the default route
+    // does not use, unless its role says otherwise.
     match role {
         Role::Tunnel | Role::Ovs => Some(role.as_str()),
         Role::Vm if opts.vm_ports || include => Some(role.as_str()),
-        Role::Other if uplinks.contains(&(link.index as u32)) => Some("uplink"),
-        _ if include => Some(role.as_str()),
+        Role::Other if include || uplinks.contains(&(link.index as u32)) => Some("uplink"),
         _ => None,
     }
 }
@@ -707,6 +709,6 @@ mod tests {
             device_include: Some(Regex::new("^veth").unwrap()),
         });
         assert!(more.contains("device=\"tap0\",role=\"vm\""), "{more}");
-        assert!(more.contains("device=\"veth9\",role=\"other\""), "{more}");
+        assert!(more.contains("device=\"veth9\",role=\"uplink\""), "{more}");
     }
 }
