@@ -90,7 +90,8 @@ fn bad_checksum_finacks_during_the_interval_are_the_verdict() {
     assert_eq!(classes[0]["size_class"], "lt60");
     assert_eq!(classes[0]["tcp_flags"], "fin");
     assert_eq!(classes[0]["packets"], 5);
-    assert_eq!(v["conntrack"]["invalid"], 5);
+    assert_eq!(v["conntrack"]["stats"]["invalid"], 5);
+    assert_eq!(v["conntrack"]["classifying"], true);
     assert_eq!(v["settings"]["nf_conntrack_checksum"], 1);
     assert_eq!(bed.nft_invalid_drops(), 12);
 
@@ -186,6 +187,13 @@ fn bad_input_is_one_line_and_status_2() {
     one_line(
         &["--from", &url, "--interval", "1s"],
         &format!("{url} is not Prometheus metrics: line 1: not a metric sample"),
+    );
+    // Metrics, but not an exporter of ours.
+    let port = serve("node_cpu_seconds_total{cpu=\"0\"} 12.5\n");
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    one_line(
+        &["--from", &url, "--interval", "1s"],
+        &format!("the exporter at {url} has no packetpath collector series"),
     );
     let out = Command::new(BIN)
         .args(["diagnose", "--help"])
@@ -329,7 +337,7 @@ fn ctrl_c_during_the_interval_restores_the_settings() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(130), "{err}");
     assert_eq!(err.trim(), "packetpath-exporter diagnose: interrupted");
     assert!(out.stdout.is_empty());
     assert_eq!(

@@ -1027,9 +1027,36 @@ fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() 
     assert_eq!(v["sources"][0]["ok"], true);
     assert_eq!(v["verdict"]["loss"], false);
     assert!(
-        v["conntrack"].is_null(),
+        v["conntrack"]["stats"].is_null(),
         "the exporter runs interfaces only: {out}"
     );
+    assert!(
+        v["verdict"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("not checked, their source unavailable: datapath drops of invalid packets, conntrack drops, bad checksums"),
+        "{out}"
+    );
+    // Credentials in the URL are used, never shown.
+    let with_creds = url.replace("https://", &format!("https://prometheus:{PASSWORD}@"));
+    let out = Command::new(BIN)
+        .args([
+            "diagnose",
+            "--interval",
+            "1s",
+            "--format",
+            "json",
+            "--from",
+            &with_creds,
+        ])
+        .args(["--from.ca-file", &pki.path("ca.crt")])
+        .args(["--from.cert-file", &pki.path("client.crt")])
+        .args(["--from.key-file", &pki.path("client.key")])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}");
+    assert!(!shown.contains(PASSWORD) && shown.contains(&url), "{shown}");
 
     let (code, out, err) = diagnose(&["--from.ca-file", &ca, "--from.password-file", &wrong]);
     assert_eq!(code, Some(2), "{out}{err}");

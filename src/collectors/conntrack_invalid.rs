@@ -416,7 +416,7 @@ impl Counts {
 
     pub fn render(&self) -> Vec<Family> {
         let mut classes = Family::counter(
-            "packetpath_conntrack_invalid_packets_total",
+            CLASS_FAMILY,
             "Packets conntrack logged as invalid, by IP family, protocol, the kernel's reason, Ethernet frame size class and TCP flags.",
             &["family", "protocol", "reason", "size_class", "tcp_flags"],
         );
@@ -606,6 +606,16 @@ fn configure(sock: &NlSocket, seq: u32, payload: &[u8]) -> Result<(), i32> {
             }
         }
     }
+}
+
+/// The classifier's main family; `diagnose` reads it back.
+pub const CLASS_FAMILY: &str = "packetpath_conntrack_invalid_packets_total";
+
+/// Whether a family is this collector's (the `conntrack` collector's
+/// `packetpath_conntrack_invalid_total` shares the prefix but is not).
+pub fn exports(family: &str) -> bool {
+    family.starts_with("packetpath_conntrack_invalid_")
+        && family != "packetpath_conntrack_invalid_total"
 }
 
 /// Why the collector does not run when another process listens to the group.

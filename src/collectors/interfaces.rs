@@ -103,7 +103,8 @@ pub struct Link {
     pub name: String,
     pub kind: Option<String>,
     pub master: Option<u32>,
-    /// The lower device (a VLAN's parent), when it is in this namespace.
+    /// IFLA_LINK: a VLAN's parent, a veth's peer. It may name a device in another
+    /// namespace (IFLA_LINK_NETNSID, not read), so only stacked kinds' values are used.
     pub link: Option<u32>,
     pub operstate: u8,
     pub mtu: Option<u32>,

@@ -2,11 +2,12 @@
 //! arrived on the tunnel, delivered to the VM, dropped by which datapath flow, conntrack
 //! invalid and why, the settings and offloads behind it; then one verdict.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::exposition::Sample;
+use crate::collectors::conntrack_invalid::CLASS_FAMILY;
 
 /// A collector's state in the second sample.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -28,7 +29,8 @@ pub struct Port {
     pub transmitted: u64,
     pub receive_dropped: u64,
     pub transmit_dropped: u64,
-    pub errors: u64,
+    pub receive_errors: u64,
+    pub transmit_errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,14 +82,23 @@ pub struct InvalidClass {
     pub packets: u64,
 }
 
+/// The conntrack collector's statistics over the interval.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Conntrack {
+pub struct CtStats {
     pub invalid: u64,
     pub drop: u64,
     pub insert_failed: u64,
     pub early_drop: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Conntrack {
+    /// None when the conntrack collector could not read them.
+    pub stats: Option<CtStats>,
     /// Where the classification came from, or why there is none.
     pub classifier: String,
+    /// Whether invalid packets were classified for the whole interval.
+    pub classifying: bool,
     pub classified: Vec<InvalidClass>,
 }
 
@@ -147,7 +158,7 @@ pub struct Report {
     pub tunnels: Vec<Port>,
     pub vm_ports: Vec<Port>,
     pub drops: Vec<FlowDrop>,
-    pub conntrack: Option<Conntrack>,
+    pub conntrack: Conntrack,
     pub settings: BTreeMap<String, u64>,
     pub offload: Vec<Offload>,
     pub findings: Vec<Finding>,
@@ -157,6 +168,7 @@ pub struct Report {
 /// Counter increases between two samples, by series.
 struct Deltas<'a> {
     before: HashMap<(&'a str, &'a BTreeMap<String, String>), f64>,
+    families: HashSet<&'a str>,
     after: &'a [Sample],
 }
 
@@ -167,29 +179,33 @@ impl<'a> Deltas<'a> {
                 .iter()
                 .map(|s| ((s.name.as_str(), &s.labels), s.value))
                 .collect(),
+            families: before.iter().map(|s| s.name.as_str()).collect(),
             after,
         }
     }
 
     /// Every series of `name` in the second sample with its increase. A series new in the
-    /// second sample counts from 0 (a device or class that appeared); a decrease is a
-    /// counter reset, so the second value is the increase.
+    /// second sample counts from 0 (a device or class that appeared) when its family was
+    /// there before; a family that was not (its collector failed in the first sample) has
+    /// no increase to tell, and is left out rather than counted for its whole life. A
+    /// decrease is a counter reset: the second value is the increase.
     fn of(&self, name: &'a str) -> impl Iterator<Item = (&'a Sample, u64)> + '_ {
+        let known = self.families.contains(name);
         self.after
             .iter()
             .filter(move |s| s.name == name)
-            .map(move |s| {
-                let old = self
-                    .before
-                    .get(&(s.name.as_str(), &s.labels))
-                    .copied()
-                    .unwrap_or(0.0);
+            .filter_map(move |s| {
+                let old = match self.before.get(&(s.name.as_str(), &s.labels)) {
+                    Some(v) => *v,
+                    None if known => 0.0,
+                    None => return None,
+                };
                 let inc = if s.value >= old {
                     s.value - old
                 } else {
                     s.value
                 };
-                (s, inc.max(0.0).round() as u64)
+                Some((s, inc.max(0.0).round() as u64))
             })
     }
 
@@ -208,6 +224,8 @@ pub struct Context {
     pub source: String,
     pub interval_seconds: f64,
     pub classifier: String,
+    /// Invalid packets were classified for the whole interval (a count of 0 means none).
+    pub classifying: bool,
 }
 
 fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
@@ -225,7 +243,8 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
                 transmitted: 0,
                 receive_dropped: 0,
                 transmit_dropped: 0,
-                errors: 0,
+                receive_errors: 0,
+                transmit_errors: 0,
                 instance_id: None,
                 port_id: None,
             },
@@ -236,7 +255,7 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
         ("packetpath_interface_receive_dropped_total", 1),
         ("packetpath_interface_transmit_dropped_total", 2),
         ("packetpath_interface_receive_errors_total", 3),
-        ("packetpath_interface_transmit_errors_total", 3),
+        ("packetpath_interface_transmit_errors_total", 4),
     ] {
         for (s, inc) in d.of(name) {
             if let Some(p) = by_device.get_mut(s.label("device")) {
@@ -244,7 +263,8 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
                     0 => p.transmitted += inc,
                     1 => p.receive_dropped += inc,
                     2 => p.transmit_dropped += inc,
-                    _ => p.errors += inc,
+                    3 => p.receive_errors += inc,
+                    _ => p.transmit_errors += inc,
                 }
             }
         }
@@ -274,19 +294,6 @@ fn sources(after: &[Sample]) -> Vec<SourceState> {
         .collect()
 }
 
-fn count(n: u64, one: &str, many: &str) -> String {
-    if n == 1 {
-        format!("1 {one}")
-    } else {
-        format!("{n} {many}")
-    }
-}
-
-/// The interval in words: "10 s".
-fn secs(s: f64) -> String {
-    format!("{} s", (s * 10.0).round() / 10.0)
-}
-
 pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
     let d = Deltas::new(before, after);
     let tunnels = ports(&d, after, "tunnel");
@@ -306,29 +313,30 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
     let sources = sources(after);
     let ok = |c: &str| sources.iter().any(|s| s.collector == c && s.ok);
 
-    let conntrack = ok("conntrack").then(|| {
-        let mut classified: Vec<InvalidClass> = d
-            .of("packetpath_conntrack_invalid_packets_total")
-            .filter(|(_, inc)| *inc > 0)
-            .map(|(s, inc)| InvalidClass {
-                family: s.label("family").to_owned(),
-                protocol: s.label("protocol").to_owned(),
-                reason: s.label("reason").to_owned(),
-                size_class: s.label("size_class").to_owned(),
-                tcp_flags: s.label("tcp_flags").to_owned(),
-                packets: inc,
-            })
-            .collect();
-        classified.sort_by_key(|k| std::cmp::Reverse(k.packets));
-        Conntrack {
+    let mut classified: Vec<InvalidClass> = d
+        .of(CLASS_FAMILY)
+        .filter(|(_, inc)| *inc > 0)
+        .map(|(s, inc)| InvalidClass {
+            family: s.label("family").to_owned(),
+            protocol: s.label("protocol").to_owned(),
+            reason: s.label("reason").to_owned(),
+            size_class: s.label("size_class").to_owned(),
+            tcp_flags: s.label("tcp_flags").to_owned(),
+            packets: inc,
+        })
+        .collect();
+    classified.sort_by_key(|k| std::cmp::Reverse(k.packets));
+    let conntrack = Conntrack {
+        stats: ok("conntrack").then(|| CtStats {
             invalid: d.sum("packetpath_conntrack_invalid_total"),
             drop: d.sum("packetpath_conntrack_drop_total"),
             insert_failed: d.sum("packetpath_conntrack_insert_failed_total"),
             early_drop: d.sum("packetpath_conntrack_early_drop_total"),
-            classifier: ctx.classifier.clone(),
-            classified,
-        }
-    });
+        }),
+        classifier: ctx.classifier.clone(),
+        classifying: ctx.classifying,
+        classified,
+    };
     let settings: BTreeMap<String, u64> = gauges(after, "packetpath_conntrack_sysctl")
         .map(|s| (s.label("name").to_owned(), s.value as u64))
         .collect();
@@ -368,316 +376,6 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
             fix: None,
         },
     };
-    judge(&mut report, lost);
+    super::verdict::judge(&mut report, lost);
     report
-}
-
-/// Offload differences between the tunnel devices and the uplinks, in words.
-fn offload_mismatch(offload: &[Offload]) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in offload.iter().filter(|o| o.role == "tunnel") {
-        for u in offload.iter().filter(|o| o.role == "uplink") {
-            for (what, a, b) in [
-                ("rx checksum", t.rx_checksum(), u.rx_checksum()),
-                ("tx checksum", t.tx_checksum(), u.tx_checksum()),
-            ] {
-                if let (Some(a), Some(b)) = (a, b)
-                    && a != b
-                {
-                    let on = |v: bool| if v { "on" } else { "off" };
-                    out.push(format!(
-                        "{what} offload is {} on {} but {} on {}",
-                        on(a),
-                        t.device,
-                        on(b),
-                        u.device
-                    ));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Whether there was a tunnel device and an uplink to compare.
-fn compared(offload: &[Offload]) -> bool {
-    offload.iter().any(|o| o.role == "tunnel") && offload.iter().any(|o| o.role == "uplink")
-}
-
-fn judge(r: &mut Report, lost: u64) {
-    let iv = secs(r.interval_seconds);
-    let mut f = Vec::new();
-    let mut loss = |text: String| f.push((Severity::Loss, text));
-    let ct = r.conntrack.clone();
-    let bad: Vec<&InvalidClass> = ct
-        .as_ref()
-        .map(|c| {
-            c.classified
-                .iter()
-                .filter(|k| k.reason == "bad_checksum")
-                .collect()
-        })
-        .unwrap_or_default();
-    let bad_total: u64 = bad.iter().map(|k| k.packets).sum();
-    let inv_drops: Vec<&FlowDrop> = r
-        .drops
-        .iter()
-        .filter(|x| x.reason == "ct_invalid")
-        .collect();
-    let inv_from_tunnel: u64 = inv_drops
-        .iter()
-        .filter(|x| x.in_port_role == "tunnel")
-        .map(|x| x.packets)
-        .sum();
-    let checksum_on = r.settings.get("nf_conntrack_checksum").copied();
-    let mismatch = offload_mismatch(&r.offload);
-    let starved: Vec<&Port> = r
-        .vm_ports
-        .iter()
-        .filter(|p| p.transmit_dropped > 0)
-        .collect();
-
-    let mut summary = None;
-    let mut fix = None;
-    if bad_total > 0 {
-        let short: u64 = bad
-            .iter()
-            .filter(|k| k.size_class == "lt60")
-            .map(|k| k.packets)
-            .sum();
-        let mut flags: BTreeMap<&str, u64> = BTreeMap::new();
-        for k in &bad {
-            *flags.entry(k.tcp_flags.as_str()).or_default() += k.packets;
-        }
-        let top_flags = flags
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(f, _)| match *f {
-                "fin" => "FIN/ACK",
-                "rst" => "RST",
-                "syn" => "SYN",
-                "synack" => "SYN/ACK",
-                "ack" => "ACK",
-                _ => "other",
-            })
-            .unwrap_or("other");
-        let proto = bad
-            .first()
-            .map_or("tcp", |k| k.protocol.as_str())
-            .to_uppercase();
-        let what = if short * 2 >= bad_total {
-            format!(
-                "{} ({} shorter than 60 bytes, mostly {proto} {top_flags})",
-                count(bad_total, "packet", "packets"),
-                short
-            )
-        } else {
-            format!(
-                "{} (mostly {proto} {top_flags})",
-                count(bad_total, "packet", "packets")
-            )
-        };
-        let tunnel = r
-            .tunnels
-            .iter()
-            .max_by_key(|t| t.received)
-            .map(|t| t.device.clone());
-        let from = tunnel
-            .as_deref()
-            .filter(|_| inv_from_tunnel > 0)
-            .map(|t| format!(" from {t}"))
-            .unwrap_or_default();
-        let mut s = format!(
-            "{what}{from} failed conntrack's checksum check in {iv} and were marked invalid (nf_conntrack_checksum={})",
-            checksum_on.map_or("?".into(), |v| v.to_string())
-        );
-        if let Some(flow) = inv_drops.iter().max_by_key(|x| x.packets) {
-            s.push_str(&format!(
-                "; the datapath flow {} dropped {} of them",
-                flow.flow(),
-                inv_from_tunnel.max(flow.packets)
-            ));
-            if let Some(vm) = r.vm_ports.iter().max_by_key(|p| p.transmitted) {
-                s.push_str(&format!(" before they reached {}", vm.display()));
-            }
-        }
-        s.push('.');
-        summary = Some(s);
-        let mut x = "Set net.netfilter.nf_conntrack_checksum=0 (sysctl -w, and persist it in /etc/sysctl.d): conntrack then stops validating checksums, these packets are tracked instead of invalid and no ct_state(+inv) drop matches them; the VM's own TCP stack still checks every checksum.".to_owned();
-        if !mismatch.is_empty() {
-            x.push_str(&format!(
-                " Offload differs on the path ({}): the device that hands these packets on with a partial checksum is where to look; 'ethtool -K <device> tx off' makes the kernel finish the checksum in software.",
-                mismatch.join("; ")
-            ));
-        } else if compared(&r.offload) {
-            x.push_str(" Checksum offload is the same on the tunnel and the uplinks, so the fault is in the kernel's handling of these packets (short frames), not a device setting.");
-        }
-        fix = Some(x);
-        loss(format!(
-            "bad checksum: {}",
-            count(bad_total, "packet", "packets")
-        ));
-    }
-    for x in &r.drops {
-        loss(format!(
-            "{} dropped by datapath flow {}",
-            count(x.packets, "packet", "packets"),
-            x.flow()
-        ));
-    }
-    if summary.is_none() && inv_from_tunnel > 0 {
-        let why = match &ct {
-            Some(c) if c.classified.is_empty() => format!(
-                " (conntrack counted {} invalid; {})",
-                c.invalid, c.classifier
-            ),
-            _ => String::new(),
-        };
-        summary = Some(format!(
-            "{} from the tunnel were marked invalid by conntrack and dropped by a ct_state(+inv) datapath flow in {iv}{why}.",
-            count(inv_from_tunnel, "packet", "packets")
-        ));
-        fix = Some("Run diagnose with CAP_NET_ADMIN (or enable the conntrack_invalid collector) to see why conntrack marks them invalid; a bad checksum is fixed with nf_conntrack_checksum=0.".into());
-    }
-    if summary.is_none()
-        && let Some(x) = r.drops.first()
-    {
-        summary = Some(format!(
-            "Datapath flows dropped {} in {iv}, most by {} ({}).",
-            count(r.drops.iter().map(|x| x.packets).sum(), "packet", "packets"),
-            x.flow(),
-            x.reason
-        ));
-        fix = Some("Find the OpenFlow rule behind it: ovs-appctl dpctl/dump-flows, then ovs-appctl ofproto/trace for the in_port; explicit drops usually come from security groups or ACLs.".into());
-    }
-    if lost > 0 {
-        loss(format!(
-            "{} lost between the datapath and ovs-vswitchd (upcalls failed)",
-            count(lost, "packet", "packets")
-        ));
-        if summary.is_none() {
-            summary = Some(format!(
-                "The datapath lost {} in {iv}: upcalls to ovs-vswitchd failed.",
-                count(lost, "packet", "packets")
-            ));
-            fix = Some("ovs-vswitchd is overloaded or its handler threads are starved: check its CPU and ovs-appctl upcall/show.".into());
-        }
-    }
-    for p in &starved {
-        loss(format!(
-            "{} could not be delivered to {} (the VM did not drain its queue)",
-            count(p.transmit_dropped, "packet", "packets"),
-            p.display()
-        ));
-    }
-    if summary.is_none()
-        && let Some(p) = starved.first()
-    {
-        summary = Some(format!(
-            "{} dropped {} on the way into the VM in {iv}: the guest did not drain its queue.",
-            p.display(),
-            count(p.transmit_dropped, "packet", "packets")
-        ));
-        fix = Some(
-            "Look inside the guest (CPU, virtio queues) and at vhost threads on the host.".into(),
-        );
-    }
-    if let Some(c) = &ct {
-        for (n, what) in [
-            (
-                c.drop,
-                "dropped by conntrack because no entry could be created",
-            ),
-            (
-                c.insert_failed,
-                "conntrack entries that could not be inserted",
-            ),
-            (
-                c.early_drop,
-                "conntrack entries evicted because the table was full",
-            ),
-        ] {
-            if n > 0 {
-                loss(format!("{n} {what}"));
-                if summary.is_none() {
-                    summary = Some(format!(
-                        "Conntrack is dropping traffic: {n} {what} in {iv}."
-                    ));
-                    fix = Some("Raise net.netfilter.nf_conntrack_max or find the connection flood (conntrack -L | sort).".into());
-                }
-            }
-        }
-        if c.invalid > 0 && bad_total == 0 && inv_from_tunnel == 0 {
-            let classes: Vec<String> = c
-                .classified
-                .iter()
-                .take(3)
-                .map(|k| format!("{} {} {} {}", k.packets, k.protocol, k.reason, k.tcp_flags))
-                .collect();
-            f.push((
-                Severity::Warning,
-                format!(
-                    "conntrack marked {} invalid{} (not necessarily dropped: late RSTs and retransmissions are normal background)",
-                    count(c.invalid, "packet", "packets"),
-                    if classes.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", classes.join(", "))
-                    }
-                ),
-            ));
-        }
-    }
-    for t in &r.tunnels {
-        if t.receive_dropped + t.errors > 0 {
-            f.push((
-                Severity::Warning,
-                format!(
-                    "{} dropped {} and counted {} on receive",
-                    t.device,
-                    count(t.receive_dropped, "packet", "packets"),
-                    count(t.errors, "error", "errors")
-                ),
-            ));
-        }
-    }
-    for m in &mismatch {
-        f.push((Severity::Info, m.clone()));
-    }
-    let any_loss = f.iter().any(|(s, _)| *s == Severity::Loss);
-    r.findings = f
-        .into_iter()
-        .map(|(severity, text)| Finding { severity, text })
-        .collect();
-    r.verdict = Verdict {
-        loss: any_loss,
-        summary: summary.unwrap_or_else(|| {
-            if any_loss {
-                "Packets were lost; see the findings.".into()
-            } else {
-                let arrived: u64 = r.tunnels.iter().map(|t| t.received).sum();
-                let delivered: u64 = r.vm_ports.iter().map(|p| p.transmitted).sum();
-                let tunnels = match r.tunnels.len() {
-                    0 => "no tunnel device here".to_owned(),
-                    n => format!(
-                        "{} arrived on {}",
-                        count(arrived, "packet", "packets"),
-                        count(n as u64, "tunnel device", "tunnel devices")
-                    ),
-                };
-                let vms = match r.vm_ports.len() {
-                    0 => "no VM port".to_owned(),
-                    n => format!(
-                        "{} delivered to {}",
-                        count(delivered, "packet", "packets"),
-                        count(n as u64, "VM port", "VM ports")
-                    ),
-                };
-                format!(
-                    "No loss signal in {iv}: {tunnels}, {vms}; no datapath drops, no conntrack drops, no bad checksums."
-                )
-            }
-        }),
-        fix,
-    };
 }

@@ -53,7 +53,7 @@ impl Url {
         let (userinfo, hostport) = match authority.rsplit_once('@') {
             Some((u, h)) => {
                 let (user, pass) = u.split_once(':').unwrap_or((u, ""));
-                (Some((user.to_owned(), pass.to_owned())), h)
+                (Some((percent_decode(user), percent_decode(pass))), h)
             }
             None => (None, authority),
         };
@@ -82,6 +82,42 @@ impl Url {
             userinfo,
         })
     }
+}
+
+impl std::fmt::Display for Url {
+    /// The URL without its credentials: what error lines and reports show.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}{}", self.host, self.port, self.path)
+        } else {
+            write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path)
+        }
+    }
+}
+
+/// `%XX` escapes in a URL's user name or password (a password may hold '@', ':' or '/').
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (c, hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Accepts any certificate: only with --from.insecure-skip-verify.
@@ -133,8 +169,14 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// Debian's bundle of the system's trusted CAs, used when no --from.ca-file is given.
-const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where distributions keep the system's trusted CAs (Debian and Ubuntu, RHEL and
+/// Fedora, SUSE, Alpine), for when no --from.ca-file is given.
+const SYSTEM_CAS: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
 
 fn tls_config(o: &ClientOptions) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -146,18 +188,23 @@ fn tls_config(o: &ClientOptions) -> Result<rustls::ClientConfig, String> {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
     } else {
-        let ca = o
-            .ca_file
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(SYSTEM_CAS));
+        let (ca, flag) = match &o.ca_file {
+            Some(f) => (f.clone(), "--from.ca-file"),
+            None => (
+                SYSTEM_CAS
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists())
+                    .ok_or(
+                        "no system CA bundle found; name the exporter's CA with --from.ca-file",
+                    )?,
+                "system CA bundle",
+            ),
+        };
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {}: {e}", ca.display());
         let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&ca)
-            .map_err(|e| format!("--from.ca-file {}: {e}", ca.display()))?
-        {
-            let cert = cert.map_err(|e| format!("--from.ca-file {}: {e}", ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("--from.ca-file {}: {e}", ca.display()))?;
+        for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
         }
         builder.with_root_certificates(roots)
     };
@@ -280,7 +327,15 @@ mod tests {
                 userinfo: Some(("pp".into(), "s3cret".into())),
             }
         );
+        assert_eq!(
+            u.to_string(),
+            "https://node-1:9479/m",
+            "no credentials shown"
+        );
+        let u = Url::parse("http://a%40b:p%2Fw%3A1@n/").unwrap();
+        assert_eq!(u.userinfo, Some(("a@b".into(), "p/w:1".into())));
         let u = Url::parse("http://[::1]:9479").unwrap();
+        assert_eq!(u.to_string(), "http://[::1]:9479/metrics");
         assert_eq!(
             (u.host.as_str(), u.port, u.path.as_str()),
             ("::1", 9479, "/metrics")

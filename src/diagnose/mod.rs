@@ -4,12 +4,13 @@
 //! code the exporter runs, no HTTP server) or from a running exporter (`--from URL`),
 //! read back through the text format so both paths analyse the same thing; then a report
 //! and one verdict. Exit status: 0 no loss signal, 1 a loss signal, 2 usage errors or no
-//! source readable at all.
+//! source readable at all, 128 + N after signal N (settings restored first).
 
 pub mod analysis;
 pub mod client;
 pub mod exposition;
 pub mod output;
+pub mod verdict;
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Write};
@@ -21,7 +22,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::cli::{Sources, parse_duration};
 use crate::collectors::REGISTRY;
-use crate::collectors::conntrack_invalid::GROUP_TAKEN;
+use crate::collectors::conntrack_invalid::{self, CLASS_FAMILY, GROUP_TAKEN};
 use crate::logging::{Format as LogFormat, LogLevel};
 use crate::scrape::Scraper;
 use analysis::Context;
@@ -41,7 +42,7 @@ pub enum Format {
     long_about = "Where packets die between the tunnel and a VM's TAP.\n\n\
         Takes two samples --interval apart, from this host's kernel (the exporter's collectors, no HTTP server) or from a running exporter (--from URL), and prints, per tunnel and VM port: what arrived on the tunnel, what was delivered to the VM, which datapath flows dropped packets and why, conntrack-invalid packets and (when it can classify them) why, the conntrack settings, and the offloads of the devices involved; then one verdict with the likely fix.\n\n\
         With CAP_NET_ADMIN and NFLOG group 0 free it classifies invalid packets itself for the interval and restores every setting it changed; when an exporter owns the group it uses that exporter's numbers (--exporter).\n\n\
-        Exit status: 0 no loss signal; 1 a loss signal; 2 bad usage, or no source could be read at all. A source this host lacks (no OVS, no ethtool netlink) is reported, not an error.",
+        Exit status: 0 no loss signal; 1 a loss signal; 2 bad usage, or no source could be read at all; 130 on Ctrl-C (after restoring what it changed). A source this host lacks (no OVS, no ethtool netlink) is reported, not an error.",
     term_width = 100,
     max_term_width = 100
 )]
@@ -82,7 +83,7 @@ pub struct Args {
     #[arg(long = "from.password-file", value_name = "FILE")]
     pub password_file: Option<std::path::PathBuf>,
 
-    /// The local exporter whose conntrack_invalid numbers to use when it owns NFLOG group 0.
+    /// The local exporter whose conntrack_invalid numbers to use when it owns NFLOG group 0 (the --from.* TLS and auth flags apply to it).
     #[arg(
         long,
         value_name = "URL",
@@ -143,9 +144,9 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
             let _ = out.flush();
             ExitCode::from(u8::from(report.verdict.loss))
         }
-        Err(line) => {
-            eprintln!("packetpath-exporter diagnose: {line}");
-            ExitCode::from(2)
+        Err(f) => {
+            eprintln!("packetpath-exporter diagnose: {}", f.line);
+            ExitCode::from(f.code)
         }
     }
 }
@@ -169,11 +170,12 @@ fn terminal_width() -> Option<usize> {
     std::env::var("COLUMNS").ok()?.parse().ok()
 }
 
-/// SIGINT and SIGTERM, caught from the start: once settings are changed, a signal must
+/// SIGINT, SIGTERM and SIGHUP (a closed ssh session), caught from the start: once settings are changed, a signal must
 /// end in their restoration, never in the default handler's immediate exit.
 struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -183,13 +185,14 @@ impl Signals {
         Ok(Signals {
             int: signal(SignalKind::interrupt()).map_err(err)?,
             term: signal(SignalKind::terminate()).map_err(err)?,
+            hup: signal(SignalKind::hangup()).map_err(err)?,
         })
     }
 }
 
 /// Waits out the interval, counting down on stderr when it is a terminal; Ctrl-C or
-/// SIGTERM ends the wait early with an error (the caller restores what it changed).
-async fn countdown(signals: &mut Signals, interval: Duration) -> Result<(), String> {
+/// SIGTERM ends the wait early with 128 + the signal (the caller restores what it changed).
+async fn countdown(signals: &mut Signals, interval: Duration) -> Result<(), Failure> {
     let tty = std::io::stderr().is_terminal();
     let end = Instant::now() + interval;
     loop {
@@ -203,8 +206,9 @@ async fn countdown(signals: &mut Signals, interval: Duration) -> Result<(), Stri
         let tick = left.min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
-            _ = signals.int.recv() => return Err("interrupted".into()),
-            _ = signals.term.recv() => return Err("terminated".into()),
+            _ = signals.int.recv() => return Err(Failure { line: "interrupted".into(), code: 130 }),
+            _ = signals.term.recv() => return Err(Failure { line: "terminated".into(), code: 143 }),
+            _ = signals.hup.recv() => return Err(Failure { line: "hung up".into(), code: 129 }),
         }
     }
     if tty {
@@ -228,40 +232,80 @@ fn client_options(a: &Args) -> ClientOptions {
     }
 }
 
-async fn remote(url: &Url, o: &ClientOptions, raw: &str) -> Result<Vec<Sample>, String> {
+async fn remote(url: &Url, o: &ClientOptions) -> Result<Vec<Sample>, Failure> {
     let text = client::fetch(url, o)
         .await
-        .map_err(|e| format!("cannot read {raw}: {e}"))?;
-    parse(&text, raw)
+        .map_err(|e| Failure::usage(format!("cannot read {url}: {e}")))?;
+    parse(&text, &url.to_string()).map_err(Failure::usage)
 }
 
-async fn run(a: Args) -> Result<analysis::Report, String> {
-    let start = Instant::now();
-    let mut signals = Signals::register()?;
+/// Why there is no report: one line, and the exit status (2, or 130 for a signal).
+pub struct Failure {
+    pub line: String,
+    pub code: u8,
+}
+
+impl Failure {
+    fn usage(line: impl Into<String>) -> Failure {
+        Failure {
+            line: line.into(),
+            code: 2,
+        }
+    }
+}
+
+/// At least one source other than the classifier was read, or there is nothing to say.
+fn readable(report: &analysis::Report) -> Result<(), Failure> {
+    if report
+        .sources
+        .iter()
+        .any(|s| s.ok && s.collector != "conntrack_invalid")
+    {
+        return Ok(());
+    }
+    let why: Vec<String> = report
+        .sources
+        .iter()
+        .map(|s| match &s.note {
+            Some(n) => format!("{}: {n}", s.collector),
+            None => s.collector.clone(),
+        })
+        .collect();
+    Err(Failure::usage(if why.is_empty() {
+        format!("{} has no packetpath collector series", report.source)
+    } else {
+        format!("no source could be read ({})", why.join("; "))
+    }))
+}
+
+async fn run(a: Args) -> Result<analysis::Report, Failure> {
+    let mut signals = Signals::register().map_err(Failure::usage)?;
     if let Some(raw) = &a.from {
-        let url = Url::parse(raw)?;
+        let url = Url::parse(raw).map_err(Failure::usage)?;
         let o = client_options(&a);
-        let before = remote(&url, &o, raw).await?;
+        let before = remote(&url, &o).await?;
+        let t0 = Instant::now();
         countdown(&mut signals, a.interval).await?;
-        let after = remote(&url, &o, raw).await?;
-        let classifier = if after
-            .iter()
-            .any(|s| s.name == "packetpath_conntrack_invalid_packets_total")
-        {
-            format!("classified by the exporter at {raw}")
+        let after = remote(&url, &o).await?;
+        let classifying = after.iter().any(|s| s.name == CLASS_FAMILY);
+        let classifier = if classifying {
+            format!("classified by the exporter at {url}")
         } else {
             format!(
-                "not classified: the exporter at {raw} does not run the conntrack_invalid collector"
+                "not classified: the exporter at {url} does not run the conntrack_invalid collector"
             )
         };
         let ctx = Context {
-            source: format!("the exporter at {raw}"),
-            interval_seconds: start.elapsed().as_secs_f64(),
+            source: format!("the exporter at {url}"),
+            interval_seconds: t0.elapsed().as_secs_f64(),
             classifier,
+            classifying,
         };
-        return Ok(analysis::analyse(&before, &after, ctx));
+        let report = analysis::analyse(&before, &after, ctx);
+        readable(&report)?;
+        return Ok(report);
     }
-    local(a, start, &mut signals).await
+    local(a, &mut signals).await
 }
 
 /// Undoes every collector's changes however `local` ends.
@@ -273,61 +317,66 @@ impl Drop for Restore {
     }
 }
 
-async fn local(a: Args, start: Instant, signals: &mut Signals) -> Result<analysis::Report, String> {
+/// One sample of this host, and of the exporter that owns NFLOG group 0 when there is one.
+async fn sample(
+    scraper: &Arc<Scraper>,
+    exporter: Option<&(Url, ClientOptions)>,
+) -> Result<(Vec<Sample>, Option<Result<Vec<Sample>, Failure>>), Failure> {
+    let ours = parse(
+        &String::from_utf8_lossy(&scraper.scrape().await),
+        "this host",
+    )
+    .map_err(Failure::usage)?;
+    let theirs = match exporter {
+        Some((url, o)) => Some(remote(url, o).await),
+        None => None,
+    };
+    Ok((ours, theirs))
+}
+
+async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failure> {
     let names: Vec<&'static str> = REGISTRY.iter().map(|s| s.name).collect();
     let timeout = Duration::from_secs(5);
-    let scraper = Scraper::new(crate::cli::build(&a.sources, &names, timeout)?, timeout);
+    let collectors = crate::cli::build(&a.sources, &names, timeout).map_err(Failure::usage)?;
+    let scraper = Scraper::new(collectors, timeout);
     let _restore = Restore(scraper.clone());
     // The exporter owning NFLOG group 0 has the classification; read its numbers too.
     let group = scraper.failure("conntrack_invalid");
     let exporter = match group.as_deref() {
-        Some(GROUP_TAKEN) => Some(Url::parse(&a.exporter)?),
+        Some(GROUP_TAKEN) => Some((
+            Url::parse(&a.exporter).map_err(Failure::usage)?,
+            client_options(&a),
+        )),
         _ => None,
     };
-    let o = ClientOptions::default();
-    let sample = |exporter: Option<Url>| {
-        let scraper = scraper.clone();
-        let o = o.clone();
-        let raw = a.exporter.clone();
-        async move {
-            let ours = parse(
-                &String::from_utf8_lossy(&scraper.scrape().await),
-                "this host",
-            )?;
-            let theirs = match &exporter {
-                Some(url) => Some(remote(url, &o, &raw).await),
-                None => None,
-            };
-            Ok::<_, String>((ours, theirs))
-        }
-    };
-    let (mut before, theirs_before) = sample(exporter.clone()).await?;
+    let (mut before, theirs_before) = sample(&scraper, exporter.as_ref()).await?;
+    let t0 = Instant::now();
     countdown(signals, a.interval).await?;
-    let (mut after, theirs_after) = sample(exporter).await?;
+    let (mut after, theirs_after) = sample(&scraper, exporter.as_ref()).await?;
+    // A listener that died during the interval did not classify all of it.
+    let group_after = scraper.failure("conntrack_invalid");
     scraper.shutdown();
 
-    let classifier = match (group.as_deref(), theirs_before, theirs_after) {
-        (None, ..) => "classified here for the interval (nf_conntrack_log_invalid set to log to NFLOG group 0, then restored)".to_owned(),
+    let shown = exporter
+        .as_ref()
+        .map_or(a.exporter.clone(), |(u, _)| u.to_string());
+    let (classifier, classifying) = match (group.as_deref(), theirs_before, theirs_after) {
+        (None, ..) => match group_after {
+            None => ("classified here for the interval (nf_conntrack_log_invalid set to log to NFLOG group 0, then restored)".to_owned(), true),
+            Some(why) => (format!("classified here for part of the interval only: {why}"), false),
+        },
         (Some(GROUP_TAKEN), Some(Ok(b)), Some(Ok(af))) => {
-            let take = |v: Vec<Sample>| -> Vec<Sample> {
-                v.into_iter()
-                    .filter(|s| s.name.starts_with("packetpath_conntrack_invalid_"))
-                    .collect()
+            let theirs = |v: Vec<Sample>| -> Vec<Sample> {
+                v.into_iter().filter(|s| conntrack_invalid::exports(&s.name)).collect()
             };
-            let (b, af) = (take(b), take(af));
-            let used = !af.is_empty();
+            let (b, af) = (theirs(b), theirs(af));
+            let used = af.iter().any(|s| s.name == CLASS_FAMILY);
             before.extend(b);
             after.extend(af);
             if used {
-                format!(
-                    "NFLOG group 0 is owned by the exporter at {}; its classification is used",
-                    a.exporter
-                )
+                (format!("NFLOG group 0 is owned by the exporter at {shown}; its classification is used"), true)
             } else {
-                format!(
-                    "NFLOG group 0 is owned by another process, and the exporter at {} does not classify",
-                    a.exporter
-                )
+                (format!("NFLOG group 0 is owned by another process, and the exporter at {shown} does not classify"), false)
             }
         }
         (Some(GROUP_TAKEN), b, af) => {
@@ -335,18 +384,20 @@ async fn local(a: Args, start: Instant, signals: &mut Signals) -> Result<analysi
                 .into_iter()
                 .flatten()
                 .find_map(Result::err)
+                .map(|f| f.line)
                 .unwrap_or_default();
-            format!("NFLOG group 0 is owned by another process (ulogd or an exporter): no classification ({why})")
+            (format!("NFLOG group 0 is owned by another process (ulogd or an exporter): no classification ({why})"), false)
         }
-        (Some(why), ..) => format!("not classified: {why}"),
+        (Some(why), ..) => (format!("not classified: {why}"), false),
     };
     let mut report = analysis::analyse(
         &before,
         &after,
         Context {
             source: format!("this host ({})", hostname()),
-            interval_seconds: start.elapsed().as_secs_f64(),
+            interval_seconds: t0.elapsed().as_secs_f64(),
             classifier,
+            classifying,
         },
     );
     if group.is_none() {
@@ -358,18 +409,7 @@ async fn local(a: Args, start: Instant, signals: &mut Signals) -> Result<analysi
             s.note = scraper.failure(&s.collector);
         }
     }
-    let readable = report
-        .sources
-        .iter()
-        .any(|s| s.ok && s.collector != "conntrack_invalid");
-    if !readable {
-        let why: Vec<String> = report
-            .sources
-            .iter()
-            .map(|s| format!("{}: {}", s.collector, s.note.clone().unwrap_or_default()))
-            .collect();
-        return Err(format!("no source could be read ({})", why.join("; ")));
-    }
+    readable(&report)?;
     Ok(report)
 }
 

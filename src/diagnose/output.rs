@@ -30,10 +30,19 @@ fn chars(s: &str) -> usize {
     s.chars().count()
 }
 
+/// Label values may come from a remote exporter: control characters (escape sequences
+/// that would drive the terminal) are shown as '?'.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// Cuts `s` to `max` characters, marking the cut.
 fn cut(s: &str, max: usize) -> String {
-    if chars(s) <= max {
-        return s.to_owned();
+    let s = clean(s);
+    if chars(&s) <= max {
+        return s;
     }
     let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
     out.push('…');
@@ -88,7 +97,7 @@ fn table(out: &mut String, style: &Style, header: &[&str], rows: &[Vec<String>])
 fn wrap(out: &mut String, first: &str, text: &str, width: Option<usize>) {
     let Some(width) = width else {
         out.push_str(first);
-        out.push_str(text);
+        out.push_str(&clean(text));
         out.push('\n');
         return;
     };
@@ -98,6 +107,7 @@ fn wrap(out: &mut String, first: &str, text: &str, width: Option<usize>) {
     let room = width.saturating_sub(chars(&shown)).max(10);
     let mut prefix = first.to_owned();
     let mut line = String::new();
+    let text = clean(text);
     for word in text.split(' ') {
         if !line.is_empty() && chars(&line) + 1 + chars(word) > room {
             out.push_str(&prefix);
@@ -181,7 +191,8 @@ pub fn text(r: &Report, style: &Style) -> String {
                 p.transmitted.to_string(),
                 p.receive_dropped.to_string(),
                 p.transmit_dropped.to_string(),
-                p.errors.to_string(),
+                p.receive_errors.to_string(),
+                p.transmit_errors.to_string(),
             ]
         })
         .collect();
@@ -213,36 +224,35 @@ pub fn text(r: &Report, style: &Style) -> String {
 
     o.push_str(&style.paint(BOLD, "Conntrack"));
     o.push('\n');
-    match &r.conntrack {
-        Some(c) => {
-            o.push_str(&format!(
-                "  invalid {}, drop {}, insert_failed {}, early_drop {}\n",
-                c.invalid, c.drop, c.insert_failed, c.early_drop
-            ));
-            wrap(&mut o, "  why invalid: ", &c.classifier, style.width);
-            if !c.classified.is_empty() {
-                let rows: Vec<Vec<String>> = c
-                    .classified
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            k.reason.clone(),
-                            format!("{} {}", k.family, k.protocol),
-                            k.size_class.clone(),
-                            k.tcp_flags.clone(),
-                            k.packets.to_string(),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &mut o,
-                    style,
-                    &["REASON", "PROTOCOL", "SIZE", "TCP-FLAGS", "PACKETS"],
-                    &rows,
-                );
-            }
-        }
+    let c = &r.conntrack;
+    match &c.stats {
+        Some(st) => o.push_str(&format!(
+            "  invalid {}, drop {}, insert_failed {}, early_drop {}\n",
+            st.invalid, st.drop, st.insert_failed, st.early_drop
+        )),
         None => o.push_str("  (conntrack statistics unavailable)\n"),
+    }
+    wrap(&mut o, "  why invalid: ", &c.classifier, style.width);
+    if !c.classified.is_empty() {
+        let rows: Vec<Vec<String>> = c
+            .classified
+            .iter()
+            .map(|k| {
+                vec![
+                    k.reason.clone(),
+                    format!("{} {}", k.family, k.protocol),
+                    k.size_class.clone(),
+                    k.tcp_flags.clone(),
+                    k.packets.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            style,
+            &["REASON", "PROTOCOL", "SIZE", "TCP-FLAGS", "PACKETS"],
+            &rows,
+        );
     }
     o.push('\n');
 

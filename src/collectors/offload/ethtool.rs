@@ -1,0 +1,289 @@
+//! The ethtool generic netlink family: the features dump (compact bitsets) and the
+//! feature names from the kernel's `ETH_SS_FEATURES` string set.
+
+use crate::netlink::Request;
+use crate::netlink::genl;
+use crate::netlink::wire::{self, DecodeError};
+
+pub const FAMILY: &str = "ethtool";
+const ETHTOOL_GENL_VERSION: u8 = 1;
+const ETHTOOL_MSG_STRSET_GET: u8 = 1;
+const ETHTOOL_MSG_FEATURES_GET: u8 = 11;
+const ETHTOOL_A_HEADER_DEV_INDEX: u16 = 1;
+const ETHTOOL_A_HEADER_DEV_NAME: u16 = 2;
+const ETHTOOL_A_HEADER_FLAGS: u16 = 3;
+const ETHTOOL_FLAG_COMPACT_BITSETS: u32 = 1;
+const ETHTOOL_A_FEATURES_HEADER: u16 = 1;
+const ETHTOOL_A_FEATURES_WANTED: u16 = 3;
+const ETHTOOL_A_FEATURES_ACTIVE: u16 = 4;
+const ETHTOOL_A_BITSET_NOMASK: u16 = 1;
+const ETHTOOL_A_BITSET_BITS: u16 = 3;
+const ETHTOOL_A_BITSET_VALUE: u16 = 4;
+const ETHTOOL_A_BITSET_BITS_BIT: u16 = 1;
+const ETHTOOL_A_BITSET_BIT_INDEX: u16 = 1;
+const ETHTOOL_A_BITSET_BIT_VALUE: u16 = 3;
+const ETHTOOL_A_STRSET_HEADER: u16 = 1;
+const ETHTOOL_A_STRSET_STRINGSETS: u16 = 2;
+const ETHTOOL_A_STRINGSETS_STRINGSET: u16 = 1;
+const ETHTOOL_A_STRINGSET_ID: u16 = 1;
+const ETHTOOL_A_STRINGSET_STRINGS: u16 = 3;
+const ETHTOOL_A_STRINGS_STRING: u16 = 1;
+const ETHTOOL_A_STRING_INDEX: u16 = 1;
+const ETHTOOL_A_STRING_VALUE: u16 = 2;
+const ETH_SS_FEATURES: u32 = 4;
+
+/// One device's features: bit indices wanted and active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Features {
+    pub ifindex: u32,
+    pub name: String,
+    pub wanted: Vec<u32>,
+    pub active: Vec<u32>,
+}
+
+fn header(flags: u32) -> Vec<u8> {
+    let mut h = Vec::new();
+    wire::push_attr(&mut h, ETHTOOL_A_HEADER_FLAGS, &flags.to_ne_bytes());
+    h
+}
+
+pub fn features_request(family: u16) -> Request {
+    let mut body = Vec::new();
+    wire::push_attr(
+        &mut body,
+        ETHTOOL_A_FEATURES_HEADER | wire::NLA_F_NESTED,
+        &header(ETHTOOL_FLAG_COMPACT_BITSETS),
+    );
+    genl::request(
+        family,
+        ETHTOOL_MSG_FEATURES_GET,
+        ETHTOOL_GENL_VERSION,
+        "ethtool_features_get",
+        true,
+        &body,
+    )
+}
+
+/// The global (no device) ETH_SS_FEATURES string set: every feature's name by bit.
+pub fn names_request(family: u16) -> Request {
+    let mut id = Vec::new();
+    wire::push_attr(
+        &mut id,
+        ETHTOOL_A_STRINGSET_ID,
+        &ETH_SS_FEATURES.to_ne_bytes(),
+    );
+    let mut set = Vec::new();
+    wire::push_attr(
+        &mut set,
+        ETHTOOL_A_STRINGSETS_STRINGSET | wire::NLA_F_NESTED,
+        &id,
+    );
+    let mut body = Vec::new();
+    wire::push_attr(
+        &mut body,
+        ETHTOOL_A_STRSET_HEADER | wire::NLA_F_NESTED,
+        &header(0),
+    );
+    wire::push_attr(
+        &mut body,
+        ETHTOOL_A_STRSET_STRINGSETS | wire::NLA_F_NESTED,
+        &set,
+    );
+    genl::request(
+        family,
+        ETHTOOL_MSG_STRSET_GET,
+        ETHTOOL_GENL_VERSION,
+        "ethtool_strset_features",
+        false,
+        &body,
+    )
+}
+
+/// Feature names by bit index, from the string set reply.
+pub fn parse_names(buf: &[u8]) -> Result<Vec<String>, DecodeError> {
+    let mut names = Vec::new();
+    for m in wire::data_messages(FAMILY, buf, false)? {
+        let (_, attrs) = genl::split(FAMILY, m.payload)?;
+        for a in wire::attrs(FAMILY, "ETHTOOL_A_STRSET", attrs) {
+            let a = a?;
+            if a.ty != ETHTOOL_A_STRSET_STRINGSETS {
+                continue;
+            }
+            for set in wire::attrs(FAMILY, "ETHTOOL_A_STRINGSETS", a.payload) {
+                let set = set?;
+                if set.ty != ETHTOOL_A_STRINGSETS_STRINGSET {
+                    continue;
+                }
+                let (mut id, mut strings) = (None, None);
+                for s in wire::attrs(FAMILY, "ETHTOOL_A_STRINGSET", set.payload) {
+                    let s = s?;
+                    match s.ty {
+                        ETHTOOL_A_STRINGSET_ID => {
+                            id = Some(s.u32_ne(FAMILY, "ETHTOOL_A_STRINGSET_ID")?)
+                        }
+                        ETHTOOL_A_STRINGSET_STRINGS => strings = Some(s.payload),
+                        _ => {}
+                    }
+                }
+                if id != Some(ETH_SS_FEATURES) {
+                    continue;
+                }
+                for st in wire::attrs(FAMILY, "ETHTOOL_A_STRINGS", strings.unwrap_or_default()) {
+                    let st = st?;
+                    if st.ty != ETHTOOL_A_STRINGS_STRING {
+                        continue;
+                    }
+                    let (mut index, mut value) = (None, None);
+                    for f in wire::attrs(FAMILY, "ETHTOOL_A_STRING", st.payload) {
+                        let f = f?;
+                        match f.ty {
+                            ETHTOOL_A_STRING_INDEX => {
+                                index = Some(f.u32_ne(FAMILY, "ETHTOOL_A_STRING_INDEX")?)
+                            }
+                            ETHTOOL_A_STRING_VALUE => value = Some(f.name()),
+                            _ => {}
+                        }
+                    }
+                    // The kernel sends indices in order; an index past a sane bound
+                    // would only make the table huge, so it is ignored.
+                    if let (Some(i), Some(v)) = (index, value) {
+                        let i = i as usize;
+                        if i < 4096 {
+                            if names.len() <= i {
+                                names.resize(i + 1, String::new());
+                            }
+                            if let Some(slot) = names.get_mut(i) {
+                                *slot = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The bits set in a bitset: compact (a u32 array, bit i of word i/32) or verbose (one
+/// nest per bit; in a list without a mask every listed bit is set).
+fn bitset(payload: &[u8]) -> Result<Vec<u32>, DecodeError> {
+    let mut set = Vec::new();
+    let mut nomask = false;
+    let mut verbose = None;
+    for a in wire::attrs(FAMILY, "ETHTOOL_A_BITSET", payload) {
+        let a = a?;
+        match a.ty {
+            ETHTOOL_A_BITSET_NOMASK => nomask = true,
+            ETHTOOL_A_BITSET_VALUE => {
+                for (w, chunk) in a.payload.chunks_exact(4).enumerate() {
+                    let word = u32::from_ne_bytes([
+                        chunk.first().copied().unwrap_or(0),
+                        chunk.get(1).copied().unwrap_or(0),
+                        chunk.get(2).copied().unwrap_or(0),
+                        chunk.get(3).copied().unwrap_or(0),
+                    ]);
+                    for b in 0..32u32 {
+                        if word & (1 << b) != 0 {
+                            set.push(w as u32 * 32 + b);
+                        }
+                    }
+                }
+            }
+            ETHTOOL_A_BITSET_BITS => verbose = Some(a.payload),
+            _ => {}
+        }
+    }
+    for bit in wire::attrs(FAMILY, "ETHTOOL_A_BITSET_BITS", verbose.unwrap_or_default()) {
+        let bit = bit?;
+        if bit.ty != ETHTOOL_A_BITSET_BITS_BIT {
+            continue;
+        }
+        let (mut index, mut value) = (None, false);
+        for f in wire::attrs(FAMILY, "ETHTOOL_A_BITSET_BIT", bit.payload) {
+            let f = f?;
+            match f.ty {
+                ETHTOOL_A_BITSET_BIT_INDEX => {
+                    index = Some(f.u32_ne(FAMILY, "ETHTOOL_A_BITSET_BIT_INDEX")?)
+                }
+                ETHTOOL_A_BITSET_BIT_VALUE => value = true,
+                _ => {}
+            }
+        }
+        if let Some(i) = index.filter(|_| value || nomask) {
+            set.push(i);
+        }
+    }
+    Ok(set)
+}
+
+/// Decodes a FEATURES_GET dump: one message per device.
+pub fn parse_features(buf: &[u8]) -> Result<Vec<Features>, DecodeError> {
+    let mut out = Vec::new();
+    for m in wire::data_messages(FAMILY, buf, true)? {
+        let (_, attrs) = genl::split(FAMILY, m.payload)?;
+        let mut f = Features {
+            ifindex: 0,
+            name: String::new(),
+            wanted: Vec::new(),
+            active: Vec::new(),
+        };
+        for a in wire::attrs(FAMILY, "ETHTOOL_A_FEATURES", attrs) {
+            let a = a?;
+            match a.ty {
+                ETHTOOL_A_FEATURES_HEADER => {
+                    for h in wire::attrs(FAMILY, "ETHTOOL_A_HEADER", a.payload) {
+                        let h = h?;
+                        match h.ty {
+                            ETHTOOL_A_HEADER_DEV_INDEX => {
+                                f.ifindex = h.u32_ne(FAMILY, "ETHTOOL_A_HEADER_DEV_INDEX")?
+                            }
+                            ETHTOOL_A_HEADER_DEV_NAME => f.name = h.name(),
+                            _ => {}
+                        }
+                    }
+                }
+                ETHTOOL_A_FEATURES_WANTED => f.wanted = bitset(a.payload)?,
+                ETHTOOL_A_FEATURES_ACTIVE => f.active = bitset(a.payload)?,
+                _ => {}
+            }
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_and_verbose_bitsets_agree() {
+        let mut compact = Vec::new();
+        wire::push_attr(&mut compact, ETHTOOL_A_BITSET_NOMASK, &[]);
+        wire::push_attr(&mut compact, 2, &40u32.to_ne_bytes());
+        let words = [(1u32 << 3) | (1 << 31), 1 << 2];
+        wire::push_attr(
+            &mut compact,
+            ETHTOOL_A_BITSET_VALUE,
+            &[words[0].to_ne_bytes(), words[1].to_ne_bytes()].concat(),
+        );
+        assert_eq!(bitset(&compact).unwrap(), vec![3, 31, 34]);
+
+        let mut bits = Vec::new();
+        for (i, on) in [(3u32, true), (5, false), (34, true)] {
+            let mut b = Vec::new();
+            wire::push_attr(&mut b, ETHTOOL_A_BITSET_BIT_INDEX, &i.to_ne_bytes());
+            wire::push_attr(&mut b, 2, b"x\0");
+            if on {
+                wire::push_attr(&mut b, ETHTOOL_A_BITSET_BIT_VALUE, &[]);
+            }
+            wire::push_attr(&mut bits, ETHTOOL_A_BITSET_BITS_BIT, &b);
+        }
+        let mut verbose = Vec::new();
+        wire::push_attr(&mut verbose, ETHTOOL_A_BITSET_BITS, &bits);
+        assert_eq!(bitset(&verbose).unwrap(), vec![3, 34]);
+        // Truncated input is an error naming the attribute, never a panic.
+        let err = bitset(&verbose[..verbose.len() - 3]).unwrap_err();
+        assert!(err.to_string().contains("ETHTOOL_A_BITSET"), "{err}");
+    }
+}
