@@ -771,9 +771,8 @@ impl Prometheus {
     }
 }
 
-#[test]
-fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
-    let pki = Pki::new("prom");
+/// The exporter over TLS that requires a client certificate from the CA and basic auth.
+fn mtls_auth_exporter(pki: &Pki) -> Exporter {
     let config = pki.write(
         "web.yml",
         &tls_auth_config(
@@ -781,8 +780,13 @@ fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
             "",
         ),
     );
-    let client = pki.client_cert("client");
-    let e = Exporter::start(&pki, &config, true, &client);
+    Exporter::start(pki, &config, true, &pki.client_cert("client"))
+}
+
+#[test]
+fn prometheus_scrapes_over_tls_with_client_certificate_and_basic_auth() {
+    let pki = Pki::new("prom");
+    let e = mtls_auth_exporter(&pki);
     pki.write("password", PASSWORD);
     pki.write("wrong-password", "not-it");
     let job = |name: &str, password_file: &str, cert: bool| {
@@ -983,32 +987,16 @@ fn node_exporter_takes_the_same_files_and_answers_alike() {
 #[test]
 fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() {
     let pki = Pki::new("diagnose");
-    let config = pki.write(
-        "diagnose.yml",
-        &tls_auth_config(
-            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
-            "",
-        ),
-    );
-    let client = pki.client_cert("client");
-    let e = Exporter::start(&pki, &config, true, &client);
+    let e = mtls_auth_exporter(&pki);
     let password = pki.write("password", &format!("{PASSWORD}\n"));
     let wrong = pki.write("wrong", "not-the-password\n");
     let url = e.url("/metrics");
-    let diagnose = |extra: &[&str]| {
+    let diagnose = |from: &str, extra: &[String]| {
         let out = Command::new(BIN)
-            .args([
-                "diagnose",
-                "--interval",
-                "1s",
-                "--format",
-                "json",
-                "--from",
-                &url,
-            ])
+            .args(["diagnose", "--interval", "1s", "--format", "json"])
+            .args(["--from", from])
             .args(["--from.cert-file", &pki.path("client.crt")])
             .args(["--from.key-file", &pki.path("client.key")])
-            .args(["--from.username", "prometheus"])
             .args(extra)
             .output()
             .unwrap();
@@ -1019,7 +1007,15 @@ fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() 
         )
     };
     let ca = pki.path("ca.crt");
-    let (code, out, err) = diagnose(&["--from.ca-file", &ca, "--from.password-file", &password]);
+    let user = |more: &[&str]| -> Vec<String> {
+        ["--from.username", "prometheus"]
+            .iter()
+            .chain(more)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let ok = user(&["--from.ca-file", &ca, "--from.password-file", &password]);
+    let (code, out, err) = diagnose(&url, &ok);
     assert_eq!(code, Some(0), "{out}{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["source"], format!("the exporter at {url}"));
@@ -1039,26 +1035,12 @@ fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() 
     );
     // Credentials in the URL are used, never shown.
     let with_creds = url.replace("https://", &format!("https://prometheus:{PASSWORD}@"));
-    let out = Command::new(BIN)
-        .args([
-            "diagnose",
-            "--interval",
-            "1s",
-            "--format",
-            "json",
-            "--from",
-            &with_creds,
-        ])
-        .args(["--from.ca-file", &pki.path("ca.crt")])
-        .args(["--from.cert-file", &pki.path("client.crt")])
-        .args(["--from.key-file", &pki.path("client.key")])
-        .output()
-        .unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{shown}");
+    let (code, shown, err) = diagnose(&with_creds, &["--from.ca-file".into(), ca.clone()]);
+    assert_eq!(code, Some(0), "{shown}{err}");
     assert!(!shown.contains(PASSWORD) && shown.contains(&url), "{shown}");
 
-    let (code, out, err) = diagnose(&["--from.ca-file", &ca, "--from.password-file", &wrong]);
+    let bad = user(&["--from.ca-file", &ca, "--from.password-file", &wrong]);
+    let (code, out, err) = diagnose(&url, &bad);
     assert_eq!(code, Some(2), "{out}{err}");
     assert_eq!(
         err.trim(),
@@ -1066,17 +1048,19 @@ fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() 
     );
     // The server's certificate is signed by a CA diagnose was not told to trust.
     let rogue = pki.path("rogue-ca.crt");
-    let (code, _, err) = diagnose(&["--from.ca-file", &rogue, "--from.password-file", &password]);
+    let untrusted = user(&["--from.ca-file", &rogue, "--from.password-file", &password]);
+    let (code, _, err) = diagnose(&url, &untrusted);
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("TLS: invalid peer certificate: UnknownIssuer"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
-    let (code, out, err) = diagnose(&[
+    let insecure = user(&[
         "--from.insecure-skip-verify",
         "--from.password-file",
         &password,
     ]);
+    let (code, out, err) = diagnose(&url, &insecure);
     assert_eq!(code, Some(0), "{out}{err}");
 }

@@ -339,26 +339,36 @@ pub fn judge(r: &mut Report, lost: u64) {
     r.verdict = Verdict { loss, summary, fix };
 }
 
+/// "7 packets arrived on 2 tunnel devices", or `none` when there is no such device.
+fn devices(n: usize, packets: u64, none: &str, verb: &str, device: &str) -> String {
+    if n == 0 {
+        return none.to_owned();
+    }
+    format!(
+        "{} {verb} {}",
+        count(packets, "packet", "packets"),
+        count(n as u64, device, &format!("{device}s"))
+    )
+}
+
 /// "No loss signal", saying only what was looked at.
 fn no_loss(r: &Report, iv: &str, datapath: bool) -> String {
     let arrived: u64 = r.tunnels.iter().map(|t| t.received).sum();
     let delivered: u64 = r.vm_ports.iter().map(|p| p.transmitted).sum();
-    let tunnels = match r.tunnels.len() {
-        0 => "no tunnel device here".to_owned(),
-        n => format!(
-            "{} arrived on {}",
-            count(arrived, "packet", "packets"),
-            count(n as u64, "tunnel device", "tunnel devices")
-        ),
-    };
-    let vms = match r.vm_ports.len() {
-        0 => "no VM port".to_owned(),
-        n => format!(
-            "{} delivered to {}",
-            count(delivered, "packet", "packets"),
-            count(n as u64, "VM port", "VM ports")
-        ),
-    };
+    let tunnels = devices(
+        r.tunnels.len(),
+        arrived,
+        "no tunnel device here",
+        "arrived on",
+        "tunnel device",
+    );
+    let vms = devices(
+        r.vm_ports.len(),
+        delivered,
+        "no VM port",
+        "delivered to",
+        "VM port",
+    );
     let mut checked = Vec::new();
     let mut unchecked = Vec::new();
     let mut check = |done: bool, what: &'static str| {
