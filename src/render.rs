@@ -143,6 +143,14 @@ pub fn encode_text(mut families: Vec<Family>, out: &mut Vec<u8>) {
     }
 }
 
+/// Appends families the `prometheus` crate built itself (its process collector) in the
+/// same text format.
+pub fn encode_proto(families: &[MetricFamily], out: &mut Vec<u8>) {
+    if let Err(e) = TextEncoder::new().encode(families, out) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

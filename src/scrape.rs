@@ -76,6 +76,9 @@ type InFlight = Shared<BoxFuture<'static, Bytes>>;
 
 pub struct Scraper {
     slots: Vec<Slot>,
+    /// process_* series (CPU, memory, descriptors, start time) from /proc/self, read by
+    /// the `prometheus` crate's own collector.
+    process: prometheus::process_collector::ProcessCollector,
     timeout: Duration,
     collections: AtomicU64,
     /// Size of the last exposition, to size the next one's buffer in one allocation.
@@ -112,6 +115,7 @@ impl Scraper {
         }
         Arc::new(Scraper {
             slots,
+            process: prometheus::process_collector::ProcessCollector::for_self(),
             timeout,
             collections: AtomicU64::new(0),
             last_len: AtomicUsize::new(0),
@@ -256,6 +260,10 @@ impl Scraper {
         let last = self.last_len.load(Ordering::Relaxed);
         let mut out = Vec::with_capacity(last + last / 8 + 4096);
         render::encode_text(families, &mut out);
+        render::encode_proto(
+            &prometheus::core::Collector::collect(&self.process),
+            &mut out,
+        );
         self.last_len.store(out.len(), Ordering::Relaxed);
         Bytes::from(out)
     }

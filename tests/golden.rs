@@ -58,6 +58,10 @@ impl Running {
         Running { child, port, log }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What the exporter has logged after its "listening" line.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -88,11 +92,14 @@ impl Drop for Running {
     }
 }
 
-/// Masks what legitimately differs between runs: durations and build facts.
+/// Masks what legitimately differs between runs: durations, build facts, the process's
+/// own CPU, memory, descriptors and start time.
 fn normalize(text: &str) -> String {
     text.lines()
         .map(|l| {
-            if l.starts_with("packetpath_scrape_collector_duration_seconds{") {
+            if l.starts_with("process_") {
+                format!("{} <process>", l.rsplit_once(' ').unwrap().0)
+            } else if l.starts_with("packetpath_scrape_collector_duration_seconds{") {
                 format!("{} <duration>", l.rsplit_once(' ').unwrap().0)
             } else if l.starts_with("packetpath_exporter_build_info{") {
                 "packetpath_exporter_build_info{<build facts>} 1".to_owned()
@@ -333,4 +340,68 @@ fn golden_ovsdb() {
     compare("metrics-ovsdb.txt", &e, |t| {
         t.contains("packetpath_scrape_collector_success{collector=\"ovsdb\"} 1")
     });
+}
+
+/// The process_* series against the kernel's view of the same process.
+#[test]
+fn process_series_follow_procfs() {
+    let e = Running::start(&["--collector.disable-defaults", "--collector.interfaces"]);
+    let body = String::from_utf8(e.get("/metrics", &[]).1).unwrap();
+    promtool_check(&body);
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    let proc = format!("/proc/{}", e.pid());
+    let limits = std::fs::read_to_string(format!("{proc}/limits")).unwrap();
+    let soft: f64 = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(value("process_max_fds"), soft);
+    let fds = std::fs::read_dir(format!("{proc}/fd")).unwrap().count() as f64;
+    // While it counted, it also held the scrape's connection and the directory it counts;
+    // the server may not have closed that connection yet when the test looks.
+    let open = value("process_open_fds");
+    assert!(open == fds + 2.0 || open == fds + 1.0, "{fds} {body}");
+    let stat = std::fs::read_to_string(format!("{proc}/stat")).unwrap();
+    let after_comm = stat.rsplit_once(')').unwrap().1;
+    // Field 22 (starttime) is the 20th after the command name.
+    let start_ticks: f64 = after_comm
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let btime: f64 = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        .unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let start = btime + start_ticks / hz;
+    assert!(
+        (value("process_start_time_seconds") - start).abs() < 1.0,
+        "{start} {body}"
+    );
+    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        (rss - rss_kib * 1024.0).abs() < 0.2 * rss,
+        "{rss} vs {rss_kib} KiB"
+    );
 }

@@ -12,7 +12,7 @@ fn read(p: &str) -> String {
 fn documented() -> BTreeMap<String, (String, Vec<String>)> {
     read("README.md")
         .lines()
-        .filter(|l| l.starts_with("| `packetpath_"))
+        .filter(|l| l.starts_with("| `packetpath_") || l.starts_with("| `process_"))
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             let labels = cells[3]
