@@ -305,7 +305,34 @@ impl Default for Http {
 
 /// Accepts and serves HTTP/1.1 connections until `stop` resolves, then stops accepting
 /// (the listener is dropped) and returns the watcher of the connections still open.
-async fn accept_until<L: Listener>(
+/// Puts the peer's address on every request of a connection (basic auth keeps each
+/// client's place in line by it).
+#[derive(Clone)]
+struct WithPeer {
+    app: Router,
+    peer: SocketAddr,
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for WithPeer
+where
+    Router: tower::Service<axum::http::Request<B>>,
+{
+    type Response = <Router as tower::Service<axum::http::Request<B>>>::Response;
+    type Error = <Router as tower::Service<axum::http::Request<B>>>::Error;
+    type Future = <Router as tower::Service<axum::http::Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<axum::http::Request<B>>::poll_ready(&mut self.app, cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
+        self.app.call(req)
+    }
+}
+
+async fn accept_until<L: Listener<Addr = SocketAddr>>(
     mut listener: L,
     app: Router,
     http: Http,
@@ -318,12 +345,15 @@ async fn accept_until<L: Listener>(
         .header_read_timeout(http.header_timeout);
     tokio::pin!(stop);
     loop {
-        let (io, _) = tokio::select! {
+        let (io, peer) = tokio::select! {
             c = listener.accept() => c,
             () = &mut stop => break,
         };
-        let conn =
-            builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()));
+        let svc = WithPeer {
+            app: app.clone(),
+            peer,
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
         let conn = open.watch(conn);
         tokio::spawn(async move {
             // Timeouts, resets and malformed requests end the connection; nothing to do.
@@ -374,7 +404,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Serves until a signal; then runs `on_signal` at once (collectors restore what they
 /// changed before anything else can go wrong) and drains connections for at most
 /// [`DRAIN`], or until a second signal.
-pub async fn serve_until_signal<L: Listener>(
+pub async fn serve_until_signal<L: Listener<Addr = SocketAddr>>(
     listener: L,
     app: Router,
     http: Http,

@@ -28,6 +28,9 @@ fn systemd_unit_is_hardened() {
         "PrivateTmp=yes",
         "RestrictAddressFamilies=AF_NETLINK AF_UNIX AF_INET AF_INET6",
         "ExecStart=/usr/local/bin/packetpath-exporter ",
+        // The state file outlives a crash (systemd would delete it on every stop).
+        "RuntimeDirectory=packetpath-exporter",
+        "RuntimeDirectoryPreserve=yes",
     ] {
         assert!(
             unit.lines().any(|l| l.starts_with(line)),

@@ -177,6 +177,20 @@ fn check(release: &str, r: &Results) {
             "{release}: {c} with openvswitch unloaded"
         );
     }
+    // The kernel allowed to load modules again: a scrape still loads none.
+    let autoload = metrics(r, "reload/metrics-autoload");
+    for c in ["conntrack", "ovs", "ovs_flows"] {
+        assert_eq!(
+            autoload.value("packetpath_scrape_collector_success", &[("collector", c)]),
+            0.0,
+            "{release}: {c} with its module unloaded and modprobe allowed"
+        );
+    }
+    assert_eq!(
+        r.get("reload/modules-autoload"),
+        r.get("reload/modules-after-scrape"),
+        "{release}: a scrape loaded a module"
+    );
     let after = metrics(r, "reload/metrics-after");
     all_collectors(&after, 1.0, release);
     let invalid = after.value("packetpath_conntrack_invalid_total", &[]);

@@ -436,6 +436,16 @@ impl Conntrack {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, CollectError> {
+        // Look before asking: a ctnetlink request makes the kernel load nf_conntrack_netlink
+        // and with it nf_conntrack, on a host that had no conntrack at all. The module, loaded
+        // or built in, creates this file in every namespace.
+        let stat = self.procfs.join("net/stat/nf_conntrack");
+        if !stat.exists() {
+            return Err(CollectError::absent(format!(
+                "nf_conntrack not loaded ({} does not exist); not asking ctnetlink, which would load it",
+                stat.display()
+            )));
+        }
         let (source, mut counters) = match self.read_netlink() {
             Ok(c) => {
                 self.fallback_notice.reset();

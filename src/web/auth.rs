@@ -1,10 +1,11 @@
 //! Basic auth against bcrypt hashes, and the response headers the web config sets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,27 @@ pub(super) struct BasicAuth {
     /// Checks that may wait for their turn; past it the answer is 503 at once, so a flood
     /// of wrong passwords cannot hold a first right one for longer than a scrape timeout.
     waiting: Semaphore,
+    /// Checks in line per client address: one client's flood takes at most
+    /// [`PER_CLIENT`] places, and another client's first right password still gets one.
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Places in line one client address may hold: one being checked and one waiting.
+const PER_CLIENT: usize = 2;
+
+/// A client's place in line, given back when dropped.
+struct Place<'a>(&'a Mutex<HashMap<IpAddr, usize>>, IpAddr);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 /// See [`BasicAuth::waiting`]: at cost 10 (about 50 ms) the last in line waits under 1 s.
@@ -68,10 +90,27 @@ impl BasicAuth {
             verified: Mutex::new(HashMap::new()),
             bcrypt: Arc::new(Semaphore::new(1)),
             waiting: Semaphore::new(MAX_WAITING),
+            per_client: Mutex::new(HashMap::new()),
         })
     }
 
-    pub(super) async fn check(&self, authorization: Option<&HeaderValue>) -> Verdict {
+    /// A place in line for `client`, if it has fewer than [`PER_CLIENT`].
+    fn place(&self, client: IpAddr) -> Option<Place<'_>> {
+        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(client).or_insert(0);
+        if *n >= PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(Place(&self.per_client, client))
+    }
+
+    /// `client` is the peer's address, when the listener knows it.
+    pub(super) async fn check(
+        &self,
+        client: Option<IpAddr>,
+        authorization: Option<&HeaderValue>,
+    ) -> Verdict {
         let Some((user, password)) = authorization.and_then(credentials) else {
             return Verdict::Denied;
         };
@@ -92,6 +131,13 @@ impl BasicAuth {
             .or_else(|| self.users.values().next().cloned())
         else {
             return Verdict::Denied;
+        };
+        let _place = match client {
+            Some(ip) => match self.place(ip) {
+                Some(p) => Some(p),
+                None => return Verdict::Busy,
+            },
+            None => None,
         };
         let Ok(_in_line) = self.waiting.try_acquire() else {
             return Verdict::Busy;
@@ -171,7 +217,12 @@ impl Guard {
 async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let verdict = match &g.auth {
         Some(auth) if req.uri().path() != HEALTH_PATH => {
-            auth.check(req.headers().get(header::AUTHORIZATION)).await
+            let client = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip());
+            auth.check(client, req.headers().get(header::AUTHORIZATION))
+                .await
         }
         _ => Verdict::Allowed,
     };
@@ -230,7 +281,7 @@ mod tests {
     }
 
     async fn login(auth: &BasicAuth, user_password: &str) -> Verdict {
-        auth.check(Some(&basic(user_password))).await
+        auth.check(None, Some(&basic(user_password))).await
     }
 
     #[tokio::test]
@@ -238,7 +289,7 @@ mod tests {
         // Cost 4 keeps the test fast; htpasswd's $2y$ hashes are tested in tests/web.rs.
         let hash = bcrypt::hash("s3cret", 4).unwrap();
         let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
-        assert_eq!(auth.check(None).await, Verdict::Denied);
+        assert_eq!(auth.check(None, None).await, Verdict::Denied);
         assert_eq!(login(&auth, "prom:wrong").await, Verdict::Denied);
         assert_eq!(login(&auth, "other:s3cret").await, Verdict::Denied);
         assert_eq!(login(&auth, "prom:s3cret").await, Verdict::Allowed);
@@ -246,5 +297,30 @@ mod tests {
         assert_eq!(login(&auth, "prom:s3cret").await, Verdict::Allowed);
         assert_eq!(login(&auth, "prom:s3cret2").await, Verdict::Denied);
         assert_eq!(login(&auth, "prom:s3cre").await, Verdict::Denied);
+    }
+
+    #[tokio::test]
+    async fn one_client_holds_two_places_at_most() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_owned(), hash)])).unwrap();
+        let a: IpAddr = [127, 0, 0, 2].into();
+        let b: IpAddr = [127, 0, 0, 1].into();
+        let (p1, p2) = (auth.place(a), auth.place(a));
+        assert!(p1.is_some() && p2.is_some());
+        assert!(auth.place(a).is_none(), "a third place for the same client");
+        let wrong = basic("prom:wrong");
+        assert_eq!(auth.check(Some(a), Some(&wrong)).await, Verdict::Busy);
+        // Another client is not held back.
+        assert_eq!(
+            auth.check(Some(b), Some(&basic("prom:s3cret"))).await,
+            Verdict::Allowed
+        );
+        drop(p1);
+        assert_eq!(auth.check(Some(a), Some(&wrong)).await, Verdict::Denied);
+        drop(p2);
+        assert!(
+            auth.per_client.lock().unwrap().is_empty(),
+            "places are given back"
+        );
     }
 }

@@ -491,6 +491,10 @@ phase_reload() {
     scrape reload/metrics-unloaded
     emit reload/modules-after-scrape modules_state
     echo "$_modprobe" >/proc/sys/kernel/modprobe
+    # With modprobe allowed again, a scrape must still load nothing: the collectors look
+    # before they ask (conntrack at /proc/net/stat/nf_conntrack, OVS by a family dump).
+    scrape reload/metrics-autoload
+    emit reload/modules-autoload modules_state
 
     modprobe nf_conntrack_netlink || fatal "reload: modprobe nf_conntrack_netlink failed"
     modprobe openvswitch || fatal "reload: modprobe openvswitch failed"
