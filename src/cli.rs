@@ -46,6 +46,11 @@ pub struct Args {
     #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub read_header_timeout: Duration,
 
+    /// Time a client has to read a response, from its first byte; a client that reads
+    /// slower gives its connection back.
+    #[arg(long = "web.write-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
     /// Disable every collector that is on by default; enable some again with --collector.<name>.
     #[arg(long = "collector.disable-defaults")]
     pub disable_defaults: bool,

@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod collectors;
+pub mod connections;
 pub mod counter;
 pub mod diagnose;
 pub mod logging;

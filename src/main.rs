@@ -68,15 +68,18 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         let http = server::Http {
             header_timeout: cli.args.read_header_timeout,
         };
-        let cap = server::connection_cap();
+        let slots = packetpath_exporter::connections::Slots::new(
+            server::connection_cap(),
+            cli.args.write_timeout,
+        );
         match web.tls {
             Some(tls) => {
-                let listener = web::TlsListener::new(listener, tls, cap)
+                let listener = web::TlsListener::new(listener, tls, slots)
                     .map_err(|e| format!("listen: {e}"))?;
                 server::serve_until_signal(listener, app, http, signals, restore).await
             }
             None => {
-                let listener = server::PlainListener::new(listener, cap);
+                let listener = server::PlainListener::new(listener, slots);
                 server::serve_until_signal(listener, app, http, signals, restore).await
             }
         }

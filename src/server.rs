@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::connections::{Counted, Slots};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
@@ -16,11 +17,8 @@ use axum::serve::Listener;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::scrape::{self, Scraper};
 
@@ -151,12 +149,14 @@ pub async fn bind(addr: &str) -> Result<TcpListener, String> {
         .map_err(|e| format!("listen on {addr}: {e}"))
 }
 
-/// Open connections served at most (lowered to fit the file descriptor limit); past it
-/// accepting pauses and new clients wait in the kernel's queue, so no number of idle
-/// clients can use up the descriptors the collectors need.
+/// Open connections served at most (lowered to fit the file descriptor limit), so no
+/// number of clients can use up the descriptors the collectors need; past it a new
+/// connection takes the slot of an idle or stalled one (see [`crate::connections`]).
 const MAX_CONNECTIONS: usize = 1024;
 /// Descriptors kept for everything but connections: netlink sockets, procfs files, logs.
 const RESERVED_FDS: u64 = 64;
+/// --web.write-timeout's default: time a response may take to be read by its client.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Raises the soft limit on open files to the hard one (as Go programs do at start; the
 /// systemd default soft limit is 1024) and returns how many connections fit under it.
@@ -184,58 +184,6 @@ pub fn connection_cap() -> usize {
     usize::try_from(fit).map_or(MAX_CONNECTIONS, |n| n.min(MAX_CONNECTIONS))
 }
 
-/// An accepted connection holding one of its listener's connection slots until dropped.
-pub struct Counted<T> {
-    io: T,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl<T> Counted<T> {
-    pub(crate) fn new(io: T, slot: OwnedSemaphorePermit) -> Self {
-        Counted { io, _slot: slot }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// A client that went away is nothing; anything else (out of file descriptors) is logged
 /// and retried after a pause instead of spinning.
 pub(crate) async fn accept_error(e: std::io::Error) {
@@ -250,18 +198,15 @@ pub(crate) async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Plain TCP, at most `cap` connections open.
+/// Plain TCP, within its slots (see [`crate::connections`]).
 pub struct PlainListener {
     tcp: TcpListener,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
 }
 
 impl PlainListener {
-    pub fn new(tcp: TcpListener, cap: usize) -> PlainListener {
-        PlainListener {
-            tcp,
-            slots: Arc::new(Semaphore::new(cap)),
-        }
+    pub fn new(tcp: TcpListener, slots: Arc<Slots>) -> PlainListener {
+        PlainListener { tcp, slots }
     }
 }
 
@@ -271,12 +216,9 @@ impl Listener for PlainListener {
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
         loop {
-            // The semaphore is never closed.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                return std::future::pending().await;
-            };
+            // Accept first: a full house makes room only for a client that is there.
             match self.tcp.accept().await {
-                Ok((io, peer)) => return (Counted::new(io, slot), peer),
+                Ok((io, peer)) => return (Counted::new(io, self.slots.acquire().await), peer),
                 Err(e) => accept_error(e).await,
             }
         }
@@ -367,7 +309,8 @@ async fn accept_until<L: Listener<Addr = SocketAddr>>(
 
 /// Serves plain HTTP for ever; for tests and embedding.
 pub async fn serve(listener: TcpListener, app: Router, http: Http) {
-    let listener = PlainListener::new(listener, connection_cap());
+    let slots = Slots::new(connection_cap(), DEFAULT_WRITE_TIMEOUT);
+    let listener = PlainListener::new(listener, slots);
     accept_until(listener, app, http, std::future::pending()).await;
 }
 

@@ -390,17 +390,7 @@ fn process_series_follow_procfs() {
         (value("process_start_time_seconds") - start).abs() < 1.0,
         "{start} {body}"
     );
-    let status = std::fs::read_to_string(format!("{proc}/status")).unwrap();
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap();
+    let rss_kib = common::rss_kib(e.pid()) as f64;
     let rss = value("process_resident_memory_bytes");
     assert!(
         (rss - rss_kib * 1024.0).abs() < 0.2 * rss,

@@ -43,6 +43,7 @@ const OVS_VPORT_ATTR_TYPE: u16 = 2;
 const OVS_VPORT_ATTR_NAME: u16 = 3;
 const OVS_VPORT_ATTR_STATS: u16 = 6;
 const OVS_VPORT_ATTR_IFINDEX: u16 = 8;
+const OVS_VPORT_ATTR_NETNSID: u16 = 9;
 const OVS_VPORT_ATTR_UPCALL_STATS: u16 = 10;
 const OVS_VPORT_UPCALL_ATTR_SUCCESS: u16 = 0;
 const OVS_VPORT_UPCALL_ATTR_FAIL: u16 = 1;
@@ -149,6 +150,8 @@ pub struct Vport {
     pub ty: u32,
     pub name: String,
     pub ifindex: Option<u32>,
+    /// Set when the vport's netdev lives in another network namespace than the datapath.
+    pub netnsid: Option<i32>,
     /// struct ovs_vport_stats: the first eight counters of rtnl_link_stats64, in order.
     pub stats: Option<Stats>,
     /// (success, fail) from OVS_VPORT_ATTR_UPCALL_STATS, on kernels that send it.
@@ -257,6 +260,7 @@ pub fn parse_vports(buf: &[u8]) -> Result<Vec<Vport>, DecodeError> {
             ty: 0,
             name: String::new(),
             ifindex: None,
+            netnsid: None,
             stats: None,
             upcalls: None,
         };
@@ -270,6 +274,9 @@ pub fn parse_vports(buf: &[u8]) -> Result<Vec<Vport>, DecodeError> {
                 OVS_VPORT_ATTR_NAME => v.name = a.name(),
                 OVS_VPORT_ATTR_IFINDEX => {
                     v.ifindex = Some(a.u32_ne(VPORT_FAMILY, "OVS_VPORT_ATTR_IFINDEX")?)
+                }
+                OVS_VPORT_ATTR_NETNSID => {
+                    v.netnsid = Some(a.u32_ne(VPORT_FAMILY, "OVS_VPORT_ATTR_NETNSID")? as i32)
                 }
                 OVS_VPORT_ATTR_STATS => v.stats = Some(Stats::decode(a.payload, 8)),
                 OVS_VPORT_ATTR_UPCALL_STATS => {
@@ -512,7 +519,10 @@ pub fn render(topo: &[Topology], devices: &super::interfaces::Options) -> Vec<Fa
             .zip(&t.roles)
             .filter(|(v, _)| devices.wants(&v.name))
         {
-            if let Some(s) = &v.stats {
+            // The kernel fills a vport's counters from its netdev's: where the interfaces
+            // collector sees that netdev (same namespace), they would repeat its numbers.
+            let seen_by_interfaces = v.ifindex.is_some() && v.netnsid.is_none();
+            if let Some(s) = v.stats.as_ref().filter(|_| !seen_by_interfaces) {
                 for (f, c) in vport_families.iter_mut().zip(vport_counters) {
                     f.push(&[dp, &v.name, role], (c.get)(s) as f64);
                 }
@@ -560,6 +570,20 @@ impl Collector for Ovs {
 mod tests {
     use super::*;
 
+    /// One datapath, ovs-system, with these vports and roles.
+    fn topology(vports: Vec<Vport>, roles: Vec<&'static str>) -> [Topology; 1] {
+        [Topology {
+            datapath: Datapath {
+                ifindex: 7,
+                name: "ovs-system".into(),
+                stats: None,
+                megaflow: None,
+            },
+            vports,
+            roles,
+        }]
+    }
+
     #[test]
     fn vport_series_follow_the_device_filter() {
         let vport = |no: u32, name: &str| Vport {
@@ -567,23 +591,18 @@ mod tests {
             ty: 1,
             name: name.into(),
             ifindex: None,
+            netnsid: None,
             stats: Some(Stats::default()),
             upcalls: None,
         };
-        let topo = [Topology {
-            datapath: Datapath {
-                ifindex: 7,
-                name: "ovs-system".into(),
-                stats: None,
-                megaflow: None,
-            },
-            vports: vec![
+        let topo = topology(
+            vec![
                 vport(1, "genev_sys_6081"),
                 vport(2, "tap1"),
                 vport(3, "tap2"),
             ],
-            roles: vec!["tunnel", "vm", "vm"],
-        }];
+            vec!["tunnel", "vm", "vm"],
+        );
         let devices = crate::collectors::interfaces::Options {
             device_include: None,
             device_exclude: Some(regex::Regex::new("^tap2$").unwrap()),
@@ -594,5 +613,42 @@ mod tests {
         assert!(text.contains("vport=\"tap1\""));
         assert!(text.contains("vport=\"genev_sys_6081\""));
         assert!(!text.contains("tap2"), "{text}");
+    }
+
+    #[test]
+    fn vport_counters_only_where_the_interfaces_collector_cannot_see_the_netdev() {
+        let vport = |name: &str, ifindex: Option<u32>, netnsid: Option<i32>| Vport {
+            port_no: 1,
+            ty: 1,
+            name: name.into(),
+            ifindex,
+            netnsid,
+            stats: Some(Stats::default()),
+            upcalls: Some((3, 0)),
+        };
+        let topo = topology(
+            vec![
+                vport("tap1", Some(11), None),
+                vport("veth-ns", Some(12), Some(4)),
+            ],
+            vec!["vm", "other"],
+        );
+        let mut out = Vec::new();
+        crate::render::encode_text(render(&topo, &Default::default()), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text.contains(
+                "packetpath_ovs_vport_receive_packets_total{datapath=\"ovs-system\",vport=\"tap1\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("packetpath_ovs_vport_receive_packets_total{datapath=\"ovs-system\",vport=\"veth-ns\""), "{text}");
+        // Upcalls are the vport's own: kept for every vport.
+        assert!(
+            text.contains(
+                "packetpath_ovs_vport_upcalls_total{datapath=\"ovs-system\",vport=\"tap1\""
+            ),
+            "{text}"
+        );
     }
 }

@@ -16,12 +16,13 @@ use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::config::{ClientAuth, TlsSettings};
-use crate::server::{Counted, accept_error};
+use crate::connections::{Counted, Slots};
+use crate::server::accept_error;
 
 /// A key of the web config file and what is wrong with it.
 type Problem = (&'static str, String);
@@ -189,8 +190,7 @@ type Ready = (Counted<TlsStream<TcpStream>>, SocketAddr);
 
 /// Accepts TCP and hands out connections whose TLS handshake has completed. Handshakes run
 /// in their own tasks: a slow client never delays the next one. A connection holds one of
-/// `cap` slots from accept (handshake included) until it closes; with all taken,
-/// accepting pauses and new clients wait in the kernel's queue.
+/// the slots from accept (handshake included) until it closes (see [`crate::connections`]).
 pub struct TlsListener {
     local: SocketAddr,
     ready: mpsc::Receiver<Ready>,
@@ -198,10 +198,13 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, cap: usize) -> io::Result<TlsListener> {
+    pub fn new(
+        tcp: TcpListener,
+        config: Arc<ServerConfig>,
+        slots: Arc<Slots>,
+    ) -> io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
-        let slots = Arc::new(Semaphore::new(cap));
         let acceptor = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), slots, tx));
         Ok(TlsListener {
             local,
@@ -220,13 +223,10 @@ impl Drop for TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
     ready: mpsc::Sender<Ready>,
 ) {
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, peer) = match tcp.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -234,6 +234,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // After accept: a full house makes room only for a client that is there.
+        let slot = slots.acquire().await;
         let (acceptor, ready) = (acceptor.clone(), ready.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {

@@ -902,6 +902,21 @@ impl ConntrackBed {
     }
 }
 
+/// VmRSS of process `pid` in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 impl Exporter {
     /// The exporter's process id (`ip netns exec` execs it, so it is the child's own).
     pub fn pid(&self) -> i32 {
