@@ -1,7 +1,7 @@
 //! The container image, built the way CI can (no registry): a static binary packaged by
 //! the Dockerfile's `prebuilt` stage with buildah, run by podman on the host network as
-//! nobody with only CAP_NET_ADMIN and a read-only root, and scraped. hadolint must be
-//! clean on the Dockerfile.
+//! nobody with only CAP_NET_ADMIN and a read-only root, and scraped; and run by runc from
+//! the OCI spec the CRI builds for the DaemonSet. hadolint must be clean on the Dockerfile.
 
 mod common;
 
@@ -61,14 +61,9 @@ fn podman() -> Command {
     c
 }
 
-#[test]
-fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
-    if !common::require_root("image_runs_as_nobody_with_net_admin_and_serves_metrics")
-        || tool_missing("buildah")
-        || tool_missing("podman")
-    {
-        return;
-    }
+/// Builds the image from the Dockerfile's `prebuilt` stage; returns its tag and the
+/// build context directory (remove both when done).
+fn build_image(what: &str) -> (String, PathBuf) {
     // A fully static binary: the image has nothing else in it. Its own target directory,
     // so this build does not wait on the one running the tests.
     run(Command::new(env!("CARGO"))
@@ -83,12 +78,15 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
         .env("CARGO_TARGET_DIR", repo(".cache/static-target"))
         .current_dir(repo("")));
     let binary = repo(".cache/static-target/x86_64-unknown-linux-gnu/release/packetpath-exporter");
-    let ctx = std::env::temp_dir().join(format!("pp-image-{}", std::process::id()));
+    let ctx = std::env::temp_dir().join(format!("pp-image-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::copy(repo("Dockerfile"), ctx.join("Dockerfile")).unwrap();
     std::fs::copy(&binary, ctx.join("packetpath-exporter")).unwrap();
-    let tag = format!("localhost/packetpath-exporter:test-{}", std::process::id());
+    let tag = format!(
+        "localhost/packetpath-exporter:{what}-{}",
+        std::process::id()
+    );
     run(Command::new("buildah")
         .args([
             "--storage-driver",
@@ -102,6 +100,19 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
             &tag,
         ])
         .arg(&ctx));
+
+    (tag, ctx)
+}
+
+#[test]
+fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
+    if !common::require_root("image_runs_as_nobody_with_net_admin_and_serves_metrics")
+        || tool_missing("buildah")
+        || tool_missing("podman")
+    {
+        return;
+    }
+    let (tag, ctx) = build_image("test");
 
     let name = format!("pp-test-{}", std::process::id());
     let port = 19600 + (std::process::id() % 100) as u16;
@@ -182,4 +193,201 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
         user.contains("nobody") || user.contains("65534"),
         "runs as: {user}"
     );
+}
+
+/// The OCI runtime spec containerd's and CRI-O's CRI builds for the DaemonSet's container,
+/// with `run_as_user` in place of its runAsUser: capabilities in the bounding, effective
+/// and permitted sets only (never ambient or inheritable), no_new_privs from
+/// allowPrivilegeEscalation, the read-only root, the "host" network (`netns`, standing in
+/// for the node's), and every volumeMount as a bind of its hostPath (`state` and
+/// `openvswitch` redirected to `scratch` so the test leaves the host's /run alone).
+fn cri_spec(
+    bundle: &Path,
+    rootfs: &Path,
+    scratch: &Path,
+    netns: &str,
+    run_as_user: u32,
+) -> serde_json::Value {
+    run(Command::new("runc").args(["spec", "--bundle"]).arg(bundle));
+    let spec_path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    let docs = common::yaml_docs(repo("deploy/kubernetes/daemonset.yaml"));
+    let pod = &common::kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    let caps: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("CAP_{}", c.as_str().unwrap()))
+        .collect();
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut args = vec!["/packetpath-exporter".to_owned()];
+    args.extend(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned()),
+    );
+    args.push("--collector.conntrack_invalid".into());
+    let p = &mut spec["process"];
+    p["terminal"] = false.into();
+    p["args"] = serde_json::json!(args);
+    p["user"] = serde_json::json!({"uid": run_as_user, "gid": run_as_user});
+    p["noNewPrivileges"] = (sc["allowPrivilegeEscalation"] == false).into();
+    p["capabilities"] = serde_json::json!({
+        "bounding": caps, "effective": caps, "permitted": caps,
+        "inheritable": [], "ambient": [],
+    });
+    spec["root"] = serde_json::json!({
+        "path": rootfs, "readonly": sc["readOnlyRootFilesystem"] == true,
+    });
+    let ns = spec["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.retain(|n| n["type"] != "network");
+    ns.push(serde_json::json!({"type": "network", "path": format!("/run/netns/{netns}")}));
+    let volumes = pod["volumes"].as_array().unwrap();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let vol = volumes.iter().find(|v| v["name"] == name).unwrap();
+        let host = vol["hostPath"]["path"].as_str().unwrap();
+        let source = match name {
+            "state" | "openvswitch" => {
+                let d = scratch.join(name);
+                std::fs::create_dir_all(&d).unwrap();
+                d
+            }
+            _ => PathBuf::from(host),
+        };
+        let ro = if m["readOnly"] == true { "ro" } else { "rw" };
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": m["mountPath"], "type": "bind", "source": source,
+                "options": ["rbind", ro],
+            }));
+    }
+    std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    spec
+}
+
+/// The DaemonSet under the CRI's rules (what containerd and CRI-O put in the OCI spec, run
+/// by runc as they do): as root with only NET_ADMIN it gets the capability (ctnetlink, the
+/// NFLOG classifier, its state on the host path); as nobody, which podman would have
+/// helped with ambient capabilities, it would not.
+#[test]
+fn daemonset_holds_net_admin_under_the_cri_rules() {
+    if !common::require_root("daemonset_holds_net_admin_under_the_cri_rules")
+        || tool_missing("buildah")
+        || tool_missing("runc")
+    {
+        return;
+    }
+    let (tag, ctx) = build_image("cri");
+    let buildah = |args: &[&str]| {
+        run(Command::new("buildah")
+            .args(["--storage-driver", "vfs"])
+            .args(args))
+        .trim()
+        .to_owned()
+    };
+    let working = buildah(&["from", &tag]);
+    let rootfs = PathBuf::from(buildah(&["mount", &working]));
+    let scratch = std::env::temp_dir().join(format!("pp-cri-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    let mut outcomes = Vec::new();
+    for uid in [0u32, 65534] {
+        let ns = common::Netns::new("cri");
+        // conntrack active in the namespace, so ctnetlink has statistics to give.
+        ns.exec("nft add table inet pp && nft add chain inet pp in '{ type filter hook input priority 0; }' && nft add rule inet pp in ct state invalid counter");
+        let before = common::netfilter_sysctl(&ns, "nf_conntrack_log_invalid");
+        let bundle = scratch.join(format!("bundle-{uid}"));
+        std::fs::create_dir_all(&bundle).unwrap();
+        cri_spec(&bundle, &rootfs, &scratch, &ns.name, uid);
+        let id = format!("pp-cri-{uid}-{}", std::process::id());
+        let runc_root = scratch.join("runc");
+        let log = std::fs::File::create(scratch.join(format!("{id}.log"))).unwrap();
+        let mut child = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&id)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut text = None;
+        for _ in 0..100 {
+            if let Some((head, body)) = common::http_get_in(&ns.name, 9479, "/metrics", &[]) {
+                if head.starts_with("HTTP/1.1 200") {
+                    text = Some(String::from_utf8_lossy(&body).into_owned());
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let during = common::netfilter_sysctl(&ns, "nf_conntrack_log_invalid");
+        let state_files = std::fs::read_dir(scratch.join("state")).map_or(0, |d| d.count());
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["kill", &id, "TERM"])
+            .output();
+        let _ = child.wait();
+        let after = common::netfilter_sysctl(&ns, "nf_conntrack_log_invalid");
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["delete", "--force", &id])
+            .output();
+        let log = std::fs::read_to_string(scratch.join(format!("{id}.log"))).unwrap_or_default();
+        let text = text.unwrap_or_else(|| panic!("uid {uid}: never served /metrics:\n{log}"));
+        outcomes.push((
+            uid,
+            common::Metrics::parse(&text),
+            before,
+            during,
+            after,
+            state_files,
+            log,
+        ));
+    }
+    let _ = buildah(&["umount", &working]);
+    let _ = buildah(&["rm", &working]);
+    let _ = Command::new("buildah")
+        .args(["--storage-driver", "vfs", "rmi", "-f", &tag])
+        .output();
+    let _ = std::fs::remove_dir_all(&ctx);
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    let success = |m: &common::Metrics, c: &str| {
+        m.value("packetpath_scrape_collector_success", &[("collector", c)])
+    };
+    let (_, root, before, during, after, state_files, log) = &outcomes[0];
+    assert_eq!(
+        root.value("packetpath_conntrack_source_info", &[("source", "netlink")]),
+        1.0,
+        "{log}"
+    );
+    assert_eq!(success(root, "conntrack_invalid"), 1.0, "{log}");
+    assert_eq!(
+        during.trim(),
+        "255",
+        "the classifier's setting, while it runs"
+    );
+    assert_eq!(*state_files, 1, "its state file on the host path");
+    assert_eq!(after, before, "restored on SIGTERM: {log}");
+    // What the DaemonSet had before: nobody, NET_ADMIN in the bounding set only.
+    let (_, nobody, ..) = &outcomes[1];
+    assert_eq!(
+        nobody.value("packetpath_conntrack_source_info", &[("source", "procfs")]),
+        1.0
+    );
+    assert_eq!(success(nobody, "conntrack_invalid"), 0.0);
 }

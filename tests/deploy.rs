@@ -73,34 +73,10 @@ fn systemd_analyze_verify_is_clean() {
     common::assert_silent(&out, "systemd-analyze verify");
 }
 
-/// Every document of a YAML file, as JSON (parsed by PyYAML, the Debian python3-yaml).
-fn yaml_docs(path: &str) -> Vec<serde_json::Value> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
-        ])
-        .arg(repo(path))
-        .output()
-        .expect("python3 with PyYAML (Debian python3-yaml)");
-    assert!(
-        out.status.success(),
-        "{path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn kind<'a>(docs: &'a [serde_json::Value], k: &str) -> &'a serde_json::Value {
-    docs.iter()
-        .find(|d| d["kind"] == k)
-        .unwrap_or_else(|| panic!("no {k}"))
-}
-
 #[test]
 fn daemonset_is_least_privilege_and_its_flags_parse() {
-    let docs = yaml_docs("deploy/kubernetes/daemonset.yaml");
-    let ds = kind(&docs, "DaemonSet");
+    let docs = common::yaml_docs(repo("deploy/kubernetes/daemonset.yaml"));
+    let ds = common::kind(&docs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     let c = &pod["containers"][0];
@@ -109,7 +85,25 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
     assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["runAsNonRoot"], true);
+    // Root with every capability but NET_ADMIN dropped: the CRI gives a non-root container
+    // no ambient capabilities (tests/container.rs runs both under the CRI's rules).
+    assert_eq!(sc["runAsUser"], 0);
+    assert_eq!(sc["runAsNonRoot"], false);
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    for path in [
+        "/host/proc",
+        "/host/proc/sys/net/netfilter",
+        "/host/sys",
+        "/run/packetpath-exporter",
+        "/run/openvswitch",
+    ] {
+        assert!(mounts.contains(&path), "{path} not mounted");
+    }
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(c[probe]["httpGet"]["path"], "/-/healthy", "{probe}");
     }
@@ -131,23 +125,26 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
         std::iter::once("packetpath-exporter".to_owned()).chain(args),
     );
     assert!(parsed.is_ok(), "DaemonSet args are rejected by the CLI");
-    assert_eq!(kind(&docs, "Service")["spec"]["ports"][0]["port"], 9479);
     assert_eq!(
-        kind(&docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"],
+        common::kind(&docs, "Service")["spec"]["ports"][0]["port"],
+        9479
+    );
+    assert_eq!(
+        common::kind(&docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"],
         "metrics"
     );
 }
 
 #[test]
 fn prometheus_rule_and_dashboard_configmap_equal_their_sources() {
-    let rule = yaml_docs("deploy/kubernetes/prometheusrule.yaml");
-    let rules = yaml_docs("alerts/packetpath.rules.yml");
+    let rule = common::yaml_docs(repo("deploy/kubernetes/prometheusrule.yaml"));
+    let rules = common::yaml_docs(repo("alerts/packetpath.rules.yml"));
     assert_eq!(rule[0]["kind"], "PrometheusRule");
     assert!(
         rule[0]["spec"] == rules[0],
         "deploy/kubernetes/prometheusrule.yaml differs from alerts/packetpath.rules.yml: run deploy/kubernetes/render.sh"
     );
-    let cm = yaml_docs("deploy/kubernetes/dashboard-configmap.yaml");
+    let cm = common::yaml_docs(repo("deploy/kubernetes/dashboard-configmap.yaml"));
     let embedded: serde_json::Value =
         serde_json::from_str(cm[0]["data"]["packetpath.json"].as_str().unwrap()).unwrap();
     let dashboard: serde_json::Value =

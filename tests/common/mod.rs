@@ -923,3 +923,30 @@ impl Exporter {
         self.child.id() as i32
     }
 }
+
+/// Every document of a YAML file, as JSON (parsed by PyYAML, the Debian python3-yaml).
+pub fn yaml_docs(path: impl AsRef<std::path::Path>) -> Vec<serde_json::Value> {
+    let path = path.as_ref();
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3 with PyYAML (Debian python3-yaml)");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The document of kind `k`.
+pub fn kind<'a>(docs: &'a [serde_json::Value], k: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == k)
+        .unwrap_or_else(|| panic!("no {k}"))
+}
