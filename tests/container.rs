@@ -300,64 +300,97 @@ fn daemonset_holds_net_admin_under_the_cri_rules() {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).unwrap();
 
-    let mut outcomes = Vec::new();
-    for uid in [0u32, 65534] {
-        let ns = common::Netns::new("cri");
-        // conntrack active in the namespace, so ctnetlink has statistics to give.
-        ns.exec("nft add table inet pp && nft add chain inet pp in '{ type filter hook input priority 0; }' && nft add rule inet pp in ct state invalid counter");
-        let before = common::netfilter_sysctl(&ns, "nf_conntrack_log_invalid");
-        let bundle = scratch.join(format!("bundle-{uid}"));
-        std::fs::create_dir_all(&bundle).unwrap();
-        cri_spec(&bundle, &rootfs, &scratch, &ns.name, uid);
-        let id = format!("pp-cri-{uid}-{}", std::process::id());
-        let runc_root = scratch.join("runc");
+    let runc_root = scratch.join("runc");
+    let runc = |args: &[&str]| {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(args)
+            .output();
+    };
+    // Starts the pod's container, waits for /metrics; (scrape, container id, runc).
+    let start = |ns: &common::Netns, bundle: &Path, id: &str| {
         let log = std::fs::File::create(scratch.join(format!("{id}.log"))).unwrap();
         let mut child = Command::new("runc")
             .arg("--root")
             .arg(&runc_root)
             .args(["run", "--bundle"])
-            .arg(&bundle)
-            .arg(&id)
+            .arg(bundle)
+            .arg(id)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut text = None;
         for _ in 0..100 {
             if let Some((head, body)) = common::http_get_in(&ns.name, 9479, "/metrics", &[]) {
                 if head.starts_with("HTTP/1.1 200") {
-                    text = Some(String::from_utf8_lossy(&body).into_owned());
-                    break;
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    return (common::Metrics::parse(&text), child);
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let during = common::netfilter_sysctl(&ns, "nf_conntrack_log_invalid");
-        let state_files = std::fs::read_dir(scratch.join("state")).map_or(0, |d| d.count());
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["kill", &id, "TERM"])
-            .output();
+        let _ = child.kill();
         let _ = child.wait();
-        let after = common::netfilter_sysctl(&ns, "nf_conntrack_log_invalid");
-        let _ = Command::new("runc")
-            .arg("--root")
-            .arg(&runc_root)
-            .args(["delete", "--force", &id])
-            .output();
         let log = std::fs::read_to_string(scratch.join(format!("{id}.log"))).unwrap_or_default();
-        let text = text.unwrap_or_else(|| panic!("uid {uid}: never served /metrics:\n{log}"));
-        outcomes.push((
-            uid,
-            common::Metrics::parse(&text),
-            before,
-            during,
-            after,
-            state_files,
-            log,
-        ));
-    }
+        panic!("{id}: never served /metrics:\n{log}");
+    };
+    // Stops it with `signal`; returns its log.
+    let stop = |mut child: std::process::Child, id: &str, signal: &str| {
+        runc(&["kill", id, signal]);
+        let _ = child.wait();
+        runc(&["delete", "--force", id]);
+        std::fs::read_to_string(scratch.join(format!("{id}.log"))).unwrap_or_default()
+    };
+    let success = |m: &common::Metrics, c: &str| {
+        m.value("packetpath_scrape_collector_success", &[("collector", c)])
+    };
+    let log_invalid = |ns: &common::Netns| common::netfilter_sysctl(ns, "nf_conntrack_log_invalid");
+    let pid = std::process::id();
+
+    // As root with only NET_ADMIN: ctnetlink, and the classifier with its state on the host.
+    let ns = common::Netns::new("cri");
+    // conntrack active in the namespace, so ctnetlink has statistics to give.
+    ns.exec("nft add table inet pp && nft add chain inet pp in '{ type filter hook input priority 0; }' && nft add rule inet pp in ct state invalid counter");
+    let before = log_invalid(&ns);
+    let bundle = scratch.join("bundle-root");
+    std::fs::create_dir_all(&bundle).unwrap();
+    cri_spec(&bundle, &rootfs, &scratch, &ns.name, 0);
+    let first = format!("pp-cri-a-{pid}");
+    let (m, child) = start(&ns, &bundle, &first);
+    assert_eq!(
+        m.value("packetpath_conntrack_source_info", &[("source", "netlink")]),
+        1.0
+    );
+    assert_eq!(success(&m, "conntrack_invalid"), 1.0);
+    assert_eq!(log_invalid(&ns).trim(), "255", "the classifier's setting");
+    let state = || std::fs::read_dir(scratch.join("state")).map_or(0, |d| d.count());
+    assert_eq!(state(), 1, "its state file on the host path");
+    // Killed (an OOM kill, a node drain gone wrong): no chance to restore.
+    stop(child, &first, "KILL");
+    assert_eq!(log_invalid(&ns).trim(), "255");
+    assert_eq!(state(), 1, "the state file outlives the container");
+    // The next pod restores what the host had before the first, not what it finds.
+    let second = format!("pp-cri-b-{pid}");
+    let (m, child) = start(&ns, &bundle, &second);
+    assert_eq!(success(&m, "conntrack_invalid"), 1.0);
+    let log = stop(child, &second, "TERM");
+    assert!(log.contains("leftover"), "{log}");
+    assert_eq!(
+        log_invalid(&ns),
+        before,
+        "restored after kill and restart: {log}"
+    );
+    assert_eq!(state(), 0);
+
+    // As nobody (the DaemonSet before): NET_ADMIN stays in the bounding set only.
+    let ns = common::Netns::new("cri");
+    let bundle = scratch.join("bundle-nobody");
+    std::fs::create_dir_all(&bundle).unwrap();
+    cri_spec(&bundle, &rootfs, &scratch, &ns.name, 65534);
+    let third = format!("pp-cri-c-{pid}");
+    let (nobody, child) = start(&ns, &bundle, &third);
+    stop(child, &third, "TERM");
     let _ = buildah(&["umount", &working]);
     let _ = buildah(&["rm", &working]);
     let _ = Command::new("buildah")
@@ -366,28 +399,9 @@ fn daemonset_holds_net_admin_under_the_cri_rules() {
     let _ = std::fs::remove_dir_all(&ctx);
     let _ = std::fs::remove_dir_all(&scratch);
 
-    let success = |m: &common::Metrics, c: &str| {
-        m.value("packetpath_scrape_collector_success", &[("collector", c)])
-    };
-    let (_, root, before, during, after, state_files, log) = &outcomes[0];
-    assert_eq!(
-        root.value("packetpath_conntrack_source_info", &[("source", "netlink")]),
-        1.0,
-        "{log}"
-    );
-    assert_eq!(success(root, "conntrack_invalid"), 1.0, "{log}");
-    assert_eq!(
-        during.trim(),
-        "255",
-        "the classifier's setting, while it runs"
-    );
-    assert_eq!(*state_files, 1, "its state file on the host path");
-    assert_eq!(after, before, "restored on SIGTERM: {log}");
-    // What the DaemonSet had before: nobody, NET_ADMIN in the bounding set only.
-    let (_, nobody, ..) = &outcomes[1];
     assert_eq!(
         nobody.value("packetpath_conntrack_source_info", &[("source", "procfs")]),
         1.0
     );
-    assert_eq!(success(nobody, "conntrack_invalid"), 0.0);
+    assert_eq!(success(&nobody, "conntrack_invalid"), 0.0);
 }
