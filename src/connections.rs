@@ -6,6 +6,7 @@
 //! whose reader has left a response waiting longest. Every response must be written
 //! within the write timeout, so a client that never reads gives its slot and buffers back.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -173,6 +174,13 @@ fn closed() -> std::io::Error {
     )
 }
 
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "response not read within the write timeout",
+    )
+}
+
 impl<T> Counted<T> {
     /// Before a write: the response's start, and an error once its time is up.
     fn before_write(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
@@ -196,10 +204,7 @@ impl<T> Counted<T> {
             }
         };
         if started.elapsed() >= self.slot.write_timeout {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "response not read within the write timeout",
-            ));
+            return Err(timed_out());
         }
         Ok(())
     }
@@ -218,16 +223,30 @@ impl<T> Counted<T> {
             && let Some(d) = self.deadline.as_mut()
             && d.as_mut().poll(cx).is_ready()
         {
-            return Some(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "response not read within the write timeout",
-            ));
+            return Some(timed_out());
         }
         None
     }
-}
 
-use std::future::Future;
+    /// One write-side call of the inner stream, inside the response's bookkeeping.
+    fn write_with<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>>
+    where
+        T: Unpin,
+    {
+        if let Err(e) = self.before_write(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let r = f(Pin::new(&mut self.io), cx);
+        match self.after_write(cx, &r) {
+            Some(e) => Poll::Ready(Err(e)),
+            None => r,
+        }
+    }
+}
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(
@@ -265,14 +284,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if let Err(e) = self.before_write(cx) {
-            return Poll::Ready(Err(e));
-        }
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        match self.after_write(cx, &r) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => r,
-        }
+        self.write_with(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -280,14 +292,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        if let Err(e) = self.before_write(cx) {
-            return Poll::Ready(Err(e));
-        }
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        match self.after_write(cx, &r) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => r,
-        }
+        self.write_with(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -296,15 +301,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // hyper flushes on every turn, idle or not: only a flush inside a response counts.
-        if matches!(self.slot.state.phase(), Phase::Writing { .. })
-            && let Err(e) = self.before_write(cx)
-        {
-            return Poll::Ready(Err(e));
-        }
-        let r = Pin::new(&mut self.io).poll_flush(cx);
-        match self.after_write(cx, &r) {
-            Some(e) => Poll::Ready(Err(e)),
-            None => r,
+        if matches!(self.slot.state.phase(), Phase::Writing { .. }) {
+            self.write_with(cx, |io, cx| io.poll_flush(cx))
+        } else {
+            Pin::new(&mut self.io).poll_flush(cx)
         }
     }
 
