@@ -103,7 +103,14 @@ fn main() {
     let mut acct = Accounting::new(200_000);
     let names = Names {
         datapath: "ovs-system".into(),
-        ports: [(2, ("genev_sys_6081".to_owned(), "tunnel"))].into(),
+        ports: [(
+            2,
+            (
+                "genev_sys_6081".to_owned(),
+                packetpath_exporter::roles::Role::Tunnel,
+            ),
+        )]
+        .into(),
     };
     acct.set_names(7, names.clone());
     // The live table: flow ids [oldest, next).

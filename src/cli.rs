@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
-use regex::Regex;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use crate::collectors::{self, Config, Enabled, REGISTRY};
+use crate::collectors::common::{Resources, SharedArgs};
+use crate::collectors::{self, Enabled, REGISTRY};
 use crate::logging::{Format, LogLevel};
 use crate::netlink::{CaptureTransport, KernelTransport, ReplayTransport, Transport};
-use crate::roles::RoleRules;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -83,84 +82,9 @@ pub struct Sources {
     #[arg(long = "path.sysfs", value_name = "DIR", default_value = "/sys")]
     pub sysfs: PathBuf,
 
-    /// Only export devices whose name matches this regex (unanchored).
-    #[arg(long = "collector.interfaces.device-include", value_name = "REGEX", value_parser = parse_regex)]
-    pub device_include: Option<Regex>,
-
-    /// Do not export devices whose name matches this regex (unanchored).
-    #[arg(long = "collector.interfaces.device-exclude", value_name = "REGEX", value_parser = parse_regex)]
-    pub device_exclude: Option<Regex>,
-
-    /// Devices matching this regex have role "tunnel"; replaces the built-in tunnel name patterns.
-    #[arg(long = "collector.interfaces.tunnel-regex", value_name = "REGEX", value_parser = parse_regex)]
-    pub tunnel_regex: Option<Regex>,
-
-    /// Devices matching this regex have role "vm"; replaces the built-in tap*/vnet* patterns.
-    #[arg(long = "collector.interfaces.vm-regex", value_name = "REGEX", value_parser = parse_regex)]
-    pub vm_regex: Option<Regex>,
-
-    /// Export conntrack statistics per CPU (label cpu) instead of summed.
-    #[arg(long = "collector.conntrack.per-cpu")]
-    pub conntrack_per_cpu: bool,
-
-    /// Flows read per datapath and scrape by the ovs_flows collector; past it the dump stops
-    /// and packetpath_ovs_flows_dump_truncated says so.
-    #[arg(long = "collector.ovs_flows.max-flows", alias = "collector.ovs-flows.max-flows", value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
-    pub ovs_flows_max: u32,
-
-    /// The Open vSwitch database's unix socket, for the ovsdb collector.
-    #[arg(
-        long = "collector.ovsdb.socket",
-        value_name = "PATH",
-        default_value = "/run/openvswitch/db.sock"
-    )]
-    pub ovsdb_socket: PathBuf,
-
-    /// VM ports the ovsdb collector labels at most; the rest are counted in packetpath_vm_ports.
-    #[arg(long = "collector.ovsdb.max-ports", value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
-    pub ovsdb_max_ports: u32,
-
-    /// Export the offload features of VM ports too (one series per feature and port).
-    #[arg(long = "collector.offload.vm-ports")]
-    pub offload_vm_ports: bool,
-
-    /// Export the offload features of devices matching this regex as uplinks (role uplink unless they have a role): the tunnel network's devices where the default route does not use them.
-    #[arg(long = "collector.offload.device-include", value_name = "REGEX", value_parser = parse_regex)]
-    pub offload_device_include: Option<Regex>,
-
-    /// Do not listen to the kernel's flow notifications: drop counts come from flow dumps
-    /// alone, an approximation (to compare, or where the multicast group is not allowed).
-    #[arg(long = "collector.ovs_flows.dumps-only")]
-    pub ovs_flows_dumps_only: bool,
-
-    /// nf_conntrack_log_invalid while the conntrack_invalid collector runs: an IP protocol
-    /// number, or 255 for all.
-    #[arg(
-        long = "collector.conntrack_invalid.protocol",
-        alias = "collector.conntrack-invalid.protocol",
-        value_name = "N",
-        default_value_t = 255,
-        value_parser = clap::value_parser!(u8).range(1..)
-    )]
-    pub conntrack_invalid_protocol: u8,
-
-    /// Where conntrack_invalid records the settings it changed, to restore them after a crash; {netns} becomes the namespace's inode.
-    #[arg(
-        long = "collector.conntrack_invalid.state-file",
-        alias = "collector.conntrack-invalid.state-file",
-        value_name = "PATH",
-        default_value = "/run/packetpath-exporter/conntrack-invalid-{netns}.state"
-    )]
-    pub conntrack_invalid_state_file: PathBuf,
-
-    /// Input devices conntrack_invalid counts separately; the rest count as "other".
-    #[arg(
-        long = "collector.conntrack_invalid.max-devices",
-        alias = "collector.conntrack-invalid.max-devices",
-        value_name = "N",
-        default_value_t = 64
-    )]
-    pub conntrack_invalid_max_devices: usize,
+    /// What several collectors share: the device filter and roles, the OVSDB socket.
+    #[command(flatten)]
+    pub shared: SharedArgs,
 
     /// Serve netlink replies from DIR/<request>.bin instead of the kernel (for tests).
     #[arg(long = "debug.netlink-replay-dir", value_name = "DIR", hide = true)]
@@ -169,16 +93,6 @@ pub struct Sources {
     /// Save every netlink reply to DIR/<request>.bin (to make test fixtures).
     #[arg(long = "debug.netlink-capture-dir", value_name = "DIR", hide = true)]
     pub netlink_capture_dir: Option<PathBuf>,
-}
-
-fn parse_regex(s: &str) -> Result<Regex, String> {
-    // regex errors span lines (a caret diagram); the CLI promises one line.
-    Regex::new(s).map_err(|e| {
-        e.to_string()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    })
 }
 
 fn parse_http_path(s: &str) -> Result<String, String> {
@@ -219,38 +133,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Cli {
     pub args: Args,
     pub enabled: Vec<&'static str>,
+    /// Every flag as parsed; collectors read their own options from it.
+    pub matches: ArgMatches,
 }
 
 fn command() -> clap::Command {
-    let mut cmd = Args::command();
-    for spec in REGISTRY {
-        let on = format!("collector.{}", spec.name);
-        let off = format!("no-collector.{}", spec.name);
-        let default = if spec.default_enabled { "on" } else { "off" };
-        // node_exporter names use underscores; accept dashes too (--collector.conntrack-invalid).
-        let dashed = spec.name.replace('_', "-");
-        cmd = cmd
-            .arg(
-                Arg::new(on.clone())
-                    .long(on.clone())
-                    .alias(format!("collector.{dashed}"))
-                    .action(ArgAction::SetTrue)
-                    .overrides_with(off.clone())
-                    .help(format!(
-                        "Enable the {} collector (default {default}): {}",
-                        spec.name, spec.help
-                    )),
-            )
-            .arg(
-                Arg::new(off.clone())
-                    .long(off.clone())
-                    .alias(format!("no-collector.{dashed}"))
-                    .action(ArgAction::SetTrue)
-                    .overrides_with(on)
-                    .help(format!("Disable the {} collector.", spec.name)),
-            );
-    }
-    cmd
+    collectors::with_flags(Args::command(), true)
 }
 
 /// Why the program should exit instead of running.
@@ -268,20 +156,12 @@ where
 {
     let matches = command().try_get_matches_from(argv).map_err(clap_exit)?;
     let args = Args::from_arg_matches(&matches).map_err(clap_exit)?;
-    let enabled = enabled_collectors(&matches, args.disable_defaults);
-    Ok(Cli { args, enabled })
-}
-
-fn enabled_collectors(m: &ArgMatches, disable_defaults: bool) -> Vec<&'static str> {
-    REGISTRY
-        .iter()
-        .filter(|s| {
-            let on = m.get_flag(&format!("collector.{}", s.name));
-            let off = m.get_flag(&format!("no-collector.{}", s.name));
-            !off && (on || (s.default_enabled && !disable_defaults))
-        })
-        .map(|s| s.name)
-        .collect()
+    let enabled = collectors::enabled(&matches, args.disable_defaults);
+    Ok(Cli {
+        args,
+        enabled,
+        matches,
+    })
 }
 
 fn clap_exit(e: clap::Error) -> Exit {
@@ -318,13 +198,24 @@ fn check_dir(flag: &str, p: &Path) -> Result<(), String> {
 
 impl Cli {
     /// Checks the paths and builds the enabled collectors.
-    pub fn build(&self) -> Result<Enabled, String> {
-        build(&self.args.sources, &self.enabled, self.args.scrape_timeout)
+    pub fn build(&self) -> Result<(Enabled, Arc<Resources>), String> {
+        build(
+            &self.args.sources,
+            &self.matches,
+            &self.enabled,
+            self.args.scrape_timeout,
+        )
     }
 }
 
-/// Checks the paths and builds the collectors `enabled` names.
-pub fn build(a: &Sources, enabled: &[&'static str], timeout: Duration) -> Result<Enabled, String> {
+/// Checks the paths and builds what collectors share and the collectors `enabled` names,
+/// each from its own flags in `matches`.
+pub fn build(
+    a: &Sources,
+    matches: &ArgMatches,
+    enabled: &[&'static str],
+    timeout: Duration,
+) -> Result<(Enabled, Arc<Resources>), String> {
     check_dir("--path.procfs", &a.procfs)?;
     check_dir("--path.sysfs", &a.sysfs)?;
     let kernel = KernelTransport::new(timeout);
@@ -342,47 +233,9 @@ pub fn build(a: &Sources, enabled: &[&'static str], timeout: Duration) -> Result
         }
         (None, None) => Arc::new(kernel),
     };
-    let roles = RoleRules {
-        tunnel: a.tunnel_regex.clone(),
-        vm: a.vm_regex.clone(),
-    };
-    let config = Config {
-        procfs: a.procfs.clone(),
-        sysfs: a.sysfs.clone(),
-        transport,
-        ovs_topology: Arc::new(collectors::ovs::SharedTopology::new(roles.clone())),
-        ovsdb: collectors::ovsdb::Options {
-            socket: a.ovsdb_socket.clone(),
-            max_ports: a.ovsdb_max_ports as usize,
-        },
-        roles,
-        links: Arc::default(),
-        offload: collectors::offload::Options {
-            vm_ports: a.offload_vm_ports,
-            device_include: a.offload_device_include.clone(),
-        },
-        interfaces: collectors::interfaces::Options {
-            device_include: a.device_include.clone(),
-            device_exclude: a.device_exclude.clone(),
-        },
-        conntrack: collectors::conntrack::Options {
-            per_cpu: a.conntrack_per_cpu,
-        },
-        ovs_flows: collectors::ovs_flows::Options {
-            max_flows: a.ovs_flows_max as usize,
-            notifications: !a.ovs_flows_dumps_only,
-        },
-        conntrack_invalid: collectors::conntrack_invalid::Options {
-            protocol: a.conntrack_invalid_protocol,
-            state_file: a.conntrack_invalid_state_file.clone(),
-            max_devices: a.conntrack_invalid_max_devices,
-        },
-    };
-    Ok(enabled
-        .iter()
-        .filter_map(|name| collectors::spec(name))
-        .map(|s| (s.name, (s.build)(&config)))
-        .collect())
+    let resources = Resources::new(a.procfs.clone(), a.sysfs.clone(), transport, &a.shared);
+    let built = collectors::build(enabled, matches, &resources)?;
+    Ok((built, resources))
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         };
         // Bind first: a port in use must fail before any collector changes the host.
         let listener = server::bind(&cli.args.listen_address).await?;
-        let scraper = Scraper::new(cli.build()?, cli.args.scrape_timeout);
+        let (collectors, resources) = cli.build()?;
+        let scraper = Scraper::new(collectors, resources, cli.args.scrape_timeout);
         // Whatever happens from here (an error, a panic), collectors undo their changes.
         let _guard = RestoreOnDrop(scraper.clone());
         let addr = listener

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::LogOnce;
+use crate::collectors::common::{Resources, Scrape};
 use crate::collectors::{CollectError, Collector, Enabled};
 use crate::render::{self, Family};
 
@@ -17,7 +18,11 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const REVISION: &str = env!("PACKETPATH_REVISION");
 pub const RUSTC_VERSION: &str = env!("PACKETPATH_RUSTC_VERSION");
 
-type Reply = tokio::sync::oneshot::Sender<Result<Vec<Family>, CollectError>>;
+/// One request to a collector's thread: the collection to take part in, and where to answer.
+type Reply = (
+    Arc<Scrape>,
+    tokio::sync::oneshot::Sender<Result<Vec<Family>, CollectError>>,
+);
 
 struct Slot {
     name: &'static str,
@@ -56,11 +61,14 @@ fn spawn_worker(
     let spawned = std::thread::Builder::new()
         .name(format!("collector-{name}"))
         .spawn(move || {
-            while let Ok(reply) = rx.recv() {
-                let r =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| collector.collect()))
-                        .unwrap_or_else(|_| Err(CollectError::new("collector panicked")));
+            while let Ok((scrape, reply)) = rx.recv() {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    collector.collect(&scrape)
+                }))
+                .unwrap_or_else(|_| Err(CollectError::new("collector panicked")));
                 busy.store(false, Ordering::Release);
+                // The collection's shared reads go once the last collector is done with them.
+                drop(scrape);
                 let _ = reply.send(r);
             }
         });
@@ -76,6 +84,8 @@ type InFlight = Shared<BoxFuture<'static, Bytes>>;
 
 pub struct Scraper {
     slots: Vec<Slot>,
+    /// What collectors share; each collection reads from it through its own [`Scrape`].
+    resources: Arc<Resources>,
     /// process_* series (CPU, memory, descriptors, start time) from /proc/self, read by
     /// the `prometheus` crate's own collector.
     process: prometheus::process_collector::ProcessCollector,
@@ -94,7 +104,7 @@ struct Outcome {
 }
 
 impl Scraper {
-    pub fn new(collectors: Enabled, timeout: Duration) -> Arc<Self> {
+    pub fn new(collectors: Enabled, resources: Arc<Resources>, timeout: Duration) -> Arc<Self> {
         let slots = collectors
             .into_iter()
             .map(|(name, collector)| {
@@ -115,6 +125,7 @@ impl Scraper {
         }
         Arc::new(Scraper {
             slots,
+            resources,
             process: prometheus::process_collector::ProcessCollector::for_self(),
             timeout,
             collections: AtomicU64::new(0),
@@ -123,11 +134,13 @@ impl Scraper {
         })
     }
 
-    /// Lets every collector undo what it changed on the host (on exit).
+    /// Lets every collector undo what it changed on the host, then stops what the
+    /// collectors share (on exit).
     pub fn shutdown(&self) {
         for s in &self.slots {
             s.collector.shutdown();
         }
+        self.resources.shutdown();
     }
 
     /// Why a collector failed last (at start or on a scrape), if it is failing.
@@ -179,7 +192,7 @@ impl Scraper {
         fut.await
     }
 
-    async fn run_one(&self, slot: &Slot) -> Outcome {
+    async fn run_one(&self, slot: &Slot, scrape: &Arc<Scrape>) -> Outcome {
         let start = Instant::now();
         let result = if slot.busy.swap(true, Ordering::AcqRel) {
             Err(CollectError::new(format!(
@@ -191,7 +204,7 @@ impl Scraper {
             let sent = slot
                 .requests
                 .lock()
-                .map(|r| r.send(tx).is_ok())
+                .map(|r| r.send((scrape.clone(), tx)).is_ok())
                 .unwrap_or(false);
             if !sent {
                 slot.busy.store(false, Ordering::Release);
@@ -215,8 +228,11 @@ impl Scraper {
     }
 
     async fn collect_all(&self) -> Bytes {
-        self.collections.fetch_add(1, Ordering::Relaxed);
-        let outcomes = futures::future::join_all(self.slots.iter().map(|s| self.run_one(s))).await;
+        let number = self.collections.fetch_add(1, Ordering::Relaxed) + 1;
+        let scrape = Arc::new(Scrape::new(number, self.resources.clone()));
+        let outcomes =
+            futures::future::join_all(self.slots.iter().map(|s| self.run_one(s, &scrape))).await;
+        drop(scrape);
 
         let mut success = Family::gauge(
             "packetpath_scrape_collector_success",

@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use packetpath_exporter::collectors::common::{Resources, Scrape};
 use packetpath_exporter::collectors::{CollectError, Collector};
+use packetpath_exporter::netlink::{
+    ReplayTransport, Request, StreamEnd, Transport, TransportError,
+};
 use packetpath_exporter::render::Family;
 use packetpath_exporter::scrape::Scraper;
 use packetpath_exporter::server;
@@ -16,13 +20,104 @@ struct Slow {
 }
 
 impl Collector for Slow {
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
+    fn collect(&self, _: &Scrape) -> Result<Vec<Family>, CollectError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         std::thread::sleep(Duration::from_millis(400));
         let mut f = Family::counter("test_dumps_total", "Dumps performed.", &[]);
         f.push(&[], n as f64);
         Ok(vec![f])
     }
+}
+
+/// Captured replies, with every request counted by name.
+struct Counting {
+    replay: ReplayTransport,
+    requests: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl Transport for Counting {
+    fn stream(
+        &self,
+        req: &Request,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StreamEnd, TransportError> {
+        self.requests.lock().unwrap().push(req.name);
+        self.replay.stream(req, sink)
+    }
+}
+
+fn counting() -> Arc<Counting> {
+    Arc::new(Counting {
+        replay: ReplayTransport {
+            dir: concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/netlink").into(),
+        },
+        requests: Default::default(),
+    })
+}
+
+fn resources() -> Arc<Resources> {
+    Resources::for_tests(counting())
+}
+
+/// Waits `.0`, reads the scrape's link list, then waits `.1`.
+struct SlowLinks(Duration, Duration);
+
+impl Collector for SlowLinks {
+    fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
+        std::thread::sleep(self.0);
+        let links = scrape.links()?;
+        std::thread::sleep(self.1);
+        let mut f = Family::gauge("test_links", "Links seen.", &["scrape"]);
+        f.push(&[&scrape.number.to_string()], links.len() as f64);
+        Ok(vec![f])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_reads_each_shared_source_once_however_long_it_takes() {
+    let kernel = counting();
+    let r = Resources::for_tests(kernel.clone());
+    let (long, none) = (Duration::from_millis(2_500), Duration::ZERO);
+    // Two readers at once, and one that asks 2.5 s into the collection (as one that ran
+    // late would): longer than any time window that guessed "the same scrape".
+    let collectors: Vec<(&'static str, Arc<dyn Collector>)> = vec![
+        ("a", Arc::new(SlowLinks(none, long))),
+        ("b", Arc::new(SlowLinks(none, none))),
+        ("c", Arc::new(SlowLinks(long, none))),
+    ];
+    let scraper = Scraper::new(collectors, r, Duration::from_secs(10));
+    let links = |k: &Counting| {
+        k.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| **n == "rtnl_getlink")
+            .count()
+    };
+    let first = String::from_utf8(scraper.scrape().await.to_vec()).unwrap();
+    assert_eq!(links(&kernel), 1, "one collection, one link dump");
+    let n = packetpath_exporter::collectors::common::links::parse(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/netlink/rtnl_getlink.bin"
+        ))
+        .unwrap(),
+    )
+    .unwrap()
+    .len();
+    assert!(n > 1);
+    assert!(
+        first.contains(&format!("test_links{{scrape=\"1\"}} {n}\n")),
+        "{first}"
+    );
+    assert!(first.contains("packetpath_scrape_collector_success{collector=\"c\"} 1\n"));
+    let second = String::from_utf8(scraper.scrape().await.to_vec()).unwrap();
+    assert_eq!(links(&kernel), 2, "two collections, two link dumps");
+    assert!(
+        second.contains(&format!("test_links{{scrape=\"2\"}} {n}\n")),
+        "{second}"
+    );
+    assert_eq!(scraper.collections(), 2);
 }
 
 async fn get(port: u16) -> String {
@@ -44,7 +139,7 @@ async fn serve_slow(max_requests: usize) -> (Arc<AtomicUsize>, Arc<Scraper>, u16
     let slow: Arc<dyn Collector> = Arc::new(Slow {
         calls: calls.clone(),
     });
-    let scraper = Scraper::new(vec![("slow", slow)], Duration::from_secs(5));
+    let scraper = Scraper::new(vec![("slow", slow)], resources(), Duration::from_secs(5));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(server::serve(
@@ -78,7 +173,11 @@ async fn a_collector_past_its_timeout_reports_failure_and_is_not_stacked() {
     let slow: Arc<dyn Collector> = Arc::new(Slow {
         calls: calls.clone(),
     });
-    let scraper = Scraper::new(vec![("slow", slow)], Duration::from_millis(100));
+    let scraper = Scraper::new(
+        vec![("slow", slow)],
+        resources(),
+        Duration::from_millis(100),
+    );
     let first = String::from_utf8(scraper.scrape().await.to_vec()).unwrap();
     assert!(
         first.contains("packetpath_scrape_collector_success{collector=\"slow\"} 0"),
@@ -100,7 +199,7 @@ async fn a_result_nobody_waited_for_is_not_served_later() {
     let slow: Arc<dyn Collector> = Arc::new(Slow {
         calls: calls.clone(),
     });
-    let scraper = Scraper::new(vec![("slow", slow)], Duration::from_secs(5));
+    let scraper = Scraper::new(vec![("slow", slow)], resources(), Duration::from_secs(5));
     // The only scraper gives up before the collection ends (Prometheus' scrape timeout).
     assert!(
         tokio::time::timeout(Duration::from_millis(50), scraper.scrape())

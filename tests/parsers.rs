@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use packetpath_exporter::collectors::common::links as interfaces;
 use packetpath_exporter::collectors::conntrack::{self, STATS};
-use packetpath_exporter::collectors::interfaces;
 use packetpath_exporter::netlink::wire::DecodeError;
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -239,10 +239,10 @@ mod ovs_fixtures {
 
     use super::fixture;
     use super::vm_results::{dp_flows, dpctl_lookups, dpctl_port_packets};
+    use packetpath_exporter::collectors::common::{links as interfaces, ovs};
     use packetpath_exporter::collectors::ovs_flows::parse::{
         self as ovs_flows, ActionClass, DropReason,
     };
-    use packetpath_exporter::collectors::{interfaces, ovs};
     use packetpath_exporter::netlink::genl;
 
     /// A per-datapath capture, named by the datapath's ifindex.

@@ -10,7 +10,8 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{CollectError, Collector, Config, Spec};
+use super::common::{Resources, Scrape};
+use super::{CollectError, Collector, Spec};
 use crate::LogOnce;
 use crate::netlink::wire::{self, DecodeError};
 use crate::netlink::{Protocol, Request, Transport, TransportError};
@@ -20,7 +21,8 @@ pub const SPEC: Spec = Spec {
     name: "conntrack",
     help: "Conntrack per-CPU statistics, table size and checksum/log sysctls (ctnetlink, procfs fallback).",
     default_enabled: true,
-    build: |c| Arc::new(Conntrack::new(c)),
+    args: super::flags::<Options>,
+    build: |m, r| Ok(Arc::new(Conntrack::new(r, super::options(m)?))),
 };
 
 const FAMILY: &str = "ctnetlink";
@@ -31,9 +33,13 @@ const NFGENMSG_LEN: usize = 4;
 const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
 const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
 
-#[derive(Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct Options {
-    /// Emit one series per CPU instead of the sum.
+    /// Export conntrack statistics per CPU (label cpu) instead of summed.
+    #[arg(
+        id = "collector.conntrack.per-cpu",
+        long = "collector.conntrack.per-cpu"
+    )]
     pub per_cpu: bool,
 }
 
@@ -393,11 +399,11 @@ impl Widen {
 }
 
 impl Conntrack {
-    pub fn new(c: &Config) -> Self {
+    pub fn new(r: &Resources, opts: Options) -> Self {
         Conntrack {
-            transport: c.transport.clone(),
-            procfs: c.procfs.clone(),
-            opts: c.conntrack.clone(),
+            transport: r.transport.clone(),
+            procfs: r.procfs.clone(),
+            opts,
             fallback_notice: LogOnce::default(),
             widened: Mutex::new(Widen::default()),
         }
@@ -481,7 +487,7 @@ impl Conntrack {
 }
 
 impl Collector for Conntrack {
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
+    fn collect(&self, _: &Scrape) -> Result<Vec<Family>, CollectError> {
         Ok(render(&self.snapshot()?, &self.opts))
     }
 }

@@ -20,7 +20,8 @@ use neli::consts::socket::{Msg, NlFamily};
 use neli::socket::NlSocket;
 use neli::utils::Groups;
 
-use super::{CollectError, Collector, Config, Spec};
+use super::common::{Resources, Scrape};
+use super::{CollectError, Collector, Spec};
 use crate::netlink::wire::{self, DecodeError, Message};
 use crate::render::Family;
 
@@ -28,7 +29,8 @@ pub const SPEC: Spec = Spec {
     name: "conntrack_invalid",
     help: "Conntrack-invalid packets classified by reason, size and TCP flags (NFLOG group 0; changes nf_conntrack_log_invalid while running).",
     default_enabled: false,
-    build: |c| Arc::new(ConntrackInvalid::start(c)),
+    args: super::flags::<Options>,
+    build: |m, r| Ok(Arc::new(ConntrackInvalid::start(r, &super::options(m)?))),
 };
 
 const FAMILY: &str = "nfnetlink_log";
@@ -50,22 +52,39 @@ const NFULNL_CFG_F_SEQ: u16 = 1;
 /// Enough of each packet for an IPv6 header and a full TCP header.
 const COPY_RANGE: u32 = 128;
 
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// nf_conntrack_log_invalid: an IP protocol number, or 255 for all.
+    /// nf_conntrack_log_invalid while the conntrack_invalid collector runs: an IP protocol
+    /// number, or 255 for all.
+    #[arg(
+        id = "collector.conntrack_invalid.protocol",
+        long = "collector.conntrack_invalid.protocol",
+        alias = "collector.conntrack-invalid.protocol",
+        value_name = "N",
+        default_value_t = 255,
+        value_parser = clap::value_parser!(u8).range(1..)
+    )]
     pub protocol: u8,
-    pub state_file: PathBuf,
-    pub max_devices: usize,
-}
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            protocol: 255,
-            state_file: PathBuf::from("/run/packetpath-exporter/conntrack-invalid-{netns}.state"),
-            max_devices: 64,
-        }
-    }
+    /// Where conntrack_invalid records the settings it changed, to restore them after a crash; {netns} becomes the namespace's inode.
+    #[arg(
+        id = "collector.conntrack_invalid.state-file",
+        long = "collector.conntrack_invalid.state-file",
+        alias = "collector.conntrack-invalid.state-file",
+        value_name = "PATH",
+        default_value = "/run/packetpath-exporter/conntrack-invalid-{netns}.state"
+    )]
+    pub state_file: PathBuf,
+
+    /// Input devices conntrack_invalid counts separately; the rest count as "other".
+    #[arg(
+        id = "collector.conntrack_invalid.max-devices",
+        long = "collector.conntrack_invalid.max-devices",
+        alias = "collector.conntrack-invalid.max-devices",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub max_devices: usize,
 }
 
 macro_rules! label_enum {
@@ -687,8 +706,7 @@ pub struct ConntrackInvalid {
 }
 
 impl ConntrackInvalid {
-    pub fn start(c: &Config) -> Self {
-        let o = &c.conntrack_invalid;
+    pub fn start(r: &Resources, o: &Options) -> Self {
         let state_file = per_namespace(&o.state_file);
         let shared = Arc::new(Shared {
             counts: Counts::new(o.max_devices),
@@ -698,7 +716,7 @@ impl ConntrackInvalid {
         });
         let me = ConntrackInvalid {
             shared: shared.clone(),
-            procfs: c.procfs.clone(),
+            procfs: r.procfs.clone(),
             state_file,
             thread: Mutex::new(None),
         };
@@ -848,7 +866,7 @@ impl Collector for ConntrackInvalid {
         }
     }
 
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
+    fn collect(&self, _: &Scrape) -> Result<Vec<Family>, CollectError> {
         self.preflight()?;
         Ok(self.shared.counts.render())
     }

@@ -1,9 +1,12 @@
 //! The collectors, and the one list that registers them.
 //!
-//! Every collector is one module with three steps: `fetch` (netlink or files), `parse`
-//! (pure, bytes to a typed snapshot, unit-tested on captured bytes) and `render` (const
-//! metric families built on each scrape).
+//! A collector is one module or folder with three steps: `fetch` (netlink or files, or
+//! the scrape's shared reads in [`common`]), `parse` (pure, bytes to a typed snapshot,
+//! unit-tested on captured bytes) and `render` (metric families built on each scrape).
+//! It declares its own flags (`--collector.<name>.*`) and builds itself from them in its
+//! [`Spec`]; adding a collector is adding its module and one line to [`REGISTRY`].
 
+pub mod common;
 pub mod conntrack;
 pub mod conntrack_invalid;
 pub mod interfaces;
@@ -11,14 +14,13 @@ pub mod offload;
 pub mod ovs;
 pub mod ovs_flows;
 pub mod ovsdb;
-pub mod shared;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::netlink::Transport;
+use clap::{ArgMatches, FromArgMatches};
+
+use self::common::{Resources, Scrape};
 use crate::render::Family;
-use crate::roles::RoleRules;
 
 /// Why a collector produced nothing this scrape; logged once per distinct message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,8 +48,9 @@ impl CollectError {
 }
 
 pub trait Collector: Send + Sync + 'static {
-    /// Runs on a blocking thread; must not panic and should finish well inside the timeout.
-    fn collect(&self) -> Result<Vec<Family>, CollectError>;
+    /// Runs on the collector's own thread; must not panic and should finish well inside
+    /// the timeout. What several collectors read comes from `scrape`.
+    fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError>;
 
     /// Why the collector cannot run at all, when that is known at start (a group held by
     /// another process); it is logged then, not at the first scrape.
@@ -80,36 +83,49 @@ impl Worker {
     }
 }
 
-/// What collectors are built from: paths, the netlink transport, and per-collector options.
-#[derive(Clone)]
-pub struct Config {
-    pub procfs: PathBuf,
-    pub sysfs: PathBuf,
-    pub transport: Arc<dyn Transport>,
-    pub roles: RoleRules,
-    pub interfaces: interfaces::Options,
-    pub conntrack: conntrack::Options,
-    pub ovs_flows: ovs_flows::Options,
-    pub conntrack_invalid: conntrack_invalid::Options,
-    /// The OVS datapaths and ports, read once per scrape for both OVS collectors.
-    pub ovs_topology: Arc<ovs::SharedTopology>,
-    pub ovsdb: ovsdb::Options,
-    /// The links, read once per scrape for `interfaces` and `offload`.
-    pub links: Arc<interfaces::SharedLinks>,
-    pub offload: offload::Options,
-}
-
 /// The enabled collectors, by name, in registry order.
 pub type Enabled = Vec<(&'static str, Arc<dyn Collector>)>;
 
+/// How a [`Spec`] builds its collector: from the parsed command line and what collectors
+/// share; an error is a usage error (one line).
+pub type Build = fn(&ArgMatches, &Arc<Resources>) -> Result<Arc<dyn Collector>, String>;
+
+/// A collector as the command line and the scraper know it.
 pub struct Spec {
     pub name: &'static str,
+    /// One sentence for `--help`.
     pub help: &'static str,
     pub default_enabled: bool,
-    pub build: fn(&Config) -> Arc<dyn Collector>,
+    /// The collector's own flags, all named `--collector.<name>.*` (see [`flags`]).
+    pub args: fn() -> Vec<clap::Arg>,
+    pub build: Build,
 }
 
-/// Every collector the exporter has. Adding one means adding a module and a line here.
+/// The arguments of a `clap::Args` options struct, for [`Spec::args`]. Give every
+/// argument an `id` equal to its long name: all collectors share one command line.
+pub fn flags<T: clap::Args>() -> Vec<clap::Arg> {
+    T::augment_args(clap::Command::new("collector"))
+        .get_arguments()
+        .cloned()
+        .collect()
+}
+
+/// A collector's options read back from the parsed command line.
+pub fn options<T: FromArgMatches>(m: &ArgMatches) -> Result<T, String> {
+    T::from_arg_matches(m).map_err(|e| e.to_string())
+}
+
+/// A collector's options with the given flags (for tests and tools): its own arguments
+/// alone, parsed from `argv`.
+pub fn options_from<T: clap::Args + FromArgMatches>(argv: &[&str]) -> Result<T, String> {
+    let m = T::augment_args(clap::Command::new("collector").no_binary_name(true))
+        .try_get_matches_from(argv)
+        .map_err(|e| e.to_string())?;
+    options(&m)
+}
+
+/// Every collector the exporter has. Adding one means adding a module (or folder) and a
+/// line here.
 pub const REGISTRY: &[Spec] = &[
     interfaces::SPEC,
     conntrack::SPEC,
@@ -122,4 +138,68 @@ pub const REGISTRY: &[Spec] = &[
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
     REGISTRY.iter().find(|s| s.name == name)
+}
+
+/// `cmd` with every collector's own flags and, with `toggles`, its
+/// `--collector.<name>` / `--no-collector.<name>` switches.
+pub fn with_flags(mut cmd: clap::Command, toggles: bool) -> clap::Command {
+    use clap::{Arg, ArgAction};
+    for spec in REGISTRY {
+        cmd = cmd.args((spec.args)());
+        if !toggles {
+            continue;
+        }
+        let on = format!("collector.{}", spec.name);
+        let off = format!("no-collector.{}", spec.name);
+        let default = if spec.default_enabled { "on" } else { "off" };
+        // node_exporter names use underscores; accept dashes too (--collector.conntrack-invalid).
+        let dashed = spec.name.replace('_', "-");
+        cmd = cmd
+            .arg(
+                Arg::new(on.clone())
+                    .long(on.clone())
+                    .alias(format!("collector.{dashed}"))
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(off.clone())
+                    .help(format!(
+                        "Enable the {} collector (default {default}): {}",
+                        spec.name, spec.help
+                    )),
+            )
+            .arg(
+                Arg::new(off.clone())
+                    .long(off.clone())
+                    .alias(format!("no-collector.{dashed}"))
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(on)
+                    .help(format!("Disable the {} collector.", spec.name)),
+            );
+    }
+    cmd
+}
+
+/// The collectors the switches of [`with_flags`] enable, in registry order.
+pub fn enabled(m: &ArgMatches, disable_defaults: bool) -> Vec<&'static str> {
+    REGISTRY
+        .iter()
+        .filter(|s| {
+            let on = m.get_flag(&format!("collector.{}", s.name));
+            let off = m.get_flag(&format!("no-collector.{}", s.name));
+            !off && (on || (s.default_enabled && !disable_defaults))
+        })
+        .map(|s| s.name)
+        .collect()
+}
+
+/// Builds the collectors `names` names, each from its own flags in `m`.
+pub fn build(
+    names: &[&'static str],
+    m: &ArgMatches,
+    resources: &Arc<Resources>,
+) -> Result<Enabled, String> {
+    names
+        .iter()
+        .filter_map(|name| spec(name))
+        .map(|s| Ok((s.name, (s.build)(m, resources)?)))
+        .collect()
 }

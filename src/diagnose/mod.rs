@@ -97,13 +97,22 @@ pub struct Args {
 
     #[command(flatten)]
     pub sources: Sources,
+
+    /// Every flag as parsed, for the collectors' own options.
+    #[arg(skip)]
+    pub matches: clap::ArgMatches,
 }
 
 /// Runs the subcommand on `argv` (the words after `diagnose`).
 pub fn main(argv: Vec<OsString>) -> ExitCode {
     let args = std::iter::once(OsString::from("packetpath-exporter diagnose")).chain(argv);
-    let matches = Args::command().try_get_matches_from(args);
-    let args = match matches.and_then(|m| Args::from_arg_matches(&m)) {
+    let matches = crate::collectors::with_flags(Args::command(), false).try_get_matches_from(args);
+    let args = match matches.and_then(|m| {
+        Args::from_arg_matches(&m).map(|mut a| {
+            a.matches = m;
+            a
+        })
+    }) {
         Ok(a) => a,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -337,8 +346,9 @@ async fn sample(
 async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failure> {
     let names: Vec<&'static str> = REGISTRY.iter().map(|s| s.name).collect();
     let timeout = Duration::from_secs(5);
-    let collectors = crate::cli::build(&a.sources, &names, timeout).map_err(Failure::usage)?;
-    let scraper = Scraper::new(collectors, timeout);
+    let (collectors, resources) =
+        crate::cli::build(&a.sources, &a.matches, &names, timeout).map_err(Failure::usage)?;
+    let scraper = Scraper::new(collectors, resources, timeout);
     let _restore = Restore(scraper.clone());
     // The exporter owning NFLOG group 0 has the classification; read its numbers too.
     let group = scraper.failure("conntrack_invalid");

@@ -19,12 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use regex::Regex;
 
-use super::interfaces::{self, Link, SharedLinks};
-use super::{CollectError, Collector, Config, Spec};
+use super::common::links::Link;
+use super::common::{Devices, Scrape};
+use super::{CollectError, Collector, Spec};
 use crate::netlink::Transport;
 use crate::netlink::genl;
 use crate::render::Family;
-use crate::roles::{Role, RoleRules};
+use crate::roles::Role;
 use ethtool::{FAMILY, features_request, names_request};
 pub use ethtool::{Features, parse_features, parse_names};
 use uplinks::routes_request;
@@ -34,7 +35,8 @@ pub const SPEC: Spec = Spec {
     name: "offload",
     help: "Checksum and segmentation offloads of tunnel, OVS and uplink devices (ethtool netlink, Linux 5.6+).",
     default_enabled: true,
-    build: |c| Arc::new(Offload::new(c)),
+    args: super::flags::<Options>,
+    build: |m, r| Ok(Arc::new(Offload::new(r, super::options(m)?))),
 };
 
 /// The features exported, as the kernel names them.
@@ -51,23 +53,25 @@ pub const FEATURES: &[&str] = &[
     "tx-udp_tnl-csum-segmentation",
 ];
 
-#[derive(Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default)]
 pub struct Options {
-    /// Export VM ports too (one series per feature and port).
+    /// Export the offload features of VM ports too (one series per feature and port).
+    #[arg(id = "collector.offload.vm-ports", long = "collector.offload.vm-ports")]
     pub vm_ports: bool,
-    /// Devices exported whatever their role; role `other` becomes `uplink` (the tunnel
-    /// network's devices where the default route does not use them).
+
+    /// Export the offload features of devices matching this regex as uplinks (role uplink unless they have a role): the tunnel network's devices where the default route does not use them.
+    #[arg(id = "collector.offload.device-include", long = "collector.offload.device-include", value_name = "REGEX", value_parser = super::common::devices::parse_regex)]
     pub device_include: Option<Regex>,
 }
 
 /// The role label of a device the collector exports, or None when it is not exported.
 fn role_label(
     link: &Link,
-    rules: &RoleRules,
+    devices: &Devices,
     opts: &Options,
     uplinks: &HashSet<u32>,
 ) -> Option<&'static str> {
-    let role = rules.classify(&link.name, link.kind.as_deref());
+    let role = devices.role(&link.name, link.kind.as_deref());
     let include = opts
         .device_include
         .as_ref()
@@ -87,7 +91,7 @@ pub fn render(
     names: &[String],
     links: &[Link],
     uplinks: &HashSet<u32>,
-    rules: &RoleRules,
+    devices: &Devices,
     opts: &Options,
 ) -> Vec<Family> {
     const L: &[&str] = &["device", "role", "feature"];
@@ -110,7 +114,7 @@ pub fn render(
         let Some(link) = by_index.get(&f.ifindex) else {
             continue;
         };
-        let Some(role) = role_label(link, rules, opts, uplinks) else {
+        let Some(role) = role_label(link, devices, opts, uplinks) else {
             continue;
         };
         for (feature, bit) in &bits {
@@ -126,8 +130,7 @@ pub fn render(
 
 pub struct Offload {
     transport: Arc<dyn Transport>,
-    links: Arc<SharedLinks>,
-    rules: RoleRules,
+    devices: Devices,
     opts: Options,
     /// The ethtool family's id and the feature names; the family is built into the
     /// kernel, so both hold until a request fails.
@@ -135,12 +138,11 @@ pub struct Offload {
 }
 
 impl Offload {
-    pub fn new(c: &Config) -> Self {
+    pub fn new(r: &super::common::Resources, opts: Options) -> Self {
         Offload {
-            transport: c.transport.clone(),
-            links: c.links.clone(),
-            rules: c.roles.clone(),
-            opts: c.offload.clone(),
+            transport: r.transport.clone(),
+            devices: r.devices.clone(),
+            opts,
             cache: Mutex::new(None),
         }
     }
@@ -180,7 +182,7 @@ impl Offload {
 }
 
 impl Collector for Offload {
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
+    fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
         let t = self.transport.as_ref();
         let (id, names) = self.family()?;
         let features = t
@@ -192,7 +194,7 @@ impl Collector for Offload {
             .and_then(|b| {
                 parse_features(&b).map_err(|e| CollectError::new(format!("features dump: {e}")))
             })?;
-        let links = interfaces::links(&self.links, t, interfaces::Reader::Offload)?;
+        let links = scrape.links()?;
         let defaults = t
             .exchange(&routes_request())
             .map_err(|e| CollectError::new(format!("route dump: {e}")))
@@ -205,7 +207,7 @@ impl Collector for Offload {
             &names,
             &links,
             &up,
-            &self.rules,
+            &self.devices,
             &self.opts,
         ))
     }
@@ -256,7 +258,7 @@ mod tests {
         let text = |opts: &Options| {
             let mut out = Vec::new();
             crate::render::encode_text(
-                render(&features, &names, &links, &up, &RoleRules::default(), opts),
+                render(&features, &names, &links, &up, &Devices::default(), opts),
                 &mut out,
             );
             String::from_utf8(out).unwrap()

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::collectors::interfaces::Link;
+use crate::collectors::common::links::Link;
 use crate::netlink::wire::{self, DecodeError};
 use crate::netlink::{Protocol, Request};
 

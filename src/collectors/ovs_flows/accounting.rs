@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::parse::{self, Actions, DropReason, Flow};
+use crate::roles::Role;
 
 /// Complete dumps a flow may be missing from before it is forgotten.
 pub const GRACE: u64 = 2;
@@ -38,7 +39,7 @@ pub const OTHER_PORT: &str = "other";
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     pub datapath: String,
-    pub ports: HashMap<u32, (String, &'static str)>,
+    pub ports: HashMap<u32, (String, Role)>,
 }
 
 /// What a flow does with the packets it matches.
@@ -81,7 +82,7 @@ struct Record {
 }
 
 /// Drop totals by (datapath, in_port label, role, reason): (packets, bytes).
-pub type Totals = BTreeMap<(String, String, &'static str, DropReason), (u64, u64)>;
+pub type Totals = BTreeMap<(String, String, Role, DropReason), (u64, u64)>;
 
 #[derive(Debug)]
 pub struct Accounting {
@@ -147,11 +148,11 @@ impl Accounting {
     }
 
     /// Makes sure the series of these (port, role) pairs exist, at 0 until they drop.
-    pub fn ensure_ports(&mut self, datapath: &str, ports: &[(&str, &'static str)]) {
+    pub fn ensure_ports(&mut self, datapath: &str, ports: &[(&str, Role)]) {
         for (port, role) in ports {
             for reason in DropReason::ALL {
                 self.totals
-                    .entry((datapath.to_owned(), (*port).to_owned(), role, reason))
+                    .entry((datapath.to_owned(), (*port).to_owned(), *role, reason))
                     .or_default();
             }
         }
@@ -172,7 +173,7 @@ impl Accounting {
         let (port, role) = in_port
             .and_then(|p| names.ports.get(&p))
             .map(|(n, r)| (n.as_str(), *r))
-            .unwrap_or((OTHER_PORT, "other"));
+            .unwrap_or((OTHER_PORT, Role::Other));
         let t = self
             .totals
             .entry((names.datapath.clone(), port.to_owned(), role, reason))
@@ -355,9 +356,9 @@ mod tests {
         Names {
             datapath: "ovs-system".into(),
             ports: [
-                (1, ("br-int".to_owned(), "ovs")),
-                (TUNNEL, ("genev_sys_6081".to_owned(), "tunnel")),
-                (3, ("tap0".to_owned(), "vm")),
+                (1, ("br-int".to_owned(), Role::Ovs)),
+                (TUNNEL, ("genev_sys_6081".to_owned(), Role::Tunnel)),
+                (3, ("tap0".to_owned(), Role::Vm)),
             ]
             .into(),
         }
@@ -401,7 +402,7 @@ mod tests {
             .get(&(
                 "ovs-system".to_owned(),
                 "genev_sys_6081".to_owned(),
-                "tunnel",
+                Role::Tunnel,
                 reason,
             ))
             .map_or(0, |t| t.0)
@@ -566,7 +567,7 @@ mod tests {
     #[test]
     fn ports_that_change_hands_do_not_inherit_totals() {
         let mut a = acct();
-        a.ensure_ports("ovs-system", &[("tap0", "vm")]);
+        a.ensure_ports("ovs-system", &[("tap0", Role::Vm)]);
         dump_none(&mut a);
         let mut f = flow(OVS_FLOW_CMD_NEW, 1, None, 0);
         f.in_port = Some(3);
@@ -576,14 +577,14 @@ mod tests {
         f.packets = 7;
         a.notify(&f);
         let key = |port: &str, role| ("ovs-system".to_owned(), port.to_owned(), role, NoAction);
-        assert_eq!(a.totals()[&key("tap0", "vm")].0, 7);
+        assert_eq!(a.totals()[&key("tap0", Role::Vm)].0, 7);
         // Port 3 now belongs to another VM: tap0's series ends, tap9's starts at 0.
         let mut n = names();
-        n.ports.insert(3, ("tap9".to_owned(), "vm"));
+        n.ports.insert(3, ("tap9".to_owned(), Role::Vm));
         a.set_names(DP, n);
-        a.ensure_ports("ovs-system", &[("tap9", "vm")]);
-        assert!(!a.totals().contains_key(&key("tap0", "vm")));
-        assert_eq!(a.totals()[&key("tap9", "vm")].0, 0);
+        a.ensure_ports("ovs-system", &[("tap9", Role::Vm)]);
+        assert!(!a.totals().contains_key(&key("tap0", Role::Vm)));
+        assert_eq!(a.totals()[&key("tap9", Role::Vm)].0, 0);
         // A port nobody names counts as other.
         f.cmd = OVS_FLOW_CMD_NEW;
         f.in_port = Some(42);
@@ -592,7 +593,7 @@ mod tests {
         f.cmd = OVS_FLOW_CMD_DEL;
         f.packets = 2;
         a.notify(&f);
-        assert_eq!(a.totals()[&key(OTHER_PORT, "other")].0, 2);
+        assert_eq!(a.totals()[&key(OTHER_PORT, Role::Other)].0, 2);
     }
 
     #[test]

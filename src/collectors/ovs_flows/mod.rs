@@ -21,39 +21,40 @@ use std::time::{Duration, Instant};
 use self::accounting::{Accounting, Names, OTHER_PORT};
 use self::monitor::{Drained, Monitor};
 use self::parse::{ActionClass, FAMILY, Flow};
-use super::ovs::{Families, FamilyCache, Reader, SharedTopology, Topology};
-use super::{CollectError, Collector, Config, Spec, Worker, interfaces};
+use super::common::ovs::{Families, Topology, View};
+use super::common::{Devices, Resources, Scrape};
+use super::{CollectError, Collector, Spec, Worker};
 use crate::LogOnce;
 use crate::netlink::genl;
 use crate::netlink::wire::{self, Control, DecodeError};
 use crate::netlink::{Request, Transport};
 use crate::render::Family;
+use crate::roles::Role;
 
 pub const SPEC: Spec = Spec {
     name: "ovs_flows",
     help: "Drop attribution from the OVS datapath flow table and its notifications: drop flows by in_port and reason (generic netlink).",
     default_enabled: true,
-    build: |c| Arc::new(OvsFlows::new(c)),
+    args: super::flags::<Options>,
+    build: |m, r| Ok(Arc::new(OvsFlows::new(r, super::options(m)?))),
 };
 
 const OVS_FLOW_VERSION: u8 = 1;
 
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    /// Flows read per datapath and scrape, and flows tracked; past it the dump stops and
-    /// says so.
-    pub max_flows: usize,
-    /// Listen to the kernel's flow notifications (exact counts); off: dumps alone.
-    pub notifications: bool,
-}
+    /// Flows read per datapath and scrape by the ovs_flows collector; past it the dump stops
+    /// and packetpath_ovs_flows_dump_truncated says so.
+    #[arg(id = "collector.ovs_flows.max-flows", long = "collector.ovs_flows.max-flows", alias = "collector.ovs-flows.max-flows", value_name = "N", default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_flows: u32,
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            max_flows: 200_000,
-            notifications: true,
-        }
-    }
+    /// Do not listen to the kernel's flow notifications: drop counts come from flow dumps
+    /// alone, an approximation (to compare, or where the multicast group is not allowed).
+    #[arg(
+        id = "collector.ovs_flows.dumps-only",
+        long = "collector.ovs_flows.dumps-only"
+    )]
+    pub dumps_only: bool,
 }
 
 pub fn flow_request(f: &Families, dp_ifindex: u32) -> Request {
@@ -142,7 +143,7 @@ pub fn read_dump(
 /// Port labels and roles of one datapath, as drop totals name them: ports the device
 /// filter leaves out count as in_port="other" (their role kept), so cardinality stays
 /// bounded and sums exact.
-fn names_of(topo: &Topology, devices: &interfaces::Options) -> Names {
+fn names_of(topo: &Topology, devices: &Devices) -> Names {
     Names {
         datapath: topo.datapath.name.clone(),
         ports: topo
@@ -176,10 +177,7 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
-    transport: Arc<dyn Transport>,
-    topology: Arc<SharedTopology>,
-    devices: interfaces::Options,
-    families: FamilyCache,
+    resources: Arc<Resources>,
     monitor_notice: LogOnce,
     /// Whether to listen at all (--collector.ovs_flows.dumps-only turns it off).
     notifications: bool,
@@ -219,14 +217,13 @@ impl Shared {
         }
         let stale = st.last_refresh.is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
         if may_refresh && stale && flows.iter().any(|f| !st.acct.knows(f)) {
-            let t = self.transport.as_ref();
-            if let Ok(f) = self.families.get(t) {
-                st.last_refresh = Some(Instant::now());
-                if let Ok(topo) = self.topology.refresh(t, &f) {
-                    for tp in topo.iter() {
-                        st.acct
-                            .set_names(tp.datapath.ifindex, names_of(tp, &self.devices));
-                    }
+            // A read of its own, outside any scrape.
+            let r = &self.resources;
+            st.last_refresh = Some(Instant::now());
+            if let Ok(view) = r.ovs.read(r.transport.as_ref(), &r.devices) {
+                for tp in &view.datapaths {
+                    st.acct
+                        .set_names(tp.datapath.ifindex, names_of(tp, &r.devices));
                 }
             }
         }
@@ -239,7 +236,7 @@ impl Shared {
     /// module was reloaded).
     fn ensure_monitor(&self, st: &mut State, f: &Families) {
         if st.monitor.as_ref().is_some_and(|m| m.family == f.flow)
-            || !self.transport.live()
+            || !self.resources.transport.live()
             || !self.notifications
         {
             return;
@@ -253,6 +250,7 @@ impl Shared {
         }
         st.last_open = Some((Instant::now(), f.flow));
         let opened = self
+            .resources
             .transport
             .exchange(&genl::families_request())
             .map_err(|e| e.to_string())
@@ -292,10 +290,10 @@ fn listen(shared: Arc<Shared>) {
         match waiter {
             None => {
                 // Look for the module now and then (a dump, which never loads it).
-                if shared.transport.live() && last_probe.is_none_or(|t| t.elapsed() >= REOPEN_EVERY)
-                {
+                let r = &shared.resources;
+                if r.transport.live() && last_probe.is_none_or(|t| t.elapsed() >= REOPEN_EVERY) {
                     last_probe = Some(Instant::now());
-                    if let Ok(f) = shared.families.get(shared.transport.as_ref()) {
+                    if let Ok(f) = r.ovs.families.get(r.transport.as_ref()) {
                         shared.ensure_monitor(&mut shared.lock(), &f);
                     }
                 }
@@ -314,7 +312,7 @@ fn listen(shared: Arc<Shared>) {
 /// What one scrape saw of one datapath, for rendering.
 pub struct Seen {
     pub datapath: String,
-    pub by_action: HashMap<(&'static str, ActionClass), u64>,
+    pub by_action: HashMap<(Role, ActionClass), u64>,
     pub truncated: bool,
 }
 
@@ -325,27 +323,24 @@ pub struct OvsFlows {
 }
 
 impl OvsFlows {
-    pub fn new(c: &Config) -> Self {
+    pub fn new(r: &Arc<Resources>, opts: Options) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                acct: Accounting::new(c.ovs_flows.max_flows),
+                acct: Accounting::new(opts.max_flows as usize),
                 monitor: None,
                 heard: Drained::default(),
                 last_open: None,
                 last_refresh: None,
             }),
             stop: AtomicBool::new(false),
-            transport: c.transport.clone(),
-            topology: c.ovs_topology.clone(),
-            devices: c.interfaces.clone(),
-            families: FamilyCache::default(),
+            resources: r.clone(),
             monitor_notice: LogOnce::default(),
-            notifications: c.ovs_flows.notifications,
+            notifications: !opts.dumps_only,
         });
         let s = shared.clone();
         OvsFlows {
             shared,
-            opts: c.ovs_flows.clone(),
+            opts,
             worker: Worker::spawn("ovs-flow-monitor", move || listen(s)),
         }
     }
@@ -355,25 +350,25 @@ impl OvsFlows {
         &self,
         f: &Families,
         topo: &Topology,
-        roles: &HashMap<u32, &'static str>,
+        roles: &HashMap<u32, Role>,
         st: &mut State,
     ) -> Result<Seen, CollectError> {
         let dp = topo.datapath.ifindex;
-        let mut by_action: HashMap<(&'static str, ActionClass), u64> = HashMap::new();
+        let mut by_action: HashMap<(Role, ActionClass), u64> = HashMap::new();
         let req = flow_request(f, dp);
         st.acct.begin_dump(dp);
         let st = std::cell::RefCell::new(st);
         let dump = read_dump(
-            self.shared.transport.as_ref(),
+            self.shared.resources.transport.as_ref(),
             &req,
-            self.opts.max_flows,
+            self.opts.max_flows as usize,
             // Notifications sent before this chunk was made are applied before it.
             &mut || self.shared.drain(&mut st.borrow_mut(), false),
             &mut |flow| {
                 let role = flow
                     .in_port
                     .and_then(|p| roles.get(&p).copied())
-                    .unwrap_or("other");
+                    .unwrap_or(Role::Other);
                 let class = flow.actions.map_or(ActionClass::Drop, |a| a.class);
                 *by_action.entry((role, class)).or_default() += 1;
                 st.borrow_mut().acct.dumped(&flow);
@@ -390,24 +385,22 @@ impl OvsFlows {
         })
     }
 
-    fn collect_with(&self, f: &Families) -> Result<Vec<Family>, CollectError> {
-        let t = self.shared.transport.as_ref();
-        let topo = self.shared.topology.get(t, f, Reader::Flows)?;
+    fn collect_with(&self, view: &View) -> Result<Vec<Family>, CollectError> {
+        let (f, topo) = (&view.families, &view.datapaths);
+        let devices = &self.shared.resources.devices;
         let mut st = self.shared.lock();
         self.shared.ensure_monitor(&mut st, f);
         st.acct.begin_collect();
         for tp in topo.iter() {
-            let watched: Vec<(&str, &'static str)> = tp
+            let watched: Vec<(&str, Role)> = tp
                 .vports
                 .iter()
                 .zip(&tp.roles)
-                .filter(|(v, r)| {
-                    matches!(**r, "tunnel" | "vm") && self.shared.devices.wants(&v.name)
-                })
+                .filter(|(v, r)| matches!(r, Role::Tunnel | Role::Vm) && devices.wants(&v.name))
                 .map(|(v, r)| (v.name.as_str(), *r))
                 .collect();
             st.acct
-                .set_names(tp.datapath.ifindex, names_of(tp, &self.shared.devices));
+                .set_names(tp.datapath.ifindex, names_of(tp, devices));
             st.acct.ensure_ports(&tp.datapath.name, &watched);
         }
         // What was heard before the dumps start belongs before them.
@@ -443,8 +436,9 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
         L,
     );
     for ((dp, port, role, reason), (p, b)) in st.acct.totals() {
-        packets.push(&[dp, port, role, reason.as_str()], *p as f64);
-        bytes.push(&[dp, port, role, reason.as_str()], *b as f64);
+        let labels = [dp.as_str(), port, role.as_str(), reason.as_str()];
+        packets.push(&labels, *p as f64);
+        bytes.push(&labels, *b as f64);
     }
     let mut by_action = Family::gauge(
         "packetpath_ovs_datapath_flows_by_action",
@@ -461,7 +455,7 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
         let mut classes: Vec<_> = s.by_action.iter().collect();
         classes.sort();
         for ((role, action), n) in classes {
-            by_action.push(&[dp, role, action.as_str()], *n as f64);
+            by_action.push(&[dp, role.as_str(), action.as_str()], *n as f64);
         }
         truncated.push(&[dp], if s.truncated { 1.0 } else { 0.0 });
     }
@@ -509,11 +503,21 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
 }
 
 impl Collector for OvsFlows {
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
-        let t = self.shared.transport.as_ref();
-        self.shared
-            .families
-            .with(t, |f| self.collect_with(f))
+    fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
+        let r = &self.shared.resources;
+        scrape
+            .ovs()
+            .and_then(|view| {
+                self.collect_with(&view).map_err(|e| {
+                    // Families that changed since the topology was read (the module was
+                    // reloaded) are the likelier story; they are resolved again next time.
+                    r.ovs.families.forget();
+                    match r.ovs.families.get(r.transport.as_ref()) {
+                        Err(absent) => absent,
+                        Ok(_) => e,
+                    }
+                })
+            })
             .inspect_err(|_| {
                 // The module may be going away: its group, and so the monitor, with it.
                 self.shared.lock().monitor = None;
@@ -529,7 +533,6 @@ impl Collector for OvsFlows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::roles::RoleRules;
     use parse::test_support::{flow_msg, key};
     use parse::{
         OVS_FLOW_ATTR_ACTIONS, OVS_FLOW_ATTR_KEY, OVS_FLOW_ATTR_STATS, OVS_FLOW_ATTR_UFID,
@@ -628,37 +631,21 @@ mod tests {
 
     fn scrape(c: &OvsFlows) -> String {
         let mut out = Vec::new();
-        crate::render::encode_text(c.collect().unwrap(), &mut out);
+        let s = Scrape::new(1, c.shared.resources.clone());
+        crate::render::encode_text(c.collect(&s).unwrap(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
     fn collector(kernel: Arc<FakeKernel>, max_flows: usize) -> OvsFlows {
-        filtered(kernel, max_flows, Default::default())
+        filtered(kernel, max_flows, Devices::default())
     }
 
-    fn filtered(
-        kernel: Arc<FakeKernel>,
-        max_flows: usize,
-        interfaces: interfaces::Options,
-    ) -> OvsFlows {
-        let config = Config {
-            procfs: "/proc".into(),
-            sysfs: "/sys".into(),
-            transport: kernel,
-            roles: RoleRules::default(),
-            ovs_topology: Arc::new(SharedTopology::new(RoleRules::default())),
-            ovsdb: Default::default(),
-            links: Default::default(),
-            offload: Default::default(),
-            interfaces,
-            conntrack: Default::default(),
-            ovs_flows: Options {
-                max_flows,
-                ..Default::default()
-            },
-            conntrack_invalid: Default::default(),
-        };
-        OvsFlows::new(&config)
+    fn filtered(kernel: Arc<FakeKernel>, max_flows: usize, devices: Devices) -> OvsFlows {
+        let mut r = Resources::for_tests(kernel);
+        Arc::get_mut(&mut r).unwrap().devices = devices;
+        let max = max_flows.to_string();
+        let opts = crate::collectors::options_from(&["--collector.ovs_flows.max-flows", &max]);
+        OvsFlows::new(&r, opts.unwrap())
     }
 
     const SERIES: &str = "packetpath_ovs_drop_flow_packets_total{datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"}";
@@ -725,9 +712,9 @@ mod tests {
         let kernel = Arc::new(FakeKernel {
             flows: Mutex::new(vec![]),
         });
-        let devices = interfaces::Options {
-            device_include: None,
-            device_exclude: Some(regex::Regex::new("^genev").unwrap()),
+        let devices = Devices {
+            exclude: Some(regex::Regex::new("^genev").unwrap()),
+            ..Devices::default()
         };
         let c = filtered(kernel.clone(), 1000, devices);
         scrape(&c);

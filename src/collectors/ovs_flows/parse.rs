@@ -8,7 +8,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use super::super::ovs;
+use crate::collectors::common::ovs;
 use crate::netlink::wire::{self, DecodeError};
 
 pub const FAMILY: &str = "ovs_flow";

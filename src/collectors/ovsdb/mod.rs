@@ -1,72 +1,40 @@
 //! `ovsdb`: which VM and Neutron port each VM port belongs to, from the Open vSwitch
-//! database's `Interface` table.
+//! database's `Interface` table (followed live by `common::ovsdb`).
 //!
-//! Fetch: [`client`] keeps a live copy of the table over the database's unix socket
-//! (`monitor`, `update`, `echo`), on a thread of its own. Parse: [`table`] applies the
-//! updates. Render: one info series per Interface that carries `external_ids:iface-id`
-//! (what os-vif, libvirt and OVN write), joinable on `device` with every interface
-//! series, plus whether OVN has wired the port and the Interface's error.
+//! One info series per Interface that carries `external_ids:iface-id` (what os-vif,
+//! libvirt and OVN write), joinable on `device` with every interface series, plus
+//! whether OVN has wired the port and the Interface's error.
 
-pub mod client;
-pub mod table;
-
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use self::client::Client;
-use self::table::Interface;
-use super::{CollectError, Collector, Config, Spec, Worker};
+use super::common::Scrape;
+use super::common::ovsdb::VmPort;
+use super::{CollectError, Collector, Spec};
 use crate::render::Family;
 
 pub const SPEC: Spec = Spec {
     name: "ovsdb",
     help: "VM and Neutron port identity of VM ports, from the Open vSwitch database (OVSDB monitor).",
     default_enabled: true,
-    build: |c| Arc::new(Ovsdb::new(c)),
+    args: super::flags::<Options>,
+    build: |m, r| {
+        let o = super::options::<Options>(m)?;
+        r.ovsdb.start();
+        Ok(Arc::new(Ovsdb {
+            max_ports: o.max_ports as usize,
+        }))
+    },
 };
 
-#[derive(Debug, Clone)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Options {
-    pub socket: PathBuf,
-    /// VM ports exported at most (the rest are counted, not labelled).
-    pub max_ports: usize,
+    /// VM ports the ovsdb collector labels at most; the rest are counted in packetpath_vm_ports.
+    #[arg(id = "collector.ovsdb.max-ports", long = "collector.ovsdb.max-ports", value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_ports: u32,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            socket: "/run/openvswitch/db.sock".into(),
-            max_ports: 4096,
-        }
-    }
-}
-
-/// A VM port: an Interface with an `iface-id`.
-pub struct VmPort<'a> {
-    pub device: &'a str,
-    pub port_id: &'a str,
-    /// `vm-uuid` (os-vif) or `vm-id` (libvirt); empty when neither is there.
-    pub instance_id: &'a str,
-    pub mac: &'a str,
-    pub status: &'a str,
-    pub ovn_installed: bool,
-    pub error: Option<&'a str>,
-}
-
-pub fn vm_port(i: &Interface) -> Option<VmPort<'_>> {
-    Some(VmPort {
-        device: i.name.as_str(),
-        port_id: i.id("iface-id")?,
-        instance_id: i.id("vm-uuid").or_else(|| i.id("vm-id")).unwrap_or(""),
-        mac: i.id("attached-mac").unwrap_or(""),
-        status: i.id("iface-status").unwrap_or(""),
-        ovn_installed: i.id("ovn-installed") == Some("true"),
-        error: i.error.as_deref().filter(|e| !e.is_empty()),
-    })
-}
-
-pub fn render(ports: &mut [VmPort<'_>], max: usize) -> Vec<Family> {
+/// `ports` sorted by device.
+pub fn render(ports: &[VmPort], max: usize) -> Vec<Family> {
     const INFO: &[&str] = &["device", "port_id", "instance_id", "mac", "status"];
     let mut info = Family::gauge(
         "packetpath_vm_port_info",
@@ -83,12 +51,14 @@ pub fn render(ports: &mut [VmPort<'_>], max: usize) -> Vec<Family> {
         "The Open vSwitch database's error for a VM port (a TAP it could not open, say); always 1.",
         &["device", "error"],
     );
-    ports.sort_by(|a, b| a.device.cmp(b.device));
     for p in ports.iter().take(max) {
-        info.push(&[p.device, p.port_id, p.instance_id, p.mac, p.status], 1.0);
-        installed.push(&[p.device], if p.ovn_installed { 1.0 } else { 0.0 });
-        if let Some(e) = p.error {
-            errors.push(&[p.device, e], 1.0);
+        info.push(
+            &[&p.device, &p.port_id, &p.instance_id, &p.mac, &p.status],
+            1.0,
+        );
+        installed.push(&[&p.device], if p.ovn_installed { 1.0 } else { 0.0 });
+        if let Some(e) = &p.error {
+            errors.push(&[&p.device, e], 1.0);
         }
     }
     vec![
@@ -104,46 +74,20 @@ pub fn render(ports: &mut [VmPort<'_>], max: usize) -> Vec<Family> {
 }
 
 pub struct Ovsdb {
-    client: Arc<Client>,
     max_ports: usize,
-    worker: Worker,
-}
-
-impl Ovsdb {
-    pub fn new(c: &Config) -> Self {
-        let client = Client::new(c.ovsdb.socket.clone());
-        let runner = client.clone();
-        Ovsdb {
-            client,
-            max_ports: c.ovsdb.max_ports,
-            worker: Worker::spawn("ovsdb-client", move || runner.run()),
-        }
-    }
 }
 
 impl Collector for Ovsdb {
-    fn collect(&self) -> Result<Vec<Family>, CollectError> {
-        let view = self.client.view.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((why, absent)) = &view.down {
-            return Err(if *absent {
-                CollectError::absent(why.clone())
-            } else {
-                CollectError::new(why.clone())
-            });
-        }
-        let mut ports: Vec<VmPort<'_>> = view.table.rows.values().filter_map(vm_port).collect();
-        Ok(render(&mut ports, self.max_ports))
-    }
-
-    fn shutdown(&self) {
-        self.client.stop.store(true, Ordering::Relaxed);
-        self.worker.join();
+    fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
+        Ok(render(&scrape.ovsdb()?, self.max_ports))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::common::ovsdb::table::Interface;
+    use crate::collectors::common::ovsdb::vm_port;
     use std::collections::BTreeMap;
 
     fn iface(name: &str, ids: &[(&str, &str)], error: Option<&str>) -> Interface {
@@ -180,9 +124,10 @@ mod tests {
             iface("tap3", &[("iface-id", "p3")], Some("")),
         ];
         let mut ports: Vec<_> = rows.iter().filter_map(vm_port).collect();
+        ports.sort_by(|a, b| a.device.cmp(&b.device));
         assert_eq!(ports.len(), 3);
         let mut out = Vec::new();
-        crate::render::encode_text(render(&mut ports, 2), &mut out);
+        crate::render::encode_text(render(&ports, 2), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("packetpath_vm_port_info{device=\"tap1\",port_id=\"p1\",instance_id=\"i1\",mac=\"fa:16:3e:00:00:01\",status=\"active\"} 1\n"), "{text}");
         assert!(text.contains("packetpath_vm_port_info{device=\"tap3\",port_id=\"p3\",instance_id=\"\",mac=\"\",status=\"\"} 1\n"), "{text}");
@@ -192,8 +137,9 @@ mod tests {
         assert!(text.contains("packetpath_vm_port_ovn_installed{device=\"tap1\"} 1\n"));
         assert!(text.contains("packetpath_vm_port_ovn_installed{device=\"tap3\"} 0\n"));
         let mut ports: Vec<_> = rows.iter().filter_map(vm_port).collect();
+        ports.sort_by(|a, b| a.device.cmp(&b.device));
         let mut out = Vec::new();
-        crate::render::encode_text(render(&mut ports, 10), &mut out);
+        crate::render::encode_text(render(&ports, 10), &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("packetpath_vm_port_info{device=\"vnet0\",port_id=\"p2\",instance_id=\"i2\",mac=\"\",status=\"\"} 1\n"), "{text}");
         assert!(text.contains("packetpath_vm_port_error_info{device=\"vnet0\",error=\"could not open network device vnet0 (No such device)\"} 1\n"), "{text}");

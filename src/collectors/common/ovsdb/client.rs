@@ -95,7 +95,7 @@ impl Client {
         })
     }
 
-    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+    pub fn view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 

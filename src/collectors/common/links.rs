@@ -1,0 +1,245 @@
+//! The link list: one rtnetlink `RTM_GETLINK` dump, read once per scrape for every
+//! collector that needs it (`interfaces`, `offload`), and single-link lookups.
+
+use crate::netlink::wire::{self, Attr, DecodeError};
+use crate::netlink::{Protocol, Request, Transport, TransportError};
+
+const FAMILY: &str = "rtnetlink";
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const IFINFOMSG_LEN: usize = 16;
+const IFLA_STATS: u16 = 7;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
+const IFLA_MASTER: u16 = 10;
+const IFLA_OPERSTATE: u16 = 16;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_STATS64: u16 = 23;
+const IFLA_INFO_KIND: u16 = 1;
+
+/// The counters of `struct rtnl_link_stats64` that the exporter uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_dropped: u64,
+    pub rx_missed: u64,
+    pub rx_nohandler: u64,
+}
+
+impl Stats {
+    /// Decodes rtnl_link_stats64 (u64 fields) or the legacy rtnl_link_stats (u32 fields).
+    /// Older kernels send shorter structs: absent trailing fields read as zero.
+    pub fn decode(payload: &[u8], width: usize) -> Stats {
+        let field = |i: usize| -> u64 {
+            let at = i * width;
+            match width {
+                8 => wire::read_u64_ne(payload, at).unwrap_or(0),
+                _ => wire::read_u32_ne(payload, at).map_or(0, u64::from),
+            }
+        };
+        Stats {
+            rx_packets: field(0),
+            tx_packets: field(1),
+            rx_bytes: field(2),
+            tx_bytes: field(3),
+            rx_errors: field(4),
+            tx_errors: field(5),
+            rx_dropped: field(6),
+            tx_dropped: field(7),
+            rx_missed: field(15),
+            rx_nohandler: field(23),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: i32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub master: Option<u32>,
+    /// IFLA_LINK: a VLAN's parent, a veth's peer. It may name a device in another
+    /// namespace (IFLA_LINK_NETNSID, not read), so only stacked kinds' values are used.
+    pub link: Option<u32>,
+    pub operstate: u8,
+    pub mtu: Option<u32>,
+    pub stats: Option<Stats>,
+}
+
+pub fn request() -> Request {
+    Request {
+        protocol: Protocol::Route,
+        name: "rtnl_getlink",
+        ty: RTM_GETLINK,
+        flags: wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
+        scope: None,
+        payload: vec![0; IFINFOMSG_LEN],
+    }
+}
+
+pub fn fetch(t: &dyn Transport) -> Result<Vec<u8>, TransportError> {
+    t.exchange(&request())
+}
+
+/// The request for one link by ifindex (a reply of one RTM_NEWLINK, no dump).
+pub fn request_one(ifindex: u32) -> Request {
+    let mut payload = vec![0u8; IFINFOMSG_LEN];
+    if let Some(at) = payload.get_mut(4..8) {
+        at.copy_from_slice(&ifindex.to_ne_bytes());
+    }
+    Request {
+        protocol: Protocol::Route,
+        name: "rtnl_getlink_index",
+        scope: Some(ifindex),
+        ty: RTM_GETLINK,
+        flags: wire::NLM_F_REQUEST,
+        payload,
+    }
+}
+
+/// Decodes an RTM_GETLINK dump reply.
+pub fn parse(buf: &[u8]) -> Result<Vec<Link>, DecodeError> {
+    let mut links = Vec::new();
+    for m in wire::data_messages(FAMILY, buf, true)? {
+        if m.ty != RTM_NEWLINK {
+            continue;
+        }
+        links.push(parse_link(m.payload)?);
+    }
+    Ok(links)
+}
+
+/// Decodes the reply to a single-link RTM_GETLINK (no dump, so no NLMSG_DONE).
+pub fn parse_one(buf: &[u8]) -> Result<Option<Link>, DecodeError> {
+    wire::data_messages(FAMILY, buf, false)?
+        .into_iter()
+        .find(|m| m.ty == RTM_NEWLINK)
+        .map(|m| parse_link(m.payload))
+        .transpose()
+}
+
+fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
+    let short = || DecodeError::ShortStruct {
+        family: FAMILY,
+        what: "ifinfomsg",
+        len: p.len(),
+        need: IFINFOMSG_LEN,
+    };
+    let index = wire::read_u32_ne(p, 4).ok_or_else(short)? as i32;
+    let rest = p.get(IFINFOMSG_LEN..).ok_or_else(short)?;
+    let mut link = Link {
+        index,
+        name: String::new(),
+        kind: None,
+        master: None,
+        link: None,
+        operstate: 0,
+        mtu: None,
+        stats: None,
+    };
+    let mut legacy_stats = None;
+    for a in wire::attrs(FAMILY, "ifinfomsg", rest) {
+        let a: Attr = a?;
+        match a.ty {
+            IFLA_IFNAME => link.name = a.name(),
+            IFLA_MTU => link.mtu = Some(a.u32_ne(FAMILY, "IFLA_MTU")?),
+            IFLA_MASTER => link.master = Some(a.u32_ne(FAMILY, "IFLA_MASTER")?),
+            IFLA_LINK => link.link = Some(a.u32_ne(FAMILY, "IFLA_LINK")?),
+            IFLA_OPERSTATE => link.operstate = a.u8(FAMILY, "IFLA_OPERSTATE")?,
+            IFLA_STATS64 => link.stats = Some(Stats::decode(a.payload, 8)),
+            IFLA_STATS => legacy_stats = Some(Stats::decode(a.payload, 4)),
+            IFLA_LINKINFO => {
+                for i in wire::attrs(FAMILY, "IFLA_LINKINFO", a.payload) {
+                    let i = i?;
+                    if i.ty == IFLA_INFO_KIND {
+                        link.kind = Some(i.string(FAMILY, "IFLA_INFO_KIND")?.to_owned());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link.stats = link.stats.or(legacy_stats);
+    Ok(link)
+}
+
+pub fn operstate_name(v: u8) -> &'static str {
+    // IF_OPER_* from linux/if.h.
+    match v {
+        1 => "notpresent",
+        2 => "down",
+        3 => "lowerlayerdown",
+        4 => "testing",
+        5 => "dormant",
+        6 => "up",
+        _ => "unknown",
+    }
+}
+
+/// One counter of [`Stats`]: metric name stem, HELP, and how to read it.
+pub struct Counter {
+    pub stem: &'static str,
+    pub help: &'static str,
+    pub get: fn(&Stats) -> u64,
+}
+
+/// The first eight are also `struct ovs_vport_stats`, field for field.
+pub const COUNTERS: &[Counter] = &[
+    Counter {
+        stem: "receive_packets",
+        help: "Packets received by the device.",
+        get: |s| s.rx_packets,
+    },
+    Counter {
+        stem: "transmit_packets",
+        help: "Packets transmitted by the device; for a VM's TAP this is delivery to the VM.",
+        get: |s| s.tx_packets,
+    },
+    Counter {
+        stem: "receive_bytes",
+        help: "Bytes received by the device.",
+        get: |s| s.rx_bytes,
+    },
+    Counter {
+        stem: "transmit_bytes",
+        help: "Bytes transmitted by the device; for a VM's TAP this is delivery to the VM.",
+        get: |s| s.tx_bytes,
+    },
+    Counter {
+        stem: "receive_errors",
+        help: "Receive errors reported by the device.",
+        get: |s| s.rx_errors,
+    },
+    Counter {
+        stem: "transmit_errors",
+        help: "Transmit errors reported by the device.",
+        get: |s| s.tx_errors,
+    },
+    Counter {
+        stem: "receive_dropped",
+        help: "Received packets dropped by the device or the stack before delivery.",
+        get: |s| s.rx_dropped,
+    },
+    Counter {
+        stem: "transmit_dropped",
+        help: "Packets dropped on transmit; for a TAP, packets the VM did not drain in time.",
+        get: |s| s.tx_dropped,
+    },
+    Counter {
+        stem: "receive_missed",
+        help: "Packets missed by the device for lack of buffer space (rx_missed_errors).",
+        get: |s| s.rx_missed,
+    },
+    Counter {
+        stem: "receive_nohandler",
+        help: "Packets received with no protocol handler, e.g. on an inactive bond slave.",
+        get: |s| s.rx_nohandler,
+    },
+];

@@ -1,0 +1,156 @@
+//! What several collectors share, in one neutral place: no collector imports another.
+//!
+//! [`Resources`] are built once at start from the flags every collector may use (paths,
+//! the netlink transport, the device filter and roles, the Open vSwitch database's
+//! socket). [`Scrape`] is one collection: its number and the kernel reads that several
+//! collectors need (the link list, the OVS topology, the OVSDB view), each read at most
+//! once per collection, by the first collector that asks, however long the collection
+//! takes. A read that fails fails the same way for every collector of that collection.
+
+pub mod devices;
+pub mod links;
+pub mod ovs;
+pub mod ovsdb;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use devices::{DeviceArgs, Devices};
+
+use super::CollectError;
+use crate::netlink::Transport;
+
+/// The flags of what collectors share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SharedArgs {
+    #[command(flatten)]
+    pub devices: DeviceArgs,
+
+    /// The Open vSwitch database's unix socket, followed by the collectors that name VM ports.
+    #[arg(
+        id = "collector.ovsdb.socket",
+        long = "collector.ovsdb.socket",
+        value_name = "PATH",
+        default_value = "/run/openvswitch/db.sock"
+    )]
+    pub ovsdb_socket: PathBuf,
+}
+
+/// Built once at start; every collector gets the same.
+pub struct Resources {
+    pub procfs: PathBuf,
+    pub sysfs: PathBuf,
+    pub transport: Arc<dyn Transport>,
+    pub devices: Devices,
+    /// The OVS generic netlink families and the link kinds of OVS ports.
+    pub ovs: ovs::Source,
+    /// The Open vSwitch database, followed live once a collector has asked for it.
+    pub ovsdb: ovsdb::Source,
+}
+
+impl Resources {
+    pub fn new(
+        procfs: PathBuf,
+        sysfs: PathBuf,
+        transport: Arc<dyn Transport>,
+        shared: &SharedArgs,
+    ) -> Arc<Resources> {
+        Arc::new(Resources {
+            procfs,
+            sysfs,
+            transport,
+            devices: Devices::from(&shared.devices),
+            ovs: ovs::Source::default(),
+            ovsdb: ovsdb::Source::new(shared.ovsdb_socket.clone()),
+        })
+    }
+
+    /// Resources for tests: replayed or counted netlink, default flags.
+    pub fn for_tests(transport: Arc<dyn Transport>) -> Arc<Resources> {
+        Resources::new(
+            "/proc".into(),
+            "/sys".into(),
+            transport,
+            &SharedArgs {
+                devices: DeviceArgs::default(),
+                ovsdb_socket: "/nonexistent/db.sock".into(),
+            },
+        )
+    }
+
+    /// Stops what runs in the background (the OVSDB client); on exit.
+    pub fn shutdown(&self) {
+        self.ovsdb.shutdown();
+    }
+}
+
+/// A read shared by the collectors of one collection: the first to ask reads while the
+/// others wait for it; its result, success or failure, is every collector's.
+struct Once<T>(Mutex<Option<Result<Arc<T>, CollectError>>>);
+
+impl<T> Default for Once<T> {
+    fn default() -> Self {
+        Once(Mutex::new(None))
+    }
+}
+
+impl<T> Once<T> {
+    fn get(&self, read: impl FnOnce() -> Result<T, CollectError>) -> Result<Arc<T>, CollectError> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = slot.as_ref() {
+            return r.clone();
+        }
+        let r = read().map(Arc::new);
+        *slot = Some(r.clone());
+        r
+    }
+}
+
+/// One collection, handed to every collector's `collect`.
+pub struct Scrape {
+    /// The collection's number, from 1; concurrent HTTP scrapes that share a collection
+    /// share its number.
+    pub number: u64,
+    resources: Arc<Resources>,
+    links: Once<Vec<links::Link>>,
+    ovs: Once<ovs::View>,
+    ovsdb: Once<ovsdb::Ports>,
+}
+
+impl Scrape {
+    pub fn new(number: u64, resources: Arc<Resources>) -> Scrape {
+        Scrape {
+            number,
+            resources,
+            links: Once::default(),
+            ovs: Once::default(),
+            ovsdb: Once::default(),
+        }
+    }
+
+    pub fn resources(&self) -> &Arc<Resources> {
+        &self.resources
+    }
+
+    /// This collection's link list. The raw dump (~1.5 KiB a link) is dropped once parsed.
+    pub fn links(&self) -> Result<Arc<Vec<links::Link>>, CollectError> {
+        self.links.get(|| {
+            let raw = links::fetch(self.resources.transport.as_ref())
+                .map_err(|e| CollectError::new(format!("link dump failed: {e}")))?;
+            links::parse(&raw).map_err(|e| CollectError::new(format!("link dump: {e}")))
+        })
+    }
+
+    /// This collection's OVS datapaths with their ports and the families they were read
+    /// under.
+    pub fn ovs(&self) -> Result<Arc<ovs::View>, CollectError> {
+        let r = &self.resources;
+        self.ovs
+            .get(|| r.ovs.read(r.transport.as_ref(), &r.devices))
+    }
+
+    /// This collection's VM ports from the Open vSwitch database, or why there are none.
+    pub fn ovsdb(&self) -> Result<Arc<ovsdb::Ports>, CollectError> {
+        self.ovsdb.get(|| self.resources.ovsdb.ports())
+    }
+}

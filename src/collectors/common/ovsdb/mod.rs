@@ -1,0 +1,98 @@
+//! The Open vSwitch database as collectors need it: which VM and Neutron port each VM
+//! port belongs to, from the `Interface` table.
+//!
+//! [`client`] keeps a live copy of the table over the database's unix socket (`monitor`,
+//! `update`, `echo`) on a thread of its own, started by the first collector that asks
+//! for it; [`table`] applies the updates. A scrape takes one snapshot of the VM ports.
+
+pub mod client;
+pub mod table;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use self::client::Client;
+use self::table::Interface;
+use crate::collectors::{CollectError, Worker};
+
+/// A VM port: an Interface with an `iface-id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPort {
+    pub device: String,
+    pub port_id: String,
+    /// `vm-uuid` (os-vif) or `vm-id` (libvirt); empty when neither is there.
+    pub instance_id: String,
+    pub mac: String,
+    pub status: String,
+    pub ovn_installed: bool,
+    pub error: Option<String>,
+}
+
+pub fn vm_port(i: &Interface) -> Option<VmPort> {
+    let id = |k: &str| i.id(k).unwrap_or("").to_owned();
+    Some(VmPort {
+        device: i.name.clone(),
+        port_id: i.id("iface-id")?.to_owned(),
+        instance_id: i
+            .id("vm-uuid")
+            .or_else(|| i.id("vm-id"))
+            .unwrap_or("")
+            .to_owned(),
+        mac: id("attached-mac"),
+        status: id("iface-status"),
+        ovn_installed: i.id("ovn-installed") == Some("true"),
+        error: i.error.clone().filter(|e| !e.is_empty()),
+    })
+}
+
+/// The VM ports of one snapshot, sorted by device.
+pub type Ports = Vec<VmPort>;
+
+/// The database's socket and, once asked for, the client following it.
+pub struct Source {
+    socket: PathBuf,
+    client: OnceLock<(Arc<Client>, Worker)>,
+}
+
+impl Source {
+    pub fn new(socket: PathBuf) -> Source {
+        Source {
+            socket,
+            client: OnceLock::new(),
+        }
+    }
+
+    /// Starts following the database, once; collectors that need it call this at build.
+    pub fn start(&self) -> &Arc<Client> {
+        let (client, _) = self.client.get_or_init(|| {
+            let client = Client::new(self.socket.clone());
+            let runner = client.clone();
+            (client, Worker::spawn("ovsdb-client", move || runner.run()))
+        });
+        client
+    }
+
+    /// The VM ports now, or why there is no synchronised copy.
+    pub fn ports(&self) -> Result<Ports, CollectError> {
+        let view = self.start().view();
+        if let Some((why, absent)) = &view.down {
+            return Err(if *absent {
+                CollectError::absent(why.clone())
+            } else {
+                CollectError::new(why.clone())
+            });
+        }
+        let mut ports: Ports = view.table.rows.values().filter_map(vm_port).collect();
+        ports.sort_by(|a, b| a.device.cmp(&b.device));
+        Ok(ports)
+    }
+
+    /// Stops the client, if it runs.
+    pub fn shutdown(&self) {
+        if let Some((client, worker)) = self.client.get() {
+            client.stop.store(true, Ordering::Relaxed);
+            worker.join();
+        }
+    }
+}
