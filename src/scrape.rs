@@ -35,11 +35,14 @@ struct Slot {
     /// and the next scrape must not pile another on top.
     busy: Arc<AtomicBool>,
     last_error: LogOnce,
+    /// The failure of the moment, as the collector said it.
+    failing: Mutex<Option<CollectError>>,
 }
 
 impl Slot {
     /// Logs a failure the first time it is seen (and at debug level after that).
     fn failed(&self, e: &CollectError) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
         let name = self.name;
         if !self.last_error.first(&e.message) {
             tracing::debug!(collector = name, reason = %e, "collector still failing");
@@ -115,6 +118,7 @@ impl Scraper {
                     collector,
                     busy,
                     last_error: LogOnce::default(),
+                    failing: Mutex::new(None),
                 }
             })
             .collect::<Vec<Slot>>();
@@ -144,11 +148,11 @@ impl Scraper {
     }
 
     /// Why a collector failed last (at start or on a scrape), if it is failing.
-    pub fn failure(&self, name: &str) -> Option<String> {
+    pub fn failure(&self, name: &str) -> Option<CollectError> {
         self.slots
             .iter()
             .find(|s| s.name == name)
-            .and_then(|s| s.last_error.get())
+            .and_then(|s| s.failing.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     pub fn names(&self) -> Vec<&'static str> {
@@ -251,6 +255,7 @@ impl Scraper {
                 Ok(fams) => {
                     success.push(&[o.name], 1.0);
                     families.extend(fams);
+                    *slot.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     if slot.last_error.reset() {
                         tracing::info!(collector = o.name, "collector recovered");
                     }

@@ -29,6 +29,9 @@ pub struct CollectError {
     pub message: String,
     /// The source is simply not there (module not loaded): logged at info, not warn.
     pub absent: bool,
+    /// Another process holds the source (an NFLOG group bound by ulogd or another
+    /// exporter): `diagnose` then asks that exporter instead.
+    pub taken: bool,
 }
 
 impl CollectError {
@@ -36,13 +39,21 @@ impl CollectError {
         CollectError {
             message: message.into(),
             absent: false,
+            taken: false,
         }
     }
 
     pub fn absent(message: impl Into<String>) -> Self {
         CollectError {
-            message: message.into(),
             absent: true,
+            ..CollectError::new(message)
+        }
+    }
+
+    pub fn taken(message: impl Into<String>) -> Self {
+        CollectError {
+            taken: true,
+            ..CollectError::new(message)
         }
     }
 }

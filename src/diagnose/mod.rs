@@ -22,7 +22,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use crate::cli::{Sources, parse_duration};
 use crate::collectors::REGISTRY;
-use crate::collectors::conntrack_invalid::{self, CLASS_FAMILY, GROUP_TAKEN};
+use crate::collectors::conntrack_invalid::{self, CLASS_FAMILY};
 use crate::logging::{Format as LogFormat, LogLevel};
 use crate::scrape::Scraper;
 use analysis::Context;
@@ -352,12 +352,13 @@ async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failu
     let _restore = Restore(scraper.clone());
     // The exporter owning NFLOG group 0 has the classification; read its numbers too.
     let group = scraper.failure("conntrack_invalid");
-    let exporter = match group.as_deref() {
-        Some(GROUP_TAKEN) => Some((
+    let taken = group.as_ref().is_some_and(|e| e.taken);
+    let exporter = match taken {
+        true => Some((
             Url::parse(&a.exporter).map_err(Failure::usage)?,
             client_options(&a),
         )),
-        _ => None,
+        false => None,
     };
     let (mut before, theirs_before) = sample(&scraper, exporter.as_ref()).await?;
     let t0 = Instant::now();
@@ -370,12 +371,12 @@ async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failu
     let shown = exporter
         .as_ref()
         .map_or(a.exporter.clone(), |(u, _)| u.to_string());
-    let (classifier, classifying) = match (group.as_deref(), theirs_before, theirs_after) {
+    let (classifier, classifying) = match (group.clone(), theirs_before, theirs_after) {
         (None, ..) => match group_after {
             None => ("classified here for the interval (nf_conntrack_log_invalid set to log to NFLOG group 0, then restored)".to_owned(), true),
             Some(why) => (format!("classified here for part of the interval only: {why}"), false),
         },
-        (Some(GROUP_TAKEN), Some(Ok(b)), Some(Ok(af))) => {
+        (Some(_), Some(Ok(b)), Some(Ok(af))) if taken => {
             let theirs = |v: Vec<Sample>| -> Vec<Sample> {
                 v.into_iter().filter(|s| conntrack_invalid::exports(&s.name)).collect()
             };
@@ -389,7 +390,7 @@ async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failu
                 (format!("NFLOG group 0 is owned by another process, and the exporter at {shown} does not classify"), false)
             }
         }
-        (Some(GROUP_TAKEN), b, af) => {
+        (Some(_), b, af) if taken => {
             let why = [b, af]
                 .into_iter()
                 .flatten()
@@ -416,7 +417,7 @@ async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failu
     }
     for s in &mut report.sources {
         if !s.ok {
-            s.note = scraper.failure(&s.collector);
+            s.note = scraper.failure(&s.collector).map(|e| e.message);
         }
     }
     readable(&report)?;

@@ -2,6 +2,7 @@
 //! through the same decoders the live exporter uses.
 
 pub mod genl;
+pub mod subscribe;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -86,6 +87,8 @@ pub enum TransportError {
         name: &'static str,
         source: wire::DecodeError,
     },
+    #[error("{name}: this transport has no subscriptions (not a running kernel)")]
+    NoSubscriptions { name: &'static str },
     #[error("{name}: replay file {path}: {source}")]
     Replay {
         name: &'static str,
@@ -102,7 +105,7 @@ impl TransportError {
             | TransportError::Send { source, .. }
             | TransportError::Recv { source, .. } => source.raw_os_error(),
             TransportError::Decode { source, .. } => source.errno(),
-            TransportError::Replay { .. } => None,
+            TransportError::Replay { .. } | TransportError::NoSubscriptions { .. } => None,
         }
     }
 }
@@ -121,6 +124,12 @@ pub trait Transport: Send + Sync {
     /// replay of captured replies has no notifications to offer.
     fn live(&self) -> bool {
         false
+    }
+
+    /// Opens a listener: on a running kernel a socket joined to `spec`'s groups; a replay
+    /// of a recording; or nothing, where the transport has no notifications to offer.
+    fn subscribe(&self, spec: subscribe::Spec) -> Result<subscribe::Subscription, TransportError> {
+        Err(TransportError::NoSubscriptions { name: spec.name })
     }
 
     /// The whole reply in one buffer.
@@ -196,6 +205,10 @@ const RECV_BUF: usize = 64 * 1024;
 impl Transport for KernelTransport {
     fn live(&self) -> bool {
         true
+    }
+
+    fn subscribe(&self, spec: subscribe::Spec) -> Result<subscribe::Subscription, TransportError> {
+        subscribe::Subscription::open(spec, None)
     }
 
     fn stream(
@@ -336,6 +349,10 @@ impl ReplayTransport {
 }
 
 impl Transport for ReplayTransport {
+    fn subscribe(&self, spec: subscribe::Spec) -> Result<subscribe::Subscription, TransportError> {
+        subscribe::Subscription::replay(spec, &self.dir)
+    }
+
     fn stream(
         &self,
         req: &Request,
@@ -359,6 +376,10 @@ pub struct CaptureTransport<T> {
 impl<T: Transport> Transport for CaptureTransport<T> {
     fn live(&self) -> bool {
         self.inner.live()
+    }
+
+    fn subscribe(&self, spec: subscribe::Spec) -> Result<subscribe::Subscription, TransportError> {
+        subscribe::Subscription::open(spec, Some(&self.dir))
     }
 
     fn stream(
@@ -403,7 +424,7 @@ mod tests {
             protocol: Protocol::Route,
             name: "racing",
             scope: None,
-            ty: 18,
+            ty: 0,
             flags: wire::NLM_F_REQUEST | wire::NLM_F_DUMP,
             payload: vec![],
         };

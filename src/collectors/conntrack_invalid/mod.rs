@@ -1,0 +1,279 @@
+//! `conntrack_invalid` (opt-in): why conntrack marks packets invalid, from the kernel's own
+//! log of them.
+//!
+//! With `net.netfilter.nf_conntrack_log_invalid` set, conntrack logs every packet it marks
+//! invalid with the reason ("nf_ct_proto_6: bad checksum "). Bound to nfnetlink_log, those
+//! logs arrive as NFLOG group 0 messages carrying the reason, the input device and the
+//! packet's headers. A background thread classifies each one by reason, protocol, frame
+//! size and TCP flags; scrapes only read the counters.
+//!
+//! It changes host settings, so it is off by default, binds the group before touching
+//! anything (never stealing it from ulogd or another listener), records what it changed in
+//! a state file, and puts it all back on exit.
+
+mod counts;
+mod nflog;
+mod record;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use self::counts::Counts;
+use self::nflog::BindError;
+use self::settings::{Settings, per_namespace};
+use super::common::{Resources, Scrape};
+use super::{CollectError, Collector, Spec, Worker};
+use crate::netlink::subscribe::{self, Subscription};
+use crate::netlink::{Protocol, Transport};
+use crate::render::Family;
+
+pub use self::record::{
+    IpFamily, Proto, Reason, Record, SizeClass, TcpFlags, parse_record, reason_of,
+};
+
+pub const SPEC: Spec = Spec {
+    name: "conntrack_invalid",
+    help: "Conntrack-invalid packets classified by reason, size and TCP flags (NFLOG group 0; changes nf_conntrack_log_invalid while running).",
+    default_enabled: false,
+    args: super::flags::<Options>,
+    build: |m, r| Ok(Arc::new(ConntrackInvalid::start(r, &super::options(m)?))),
+};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Options {
+    /// nf_conntrack_log_invalid while the conntrack_invalid collector runs: an IP protocol
+    /// number, or 255 for all.
+    #[arg(
+        id = "collector.conntrack_invalid.protocol",
+        long = "collector.conntrack_invalid.protocol",
+        alias = "collector.conntrack-invalid.protocol",
+        value_name = "N",
+        default_value_t = 255,
+        value_parser = clap::value_parser!(u8).range(1..)
+    )]
+    pub protocol: u8,
+
+    /// Where conntrack_invalid records the settings it changed, to restore them after a crash; {netns} becomes the namespace's inode.
+    #[arg(
+        id = "collector.conntrack_invalid.state-file",
+        long = "collector.conntrack_invalid.state-file",
+        alias = "collector.conntrack-invalid.state-file",
+        value_name = "PATH",
+        default_value = "/run/packetpath-exporter/conntrack-invalid-{netns}.state"
+    )]
+    pub state_file: PathBuf,
+
+    /// Input devices conntrack_invalid counts separately; the rest count as "other".
+    #[arg(
+        id = "collector.conntrack_invalid.max-devices",
+        long = "collector.conntrack_invalid.max-devices",
+        alias = "collector.conntrack-invalid.max-devices",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub max_devices: usize,
+}
+
+/// The classifier's main family; `diagnose` reads it back.
+pub const CLASS_FAMILY: &str = "packetpath_conntrack_invalid_packets_total";
+
+/// Whether a family is this collector's (the `conntrack` collector's
+/// `packetpath_conntrack_invalid_total` shares the prefix but is not).
+pub fn exports(family: &str) -> bool {
+    family.starts_with("packetpath_conntrack_invalid_")
+        && family != "packetpath_conntrack_invalid_total"
+}
+
+/// Room for bursts of log messages while the listener is busy.
+const RCVBUF: i32 = 8 << 20;
+/// Datagrams read per wake-up at most.
+const MAX_BATCH: usize = 256;
+/// How often the listener looks whether it was asked to stop.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// Shared between the listener thread, scrapes and shutdown.
+struct Shared {
+    counts: Counts,
+    /// Why the collector is not running, if it is not.
+    failure: Mutex<Option<CollectError>>,
+    stop: AtomicBool,
+    /// What to write back on exit, once the settings were changed.
+    restore: Mutex<Option<Settings>>,
+}
+
+pub struct ConntrackInvalid {
+    shared: Arc<Shared>,
+    procfs: PathBuf,
+    state_file: PathBuf,
+    listener: Mutex<Option<Worker>>,
+}
+
+impl ConntrackInvalid {
+    pub fn start(r: &Resources, o: &Options) -> Self {
+        let state_file = per_namespace(&o.state_file);
+        let shared = Arc::new(Shared {
+            counts: Counts::new(o.max_devices),
+            failure: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            restore: Mutex::new(None),
+        });
+        let me = ConntrackInvalid {
+            shared: shared.clone(),
+            procfs: r.procfs.clone(),
+            state_file,
+            listener: Mutex::new(None),
+        };
+        match me.setup(r.transport.as_ref(), o.protocol) {
+            Ok(sub) => {
+                let worker = Worker::spawn("nflog-listener", move || listen(sub, &shared));
+                *me.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker);
+            }
+            Err(why) => me.fail(why),
+        }
+        me
+    }
+
+    fn fail(&self, why: CollectError) {
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Binds the group, then changes the settings, recording the originals first.
+    fn setup(&self, t: &dyn Transport, protocol: u8) -> Result<Subscription, CollectError> {
+        let mut sub = t
+            .subscribe(subscribe::Spec {
+                protocol: Protocol::Netfilter,
+                name: "nflog_group0",
+                groups: vec![],
+                rcvbuf: RCVBUF,
+            })
+            .map_err(|e| CollectError::new(format!("opening an nfnetlink socket: {e}")))?;
+        nflog::bind_group(&mut sub).map_err(|e| match e {
+            BindError::Taken => CollectError::taken(e.to_string()),
+            _ => CollectError::new(e.to_string()),
+        })?;
+        self.change_settings(protocol).map_err(CollectError::new)?;
+        Ok(sub)
+    }
+
+    /// Records the settings as they are, then changes them.
+    fn change_settings(&self, protocol: u8) -> Result<(), String> {
+        let original = match std::fs::read_to_string(&self.state_file)
+            .ok()
+            .and_then(|t| Settings::from_state(&t))
+        {
+            Some(left) => {
+                tracing::warn!(
+                    state_file = %self.state_file.display(),
+                    "found leftover settings from a run that did not exit cleanly; restoring those on exit"
+                );
+                left
+            }
+            None => Settings::read(&self.procfs)
+                .map_err(|e| format!("reading conntrack log settings: {e}"))?,
+        };
+        if let Some(dir) = self.state_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(&self.state_file, original.to_state())
+            .map_err(|e| format!("writing state file {}: {e}", self.state_file.display()))?;
+        *self
+            .shared
+            .restore
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(original.clone());
+        let ours = Settings {
+            log_invalid: protocol.to_string(),
+            nf_log_v4: "nfnetlink_log".into(),
+            nf_log_v6: "nfnetlink_log".into(),
+        };
+        if let Err(e) = ours.write(&self.procfs, false) {
+            self.restore();
+            return Err(format!("changing conntrack log settings: {e}"));
+        }
+        tracing::info!(
+            nf_conntrack_log_invalid = %ours.log_invalid,
+            previous = %original.log_invalid.as_str(),
+            "logging conntrack-invalid packets to NFLOG group 0; settings are restored on exit"
+        );
+        Ok(())
+    }
+
+    fn restore(&self) {
+        let Some(original) = self
+            .shared
+            .restore
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        match original.write(&self.procfs, true) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.state_file);
+                tracing::info!(nf_conntrack_log_invalid = %original.log_invalid, "conntrack log settings restored");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, state_file = %self.state_file.display(), "could not restore conntrack log settings; the state file keeps them")
+            }
+        }
+    }
+}
+
+/// The listener: reads datagrams until told to stop; ENOBUFS means the kernel dropped
+/// messages for want of socket buffer, and is counted, never ignored.
+fn listen(mut sub: Subscription, shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        if !sub.wait(STOP_CHECK) {
+            continue;
+        }
+        if let Err(e) = sub.drain(MAX_BATCH, &mut |d| shared.counts.ingest(d)) {
+            *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(CollectError::new(format!("NFLOG socket: {e}")));
+            return;
+        }
+        shared.counts.set_overruns(sub.received().overruns);
+    }
+}
+
+impl Collector for ConntrackInvalid {
+    fn preflight(&self) -> Result<(), CollectError> {
+        match self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    fn collect(&self, _: &Scrape) -> Result<Vec<Family>, CollectError> {
+        self.preflight()?;
+        Ok(self.shared.counts.render())
+    }
+
+    fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            w.join();
+        }
+        self.restore();
+    }
+}

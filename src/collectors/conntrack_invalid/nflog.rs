@@ -1,0 +1,101 @@
+//! The nfnetlink_log configuration protocol: bind NFLOG group 0 to our socket and set
+//! how the kernel copies and batches its messages. Requests go through the subscription,
+//! with sequence numbers it assigns and a timeout on every acknowledgement.
+
+use std::time::Duration;
+
+use super::record::NFNL_SUBSYS_ULOG;
+use crate::netlink::subscribe::{AckError, Subscription};
+use crate::netlink::wire;
+
+const NFULNL_MSG_CONFIG: u16 = 1;
+
+const NFULA_CFG_CMD: u16 = 1;
+const NFULA_CFG_MODE: u16 = 2;
+const NFULA_CFG_NLBUFSIZ: u16 = 3;
+const NFULA_CFG_TIMEOUT: u16 = 4;
+const NFULA_CFG_QTHRESH: u16 = 5;
+const NFULA_CFG_FLAGS: u16 = 6;
+const NFULNL_CFG_CMD_BIND: u8 = 1;
+const NFULNL_COPY_PACKET: u8 = 2;
+const NFULNL_CFG_F_SEQ: u16 = 1;
+/// Enough of each packet for an IPv6 header and a full TCP header.
+const COPY_RANGE: u32 = 128;
+/// The largest batch nfnetlink_log accepts (it refuses more than 128 KiB).
+const NLBUFSIZ: u32 = 128 * 1024;
+/// Messages per batch at most: more than a full NLBUFSIZ holds, so the size decides.
+const QTHRESH: u32 = 4096;
+/// A batch waits at most this long (in 1/100 s) for more messages.
+const FLUSH_CENTISECONDS: u32 = 10;
+
+fn config_msg(family: u8, group: u16, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let mut payload = vec![family, 0];
+    payload.extend_from_slice(&group.to_be_bytes());
+    for (ty, data) in attrs {
+        wire::push_attr(&mut payload, *ty, data);
+    }
+    payload
+}
+
+/// Whether this process holds CAP_NET_ADMIN (bit 12 of CapEff in /proc/self/status).
+fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}
+
+/// Why NFLOG group 0 could not be made ours and set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("NFLOG group 0 is already bound by another process (ulogd?); not taking it")]
+    Taken,
+    #[error("binding NFLOG group 0 needs CAP_NET_ADMIN")]
+    NeedsNetAdmin,
+    #[error("binding NFLOG group 0: {0} (is nfnetlink_log built or loaded?)")]
+    Bind(AckError),
+    #[error("configuring NFLOG group 0: {0}")]
+    Configure(AckError),
+}
+
+/// How long the kernel gets to acknowledge a configuration request.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends one NFULNL_MSG_CONFIG for group 0 and waits for the kernel's acknowledgement.
+fn configure(sub: &mut Subscription, attrs: &[(u16, Vec<u8>)]) -> Result<(), AckError> {
+    let ty = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG;
+    // Nothing is logged to the group before it is configured; whatever else arrives
+    // meanwhile is not ours to count.
+    sub.request(ty, 0, &config_msg(0, 0, attrs), ACK_TIMEOUT, &mut |_| {})
+}
+
+/// Binds NFLOG group 0 to the subscription's socket and sets its copy mode and batching.
+pub fn bind_group(sub: &mut Subscription) -> Result<(), BindError> {
+    // No PF_BIND: it would make nfnetlink_log the logger for the family before the group
+    // is ours (and even when it is not); the nf_log sysctls do that, recorded.
+    match configure(sub, &[(NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND])]) {
+        Ok(()) => {}
+        // nfnetlink_log answers EPERM both without CAP_NET_ADMIN and when another socket
+        // owns the group; the capability set tells the two apart.
+        Err(AckError::Errno(libc::EBUSY)) => return Err(BindError::Taken),
+        Err(AckError::Errno(libc::EPERM)) if has_net_admin() => return Err(BindError::Taken),
+        Err(AckError::Errno(libc::EPERM)) => return Err(BindError::NeedsNetAdmin),
+        Err(e) => return Err(BindError::Bind(e)),
+    }
+    let mut mode = COPY_RANGE.to_be_bytes().to_vec();
+    mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
+    let attrs = [
+        (NFULA_CFG_MODE, mode),
+        // Batch messages into large datagrams: one is sent when NLBUFSIZ would overflow,
+        // QTHRESH messages are queued, or TIMEOUT (1/100 s) has passed since the first.
+        (NFULA_CFG_NLBUFSIZ, NLBUFSIZ.to_be_bytes().to_vec()),
+        (NFULA_CFG_QTHRESH, QTHRESH.to_be_bytes().to_vec()),
+        (NFULA_CFG_TIMEOUT, FLUSH_CENTISECONDS.to_be_bytes().to_vec()),
+        (NFULA_CFG_FLAGS, NFULNL_CFG_F_SEQ.to_be_bytes().to_vec()),
+    ];
+    configure(sub, &attrs).map_err(BindError::Configure)
+}
