@@ -1,7 +1,9 @@
 //! Building const metric families on each scrape, and encoding them.
 //!
-//! Collectors never keep Prometheus counters of their own: every value is read from the
-//! kernel at scrape time and emitted as-is, so a restart of the exporter changes nothing.
+//! Families are built afresh on every scrape: kernel counters are emitted as read, and
+//! the few totals the exporter accumulates itself (OVS drop flows, the conntrack_invalid
+//! classifier, the widened 32-bit conntrack statistics) live in their collectors' state,
+//! never in Prometheus counter objects.
 //!
 //! Families hold their samples compactly (label values in one string) and become
 //! `prometheus` protobuf-model families only one at a time, while being encoded: with
@@ -76,10 +78,6 @@ impl Family {
 
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// The protobuf-model family the encoder takes.

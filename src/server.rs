@@ -245,8 +245,6 @@ impl Default for Http {
     }
 }
 
-/// Accepts and serves HTTP/1.1 connections until `stop` resolves, then stops accepting
-/// (the listener is dropped) and returns the watcher of the connections still open.
 /// Puts the peer's address on every request of a connection (basic auth keeps each
 /// client's place in line by it).
 #[derive(Clone)]
@@ -274,6 +272,8 @@ where
     }
 }
 
+/// Accepts and serves HTTP/1.1 connections until `stop` resolves, then stops accepting
+/// (the listener is dropped) and returns the watcher of the connections still open.
 async fn accept_until<L: Listener<Addr = SocketAddr>>(
     mut listener: L,
     app: Router,
