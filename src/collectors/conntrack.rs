@@ -5,6 +5,11 @@
 //! `/proc/net/stat/nf_conntrack`. Everything is per network namespace: the exporter sees
 //! the namespace it runs in.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,11 @@
 //! Reading the text exposition format back: what `diagnose` analyses, whether it came from
 //! this host's collectors or from a running exporter's `/metrics`.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::BTreeMap;
 
 /// One sample: metric name, labels, value.

@@ -1,5 +1,10 @@
 //! Generic netlink: resolving a family by name and framing requests to it.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use super::wire::{self, DecodeError};
 use super::{Protocol, Request};
 

@@ -9,6 +9,11 @@
 //! A recording is the datagrams back to back, each behind its length as a little-endian
 //! u32: `<name>.stream` beside the request captures.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::fs::File;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;

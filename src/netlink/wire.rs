@@ -3,6 +3,11 @@
 //! Everything here is pure and total: any byte string yields either values or a
 //! [`DecodeError`] naming the family and the attribute, never a panic.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::fmt;
 
 pub const NLMSG_HDRLEN: usize = 16;

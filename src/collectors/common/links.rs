@@ -1,6 +1,11 @@
 //! The link list: one rtnetlink `RTM_GETLINK` dump, read once per scrape for every
 //! collector that needs it (`interfaces`, `offload`), and single-link lookups.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use crate::netlink::wire::{self, Attr, DecodeError};
 use crate::netlink::{Protocol, Request, Transport, TransportError};
 

@@ -4,6 +4,11 @@
 //! The families are resolved once and again whenever a request fails: the openvswitch
 //! module can be unloaded and reloaded, and its families then come back under new ids.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 

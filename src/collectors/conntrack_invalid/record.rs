@@ -1,6 +1,11 @@
 //! Decoding conntrack's log messages: one NFLOG packet message into a [`Record`] (the
 //! kernel's reason, protocol, frame size class and TCP flags). Pure, no I/O.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use crate::netlink::wire::{self, DecodeError, Message};
 
 pub(super) const FAMILY: &str = "nfnetlink_log";

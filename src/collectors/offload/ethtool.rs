@@ -1,6 +1,11 @@
 //! The ethtool generic netlink family: the features dump (compact bitsets) and the
 //! feature names from the kernel's `ETH_SS_FEATURES` string set.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use crate::netlink::Request;
 use crate::netlink::genl;
 use crate::netlink::wire::{self, DecodeError};

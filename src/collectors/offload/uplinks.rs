@@ -1,6 +1,11 @@
 //! The uplinks: the devices a tunnel's encapsulated packets leave and arrive by, found
 //! from the main table's default routes and what lies under their devices.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::HashSet;
 
 use crate::collectors::common::links::Link;

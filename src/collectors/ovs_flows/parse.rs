@@ -6,6 +6,11 @@
 //! ACLs), sampling it (sFlow, IPFIX, OVN's drop sampling through `sample()` or
 //! `psample()`) or running it through conntrack does not hand it on.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::hash::{Hash, Hasher};
 
 use crate::collectors::common::ovs;

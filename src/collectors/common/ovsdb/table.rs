@@ -1,6 +1,11 @@
 //! The cached copy of the Open vSwitch database's `Interface` table, kept up to date from
 //! the `monitor` reply and `update` notifications (RFC 7047 §4.1.5, §4.1.6): pure, no I/O.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
