@@ -11,6 +11,7 @@ pub mod connections;
 pub mod counter;
 pub mod diagnose;
 pub mod logging;
+pub mod metrics;
 pub mod netlink;
 pub mod render;
 pub mod roles;

@@ -11,6 +11,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use crate::LogOnce;
 use crate::collectors::common::{Resources, Scrape};
 use crate::collectors::{CollectError, Collector, Enabled};
+use crate::metrics;
 use crate::render::{self, Family};
 
 /// Build facts for `packetpath_exporter_build_info`.
@@ -239,7 +240,7 @@ impl Scraper {
         drop(scrape);
 
         let mut success = Family::gauge(
-            "packetpath_scrape_collector_success",
+            metrics::SCRAPE_COLLECTOR_SUCCESS,
             "Whether the collector succeeded on this scrape (1) or failed (0).",
             &["collector"],
         );

@@ -14,8 +14,15 @@ fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// A statistic's name as `conntrack -S` prints it: its series' name without the frame.
+fn short(s: &conntrack::Stat) -> &'static str {
+    s.metric
+        .trim_start_matches("packetpath_conntrack_")
+        .trim_end_matches("_total")
+}
+
 fn stat_index(name: &str) -> usize {
-    STATS.iter().position(|s| s.name == name).unwrap()
+    STATS.iter().position(|s| short(s) == name).unwrap()
 }
 
 #[test]
@@ -82,10 +89,10 @@ fn ctnetlink_stats_decode_per_cpu_and_global() {
             .unwrap();
         for stat in STATS {
             assert_eq!(
-                cpu.values[stat_index(stat.name)],
-                Some(field(stat.name)),
+                cpu.values[stat_index(short(stat))],
+                Some(field(short(stat))),
                 "{} {line}",
-                stat.name
+                stat.metric
             );
         }
     }

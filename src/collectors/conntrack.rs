@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::common::{Resources, Scrape};
 use super::{CollectError, Collector, Spec};
 use crate::LogOnce;
+use crate::metrics;
 use crate::netlink::wire::{self, DecodeError};
 use crate::netlink::{Protocol, Request, Transport, TransportError};
 use crate::render::Family;
@@ -35,6 +36,18 @@ const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET_STATS_CPU: u16 = 4;
 const IPCTNL_MSG_CT_GET_STATS: u16 = 5;
 const NFGENMSG_LEN: usize = 4;
+/// enum ctattr_stats_cpu.
+const CTA_STATS_FOUND: u16 = 2;
+const CTA_STATS_INVALID: u16 = 4;
+const CTA_STATS_INSERT: u16 = 8;
+const CTA_STATS_INSERT_FAILED: u16 = 9;
+const CTA_STATS_DROP: u16 = 10;
+const CTA_STATS_EARLY_DROP: u16 = 11;
+const CTA_STATS_ERROR: u16 = 12;
+const CTA_STATS_SEARCH_RESTART: u16 = 13;
+const CTA_STATS_CLASH_RESOLVE: u16 = 14;
+const CTA_STATS_CHAIN_TOOLONG: u16 = 15;
+/// enum ctattr_stats_global.
 const CTA_STATS_GLOBAL_ENTRIES: u16 = 1;
 const CTA_STATS_GLOBAL_MAX_ENTRIES: u16 = 2;
 
@@ -49,11 +62,11 @@ pub struct Options {
 }
 
 /// A per-CPU conntrack statistic: its CTA_STATS_* number, its column in
-/// /proc/net/stat/nf_conntrack, the metric name stem and HELP.
+/// /proc/net/stat/nf_conntrack, the series' name and HELP.
 pub struct Stat {
     pub attr: u16,
     pub proc_column: &'static str,
-    pub name: &'static str,
+    pub metric: &'static str,
     pub help: &'static str,
 }
 
@@ -62,63 +75,63 @@ pub struct Stat {
 /// stopped sending them and procfs prints them as zero.
 pub const STATS: &[Stat] = &[
     Stat {
-        attr: 2,
+        attr: CTA_STATS_FOUND,
         proc_column: "found",
-        name: "found",
+        metric: "packetpath_conntrack_found_total",
         help: "Lookups that found an existing conntrack entry.",
     },
     Stat {
-        attr: 4,
+        attr: CTA_STATS_INVALID,
         proc_column: "invalid",
-        name: "invalid",
+        metric: metrics::CONNTRACK_INVALID,
         help: "Packets conntrack could not track and marked invalid (bad checksum, out of window, bad state).",
     },
     Stat {
-        attr: 8,
+        attr: CTA_STATS_INSERT,
         proc_column: "insert",
-        name: "insert",
+        metric: "packetpath_conntrack_insert_total",
         help: "Entries inserted into the conntrack table on the path that counts them (ctnetlink-created entries on current kernels).",
     },
     Stat {
-        attr: 9,
+        attr: CTA_STATS_INSERT_FAILED,
         proc_column: "insert_failed",
-        name: "insert_failed",
+        metric: metrics::CONNTRACK_INSERT_FAILED,
         help: "Entries that could not be inserted into the conntrack table.",
     },
     Stat {
-        attr: 10,
+        attr: CTA_STATS_DROP,
         proc_column: "drop",
-        name: "drop",
+        metric: metrics::CONNTRACK_DROP,
         help: "Packets dropped because conntrack failed to create an entry.",
     },
     Stat {
-        attr: 11,
+        attr: CTA_STATS_EARLY_DROP,
         proc_column: "early_drop",
-        name: "early_drop",
+        metric: metrics::CONNTRACK_EARLY_DROP,
         help: "Entries evicted early to make room when the table was full.",
     },
     Stat {
-        attr: 12,
+        attr: CTA_STATS_ERROR,
         proc_column: "icmp_error",
-        name: "error",
+        metric: "packetpath_conntrack_error_total",
         help: "ICMP errors that conntrack could not match to a connection.",
     },
     Stat {
-        attr: 13,
+        attr: CTA_STATS_SEARCH_RESTART,
         proc_column: "search_restart",
-        name: "search_restart",
+        metric: "packetpath_conntrack_search_restart_total",
         help: "Table lookups restarted because of a concurrent hash resize.",
     },
     Stat {
-        attr: 14,
+        attr: CTA_STATS_CLASH_RESOLVE,
         proc_column: "clashres",
-        name: "clash_resolve",
+        metric: "packetpath_conntrack_clash_resolve_total",
         help: "Insert races resolved by merging clashing entries.",
     },
     Stat {
-        attr: 15,
+        attr: CTA_STATS_CHAIN_TOOLONG,
         proc_column: "chainlength",
-        name: "chaintoolong",
+        metric: "packetpath_conntrack_chaintoolong_total",
         help: "Inserts refused because a hash chain was too long.",
     },
 ];
@@ -207,7 +220,7 @@ pub fn parse_stats_cpu(buf: &[u8]) -> Result<Vec<CpuStats>, DecodeError> {
         ) {
             let a = a?;
             if let Some(i) = STATS.iter().position(|s| s.attr == a.ty) {
-                let name = STATS.get(i).map_or("CTA_STATS", |s| s.name);
+                let name = STATS.get(i).map_or("CTA_STATS", |s| s.proc_column);
                 if let Some(slot) = values.get_mut(i) {
                     *slot = Some(u64::from(a.u32_be(FAMILY, name)?));
                 }
@@ -308,14 +321,14 @@ fn read_u64(path: &Path) -> Option<u64> {
 pub fn render(s: &Snapshot, opts: &Options) -> Vec<Family> {
     let mut out = Vec::new();
     for (i, stat) in STATS.iter().enumerate() {
-        let name = format!("packetpath_conntrack_{}_total", stat.name);
+        let name = stat.metric;
         let present = s
             .counters
             .cpus
             .iter()
             .filter_map(|c| c.values.get(i).copied().flatten());
         if opts.per_cpu {
-            let mut f = Family::counter(&name, stat.help, &["cpu"]);
+            let mut f = Family::counter(name, stat.help, &["cpu"]);
             for c in &s.counters.cpus {
                 if let Some(v) = c.values.get(i).copied().flatten() {
                     f.push(&[&c.cpu.to_string()], v as f64);
@@ -323,7 +336,7 @@ pub fn render(s: &Snapshot, opts: &Options) -> Vec<Family> {
             }
             out.push(f);
         } else if present.clone().next().is_some() {
-            let mut f = Family::counter(&name, stat.help, &[]);
+            let mut f = Family::counter(name, stat.help, &[]);
             f.push(&[], present.sum::<u64>() as f64);
             out.push(f);
         }
@@ -343,7 +356,7 @@ pub fn render(s: &Snapshot, opts: &Options) -> Vec<Family> {
         ));
     }
     let mut sysctl = Family::gauge(
-        "packetpath_conntrack_sysctl",
+        metrics::CONNTRACK_SYSCTL,
         "Value of a net.netfilter conntrack sysctl; nf_conntrack_checksum=1 means packets with bad checksums are marked invalid.",
         &["name"],
     );
@@ -352,7 +365,7 @@ pub fn render(s: &Snapshot, opts: &Options) -> Vec<Family> {
     }
     out.push(sysctl);
     let mut source = Family::gauge(
-        "packetpath_conntrack_source_info",
+        metrics::CONNTRACK_SOURCE_INFO,
         "Where conntrack statistics were read from: netlink (CAP_NET_ADMIN) or procfs.",
         &["source"],
     );

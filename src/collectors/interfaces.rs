@@ -28,13 +28,7 @@ pub fn render(links: &[Link], devices: &Devices) -> Vec<Family> {
     const DR: &[&str] = &["device", "role"];
     let mut families: Vec<Family> = COUNTERS
         .iter()
-        .map(|c| {
-            Family::counter(
-                &format!("packetpath_interface_{}_total", c.stem),
-                c.help,
-                DR,
-            )
-        })
+        .map(|c| Family::counter(c.name, c.help, DR))
         .collect();
     let mut info = Family::gauge(
         "packetpath_interface_info",

@@ -8,6 +8,7 @@ use super::common::links::COUNTERS;
 use super::common::ovs::Topology;
 use super::common::{Devices, Scrape};
 use super::{CollectError, Collector, Spec};
+use crate::metrics;
 use crate::render::Family;
 
 pub const SPEC: Spec = Spec {
@@ -22,10 +23,12 @@ pub const SPEC: Spec = Spec {
     },
 };
 
+const INTERFACE_PREFIX: &str = "packetpath_interface_";
+
 pub fn render(topo: &[Topology], devices: &Devices) -> Vec<Family> {
     const DP: &[&str] = &["datapath"];
     let mut lookups = Family::counter(
-        "packetpath_ovs_datapath_lookups_total",
+        metrics::OVS_DATAPATH_LOOKUPS,
         "Datapath flow-table lookups by result: hit, missed (sent to ovs-vswitchd) or lost (upcall failed).",
         &["datapath", "result"],
     );
@@ -59,7 +62,11 @@ pub fn render(topo: &[Topology], devices: &Devices) -> Vec<Family> {
                 "{} (as the OVS vport counts it)",
                 c.help.trim_end_matches('.')
             );
-            Family::counter(&format!("packetpath_ovs_vport_{}_total", c.stem), &help, VP)
+            // packetpath_interface_X_total → packetpath_ovs_vport_X_total
+            let name = c
+                .name
+                .replacen(INTERFACE_PREFIX, "packetpath_ovs_vport_", 1);
+            Family::counter(&name, &help, VP)
         })
         .collect();
     let mut upcalls = Family::counter(

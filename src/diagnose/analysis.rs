@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::exposition::Sample;
 use crate::collectors::conntrack_invalid::CLASS_FAMILY;
+use crate::metrics;
 
 /// A collector's state in the second sample.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -230,7 +231,7 @@ pub struct Context {
 
 fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
     let mut by_device: BTreeMap<String, Port> = BTreeMap::new();
-    for (s, inc) in d.of("packetpath_interface_receive_packets_total") {
+    for (s, inc) in d.of(metrics::INTERFACE_RECEIVE_PACKETS) {
         if s.label("role") != role {
             continue;
         }
@@ -251,11 +252,11 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
         );
     }
     for (name, field) in [
-        ("packetpath_interface_transmit_packets_total", 0),
-        ("packetpath_interface_receive_dropped_total", 1),
-        ("packetpath_interface_transmit_dropped_total", 2),
-        ("packetpath_interface_receive_errors_total", 3),
-        ("packetpath_interface_transmit_errors_total", 4),
+        (metrics::INTERFACE_TRANSMIT_PACKETS, 0),
+        (metrics::INTERFACE_RECEIVE_DROPPED, 1),
+        (metrics::INTERFACE_TRANSMIT_DROPPED, 2),
+        (metrics::INTERFACE_RECEIVE_ERRORS, 3),
+        (metrics::INTERFACE_TRANSMIT_ERRORS, 4),
     ] {
         for (s, inc) in d.of(name) {
             if let Some(p) = by_device.get_mut(s.label("device")) {
@@ -269,7 +270,7 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
             }
         }
     }
-    for s in gauges(after, "packetpath_vm_port_info") {
+    for s in gauges(after, metrics::VM_PORT_INFO) {
         if let Some(p) = by_device.get_mut(s.label("device")) {
             p.instance_id = Some(s.label("instance_id").to_owned());
             p.port_id = Some(s.label("port_id").to_owned());
@@ -279,10 +280,10 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
 }
 
 fn sources(after: &[Sample]) -> Vec<SourceState> {
-    let netlink = gauges(after, "packetpath_conntrack_source_info")
+    let netlink = gauges(after, metrics::CONNTRACK_SOURCE_INFO)
         .find(|s| s.value == 1.0)
         .map(|s| s.label("source").to_owned());
-    gauges(after, "packetpath_scrape_collector_success")
+    gauges(after, metrics::SCRAPE_COLLECTOR_SUCCESS)
         .map(|s| SourceState {
             collector: s.label("collector").to_owned(),
             ok: s.value == 1.0,
@@ -299,7 +300,7 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
     let tunnels = ports(&d, after, "tunnel");
     let vm_ports = ports(&d, after, "vm");
     let mut drops: Vec<FlowDrop> = d
-        .of("packetpath_ovs_drop_flow_packets_total")
+        .of(metrics::OVS_DROP_FLOW_PACKETS)
         .filter(|(_, inc)| *inc > 0)
         .map(|(s, inc)| FlowDrop {
             datapath: s.label("datapath").to_owned(),
@@ -328,20 +329,20 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
     classified.sort_by_key(|k| std::cmp::Reverse(k.packets));
     let conntrack = Conntrack {
         stats: ok("conntrack").then(|| CtStats {
-            invalid: d.sum("packetpath_conntrack_invalid_total"),
-            drop: d.sum("packetpath_conntrack_drop_total"),
-            insert_failed: d.sum("packetpath_conntrack_insert_failed_total"),
-            early_drop: d.sum("packetpath_conntrack_early_drop_total"),
+            invalid: d.sum(metrics::CONNTRACK_INVALID),
+            drop: d.sum(metrics::CONNTRACK_DROP),
+            insert_failed: d.sum(metrics::CONNTRACK_INSERT_FAILED),
+            early_drop: d.sum(metrics::CONNTRACK_EARLY_DROP),
         }),
         classifier: ctx.classifier.clone(),
         classifying: ctx.classifying,
         classified,
     };
-    let settings: BTreeMap<String, u64> = gauges(after, "packetpath_conntrack_sysctl")
+    let settings: BTreeMap<String, u64> = gauges(after, metrics::CONNTRACK_SYSCTL)
         .map(|s| (s.label("name").to_owned(), s.value as u64))
         .collect();
     let mut offload: BTreeMap<(String, String), Offload> = BTreeMap::new();
-    for s in gauges(after, "packetpath_interface_offload_active") {
+    for s in gauges(after, metrics::INTERFACE_OFFLOAD_ACTIVE) {
         offload
             .entry((s.label("device").to_owned(), s.label("role").to_owned()))
             .or_insert_with(|| Offload {
@@ -354,7 +355,7 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
     }
     let offload: Vec<Offload> = offload.into_values().collect();
     let lost = d
-        .of("packetpath_ovs_datapath_lookups_total")
+        .of(metrics::OVS_DATAPATH_LOOKUPS)
         .filter(|(s, _)| s.label("result") == "lost")
         .map(|(_, i)| i)
         .sum::<u64>();

@@ -6,6 +6,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+use crate::metrics;
 use crate::netlink::wire::{self, Attr, DecodeError};
 use crate::netlink::{Protocol, Request, Transport, TransportError};
 
@@ -188,9 +189,9 @@ pub fn operstate_name(v: u8) -> &'static str {
     }
 }
 
-/// One counter of [`Stats`]: metric name stem, HELP, and how to read it.
+/// One counter of [`Stats`]: the interface series' name, HELP, and how to read it.
 pub struct Counter {
-    pub stem: &'static str,
+    pub name: &'static str,
     pub help: &'static str,
     pub get: fn(&Stats) -> u64,
 }
@@ -198,52 +199,52 @@ pub struct Counter {
 /// The first eight are also `struct ovs_vport_stats`, field for field.
 pub const COUNTERS: &[Counter] = &[
     Counter {
-        stem: "receive_packets",
+        name: metrics::INTERFACE_RECEIVE_PACKETS,
         help: "Packets received by the device.",
         get: |s| s.rx_packets,
     },
     Counter {
-        stem: "transmit_packets",
+        name: metrics::INTERFACE_TRANSMIT_PACKETS,
         help: "Packets transmitted by the device; for a VM's TAP this is delivery to the VM.",
         get: |s| s.tx_packets,
     },
     Counter {
-        stem: "receive_bytes",
+        name: "packetpath_interface_receive_bytes_total",
         help: "Bytes received by the device.",
         get: |s| s.rx_bytes,
     },
     Counter {
-        stem: "transmit_bytes",
+        name: "packetpath_interface_transmit_bytes_total",
         help: "Bytes transmitted by the device; for a VM's TAP this is delivery to the VM.",
         get: |s| s.tx_bytes,
     },
     Counter {
-        stem: "receive_errors",
+        name: metrics::INTERFACE_RECEIVE_ERRORS,
         help: "Receive errors reported by the device.",
         get: |s| s.rx_errors,
     },
     Counter {
-        stem: "transmit_errors",
+        name: metrics::INTERFACE_TRANSMIT_ERRORS,
         help: "Transmit errors reported by the device.",
         get: |s| s.tx_errors,
     },
     Counter {
-        stem: "receive_dropped",
+        name: metrics::INTERFACE_RECEIVE_DROPPED,
         help: "Received packets dropped by the device or the stack before delivery.",
         get: |s| s.rx_dropped,
     },
     Counter {
-        stem: "transmit_dropped",
+        name: metrics::INTERFACE_TRANSMIT_DROPPED,
         help: "Packets dropped on transmit; for a TAP, packets the VM did not drain in time.",
         get: |s| s.tx_dropped,
     },
     Counter {
-        stem: "receive_missed",
+        name: "packetpath_interface_receive_missed_total",
         help: "Packets missed by the device for lack of buffer space (rx_missed_errors).",
         get: |s| s.rx_missed,
     },
     Counter {
-        stem: "receive_nohandler",
+        name: "packetpath_interface_receive_nohandler_total",
         help: "Packets received with no protocol handler, e.g. on an inactive bond slave.",
         get: |s| s.rx_nohandler,
     },

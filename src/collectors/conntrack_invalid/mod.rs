@@ -28,6 +28,7 @@ use self::nflog::BindError;
 use self::settings::{Settings, per_namespace};
 use super::common::{Resources, Scrape};
 use super::{CollectError, Collector, Spec, Worker};
+use crate::metrics;
 use crate::netlink::subscribe::{self, Subscription};
 use crate::netlink::{Protocol, Transport};
 use crate::render::Family;
@@ -80,13 +81,12 @@ pub struct Options {
 }
 
 /// The classifier's main family; `diagnose` reads it back.
-pub const CLASS_FAMILY: &str = "packetpath_conntrack_invalid_packets_total";
+pub const CLASS_FAMILY: &str = metrics::CONNTRACK_INVALID_PACKETS;
 
 /// Whether a family is this collector's (the `conntrack` collector's
 /// `packetpath_conntrack_invalid_total` shares the prefix but is not).
 pub fn exports(family: &str) -> bool {
-    family.starts_with("packetpath_conntrack_invalid_")
-        && family != "packetpath_conntrack_invalid_total"
+    family.starts_with(metrics::CONNTRACK_INVALID_PREFIX) && family != metrics::CONNTRACK_INVALID
 }
 
 /// Room for bursts of log messages while the listener is busy.

@@ -22,6 +22,7 @@ use regex::Regex;
 use super::common::links::Link;
 use super::common::{Devices, Scrape};
 use super::{CollectError, Collector, Spec};
+use crate::metrics;
 use crate::netlink::Transport;
 use crate::netlink::genl;
 use crate::render::Family;
@@ -96,7 +97,7 @@ pub fn render(
 ) -> Vec<Family> {
     const L: &[&str] = &["device", "role", "feature"];
     let mut active = Family::gauge(
-        "packetpath_interface_offload_active",
+        metrics::INTERFACE_OFFLOAD_ACTIVE,
         "Whether an offload feature is active on the device (1) or not (0), as ethtool -k shows it.",
         L,
     );

@@ -25,6 +25,7 @@ use super::common::ovs::{Families, Topology, View};
 use super::common::{Devices, Resources, Scrape};
 use super::{CollectError, Collector, Spec, Worker};
 use crate::LogOnce;
+use crate::metrics;
 use crate::netlink::genl;
 use crate::netlink::wire::{self, Control, DecodeError};
 use crate::netlink::{Request, Transport, TransportError};
@@ -430,7 +431,7 @@ impl OvsFlows {
 fn render(seen: &[Seen], st: &State) -> Vec<Family> {
     const L: &[&str] = &["datapath", "in_port", "in_port_role", "reason"];
     let mut packets = Family::counter(
-        "packetpath_ovs_drop_flow_packets_total",
+        metrics::OVS_DROP_FLOW_PACKETS,
         "Packets dropped by datapath flows, by input port and reason.",
         L,
     );

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::common::Scrape;
 use super::common::ovsdb::VmPort;
 use super::{CollectError, Collector, Spec};
+use crate::metrics;
 use crate::render::Family;
 
 pub const SPEC: Spec = Spec {
@@ -37,7 +38,7 @@ pub struct Options {
 pub fn render(ports: &[VmPort], max: usize) -> Vec<Family> {
     const INFO: &[&str] = &["device", "port_id", "instance_id", "mac", "status"];
     let mut info = Family::gauge(
-        "packetpath_vm_port_info",
+        metrics::VM_PORT_INFO,
         "VM ports in the Open vSwitch database with their Neutron port, instance, MAC and status; always 1.",
         INFO,
     );

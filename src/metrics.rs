@@ -1,0 +1,29 @@
+//! The names of the series that code other than their collector reads back (`diagnose`
+//! and the tests), defined once: the collectors export them under these names.
+
+pub const INTERFACE_RECEIVE_PACKETS: &str = "packetpath_interface_receive_packets_total";
+pub const INTERFACE_TRANSMIT_PACKETS: &str = "packetpath_interface_transmit_packets_total";
+pub const INTERFACE_RECEIVE_ERRORS: &str = "packetpath_interface_receive_errors_total";
+pub const INTERFACE_TRANSMIT_ERRORS: &str = "packetpath_interface_transmit_errors_total";
+pub const INTERFACE_RECEIVE_DROPPED: &str = "packetpath_interface_receive_dropped_total";
+pub const INTERFACE_TRANSMIT_DROPPED: &str = "packetpath_interface_transmit_dropped_total";
+pub const INTERFACE_OFFLOAD_ACTIVE: &str = "packetpath_interface_offload_active";
+
+pub const CONNTRACK_INVALID: &str = "packetpath_conntrack_invalid_total";
+pub const CONNTRACK_DROP: &str = "packetpath_conntrack_drop_total";
+pub const CONNTRACK_INSERT_FAILED: &str = "packetpath_conntrack_insert_failed_total";
+pub const CONNTRACK_EARLY_DROP: &str = "packetpath_conntrack_early_drop_total";
+pub const CONNTRACK_SYSCTL: &str = "packetpath_conntrack_sysctl";
+pub const CONNTRACK_SOURCE_INFO: &str = "packetpath_conntrack_source_info";
+
+/// The `conntrack_invalid` collector's series share this prefix (with nothing else but
+/// [`CONNTRACK_INVALID`], the `conntrack` collector's).
+pub const CONNTRACK_INVALID_PREFIX: &str = "packetpath_conntrack_invalid_";
+pub const CONNTRACK_INVALID_PACKETS: &str = "packetpath_conntrack_invalid_packets_total";
+
+pub const OVS_DATAPATH_LOOKUPS: &str = "packetpath_ovs_datapath_lookups_total";
+pub const OVS_DROP_FLOW_PACKETS: &str = "packetpath_ovs_drop_flow_packets_total";
+
+pub const VM_PORT_INFO: &str = "packetpath_vm_port_info";
+
+pub const SCRAPE_COLLECTOR_SUCCESS: &str = "packetpath_scrape_collector_success";
