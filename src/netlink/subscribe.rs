@@ -149,7 +149,7 @@ impl Subscription {
         ))
     }
 
-    /// Replays `dir/<name>.stream`; requests are acknowledged as if the kernel agreed.
+    /// Replays `dir/<name>.stream`; requests are answered by the acknowledgements recorded.
     pub fn replay(spec: Spec, dir: &Path) -> Result<Subscription, TransportError> {
         let path = dir.join(format!("{}.stream", spec.name));
         let file = File::open(&path).map_err(|source| TransportError::Replay {
@@ -197,18 +197,18 @@ impl Subscription {
     ) -> Result<(), AckError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let sock = match &self.source {
-            Source::Replay(_) => return Ok(()),
-            Source::Kernel(sock) => sock,
-        };
-        let msg = wire::request(
-            ty,
-            flags | wire::NLM_F_REQUEST | wire::NLM_F_ACK,
-            seq,
-            payload,
-        );
-        sock.send(&msg, Msg::empty())
-            .map_err(|e| AckError::Io(format!("send: {e}")))?;
+        // A replay answers from the recording: the kernel's acknowledgement (or errno)
+        // was recorded in order, under the same sequence number.
+        if let Source::Kernel(sock) = &self.source {
+            let msg = wire::request(
+                ty,
+                flags | wire::NLM_F_REQUEST | wire::NLM_F_ACK,
+                seq,
+                payload,
+            );
+            sock.send(&msg, Msg::empty())
+                .map_err(|e| AckError::Io(format!("send: {e}")))?;
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -338,10 +338,6 @@ mod tests {
             rcvbuf: 0,
         };
         let mut s = Subscription::replay(spec, &dir).unwrap();
-        assert_eq!(
-            s.request(1, 0, &[], Duration::from_secs(1), &mut |_| {}),
-            Ok(())
-        );
         let mut got = Vec::new();
         s.drain(2, &mut |d| got.push(d.to_vec())).unwrap();
         assert_eq!(got, vec![b"first".to_vec(), vec![]]);
@@ -367,5 +363,63 @@ mod tests {
         let mut s = Subscription::replay(spec, &dir).unwrap();
         assert!(s.drain(1, &mut |_| {}).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+
+    /// An NLMSG_ERROR for `seq` with `code` (0 is an acknowledgement).
+    fn ack(seq: u32, code: i32) -> Vec<u8> {
+        let mut payload = code.to_ne_bytes().to_vec();
+        payload.extend_from_slice(&[0; 16]);
+        let mut m = wire::request(wire::NLMSG_ERROR, 0, seq, &payload);
+        let len = (m.len() as u32).to_ne_bytes();
+        m.get_mut(..4).unwrap().copy_from_slice(&len);
+        m
+    }
+
+    fn replay_of(name: &str, datagrams: &[Vec<u8>]) -> (Subscription, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pp-ack-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut f = Vec::new();
+        for d in datagrams {
+            f.extend_from_slice(&(d.len() as u32).to_le_bytes());
+            f.extend_from_slice(d);
+        }
+        std::fs::write(dir.join("acks.stream"), f).unwrap();
+        let spec = Spec {
+            protocol: Protocol::Netfilter,
+            name: "acks",
+            groups: vec![],
+            rcvbuf: 0,
+        };
+        (Subscription::replay(spec, &dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn requests_are_answered_by_their_own_acknowledgement() {
+        // Something unrelated first (handed to `other`), then the answers to sequence
+        // numbers 2 (EBUSY) and 3 (success), as the kernel sent them.
+        let (mut s, dir) = replay_of(
+            "order",
+            &[b"noise".to_vec(), ack(2, -libc::EBUSY), ack(3, 0)],
+        );
+        let t = Duration::from_secs(1);
+        let mut other = 0;
+        assert_eq!(
+            s.request(1, 0, &[], t, &mut |_| other += 1),
+            Err(AckError::Errno(libc::EBUSY))
+        );
+        assert_eq!(other, 1);
+        assert_eq!(s.request(1, 0, &[], t, &mut |_| {}), Ok(()));
+        // Nothing left to answer a third: it times out instead of waiting for ever.
+        let short = Duration::from_millis(50);
+        assert_eq!(
+            s.request(1, 0, &[], short, &mut |_| {}),
+            Err(AckError::Timeout(short))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
