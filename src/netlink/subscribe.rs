@@ -321,29 +321,39 @@ fn next_recorded(r: &mut BufReader<File>, buf: &mut [u8]) -> std::io::Result<Opt
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_recording_replays_datagram_by_datagram() {
-        let dir = std::env::temp_dir().join(format!("pp-subscribe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// A replay of `datagrams`, recorded under a directory of its own.
+    fn replay_of(name: &'static str, datagrams: &[Vec<u8>]) -> (Subscription, std::path::PathBuf) {
         let mut f = Vec::new();
-        for d in [&b"first"[..], b"", b"third datagram"] {
+        for d in datagrams {
             f.extend_from_slice(&(d.len() as u32).to_le_bytes());
             f.extend_from_slice(d);
         }
-        std::fs::write(dir.join("test.stream"), f).unwrap();
+        replay_raw(name, &f)
+    }
+
+    /// A replay of a recording file holding `bytes`.
+    fn replay_raw(name: &'static str, bytes: &[u8]) -> (Subscription, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("pp-subscribe-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.stream")), bytes).unwrap();
         let spec = Spec {
-            protocol: Protocol::Generic,
-            name: "test",
+            protocol: Protocol::Netfilter,
+            name,
             groups: vec![],
             rcvbuf: 0,
         };
-        let mut s = Subscription::replay(spec, &dir).unwrap();
+        (Subscription::replay(spec, &dir).unwrap(), dir)
+    }
+
+    #[test]
+    fn a_recording_replays_datagram_by_datagram() {
+        let datagrams = [b"first".to_vec(), vec![], b"third datagram".to_vec()];
+        let (mut s, dir) = replay_of("order", &datagrams);
         let mut got = Vec::new();
         s.drain(2, &mut |d| got.push(d.to_vec())).unwrap();
-        assert_eq!(got, vec![b"first".to_vec(), vec![]]);
+        assert_eq!(got, datagrams[..2]);
         s.drain(10, &mut |d| got.push(d.to_vec())).unwrap();
-        assert_eq!(got.len(), 3);
-        assert_eq!(got[2], b"third datagram");
+        assert_eq!(got, datagrams);
         assert_eq!(
             s.received(),
             Received {
@@ -352,23 +362,12 @@ mod tests {
                 overruns: 0
             }
         );
+        std::fs::remove_dir_all(dir).unwrap();
         // A length past the buffer is an error, not a panic.
-        std::fs::write(dir.join("test.stream"), u32::MAX.to_le_bytes()).unwrap();
-        let spec = Spec {
-            protocol: Protocol::Generic,
-            name: "test",
-            groups: vec![],
-            rcvbuf: 0,
-        };
-        let mut s = Subscription::replay(spec, &dir).unwrap();
+        let (mut s, dir) = replay_raw("long", &u32::MAX.to_le_bytes());
         assert!(s.drain(1, &mut |_| {}).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
-}
-
-#[cfg(test)]
-mod ack_tests {
-    use super::*;
 
     /// An NLMSG_ERROR for `seq` with `code` (0 is an acknowledgement).
     fn ack(seq: u32, code: i32) -> Vec<u8> {
@@ -380,30 +379,12 @@ mod ack_tests {
         m
     }
 
-    fn replay_of(name: &str, datagrams: &[Vec<u8>]) -> (Subscription, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("pp-ack-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut f = Vec::new();
-        for d in datagrams {
-            f.extend_from_slice(&(d.len() as u32).to_le_bytes());
-            f.extend_from_slice(d);
-        }
-        std::fs::write(dir.join("acks.stream"), f).unwrap();
-        let spec = Spec {
-            protocol: Protocol::Netfilter,
-            name: "acks",
-            groups: vec![],
-            rcvbuf: 0,
-        };
-        (Subscription::replay(spec, &dir).unwrap(), dir)
-    }
-
     #[test]
     fn requests_are_answered_by_their_own_acknowledgement() {
         // Something unrelated first (handed to `other`), then the answers to sequence
         // numbers 2 (EBUSY) and 3 (success), as the kernel sent them.
         let (mut s, dir) = replay_of(
-            "order",
+            "acks",
             &[b"noise".to_vec(), ack(2, -libc::EBUSY), ack(3, 0)],
         );
         let t = Duration::from_secs(1);
