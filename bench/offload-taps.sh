@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The offload collector's cost on a node with many VM ports: 2,000 TAPs and an uplink in a
-# namespace; the exporter by default (tunnel, OVS and uplink devices only), with
-# --collector.offload.vm-ports, and with --no-collector.offload, in the same run; and,
-# as the named peer, `ethtool -k` reading the same features of every TAP one by one.
+# namespace; the exporter by default (tunnel, OVS and uplink devices only, asked for one
+# by one), with --collector.offload.vm-ports (one dump), and with --no-collector.offload,
+# in the same run; and, as the named peer, `ethtool -k` reading the same features of
+# every TAP one by one.
 #
 # usage: bench/offload-taps.sh        (root: a network namespace; ethtool, curl)
 # Env: N (scrapes each, default 30), TAPS (default 2000).
@@ -45,9 +46,14 @@ start() { # PORT FLAGS...
 start 19720
 start 19721 --collector.offload.vm-ports
 start 19722 --no-collector.offload
-mkdir "$dir/capture"
-start 19723 --collector.disable-defaults --collector.offload --debug.netlink-capture-dir="$dir/capture"
+# What the kernel sends: the features dump (--collector.offload.vm-ports, most devices
+# exported) and, by default, one reply per exported device.
+mkdir "$dir/capture" "$dir/capture-default"
+start 19723 --collector.disable-defaults --collector.offload --collector.offload.vm-ports \
+    --debug.netlink-capture-dir="$dir/capture"
 nsx curl -s -o /dev/null http://127.0.0.1:19723/metrics
+start 19724 --collector.disable-defaults --collector.offload --debug.netlink-capture-dir="$dir/capture-default"
+nsx curl -s -o /dev/null http://127.0.0.1:19724/metrics
 
 scrape() { nsx curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1/metrics"; }
 offload_s() {
@@ -72,6 +78,10 @@ for p in 19720 19721 19722; do
 done
 bytes=$(stat -c %s "$dir/capture/ethtool_features_get.bin")
 echo "features dump: $bytes bytes for $((TAPS + 5)) devices ($((bytes / (TAPS + 5))) bytes each)"
+replies=("$dir"/capture-default/ethtool_features_get@*.bin)
+[[ -e ${replies[0]} ]] || replies=()
+[[ ! -e "$dir/capture-default/ethtool_features_get.bin" ]] || { echo "the default took a features dump" >&2; exit 1; }
+echo "default: ${#replies[@]} per-device requests, $(cat "${replies[@]}" /dev/null | wc -c) bytes of replies"
 start_ns=$(date +%s%N)
 for ((i = 0; i < TAPS; i++)); do nsx ethtool -k "tap$i" >/dev/null; done
 end_ns=$(date +%s%N)

@@ -10,7 +10,10 @@
 //! and 3 TCP SYNs with corrupt checksums arrive on s0 with nf_conntrack_checksum=1.
 //! The exporter then runs in that namespace with --debug.netlink-capture-dir, as root
 //! (tests/fixtures/netlink) and as nobody (tests/fixtures/netlink-eperm: the kernel's
-//! EPERM answer to ctnetlink), and the procfs files it reads are copied beside them.
+//! EPERM answer to ctnetlink), and the procfs files it reads are copied beside them. The
+//! exporter asks for the offload features of the devices it exports, one request each;
+//! the features dump of every device, what it takes instead when it exports most of many
+//! devices, is captured beside them.
 
 mod common;
 
@@ -63,6 +66,8 @@ fn capture_fixtures() {
         let e = Exporter::start(&bed.srv, 19490, user, &[&capture]);
         e.scrape();
         e.stop();
+        let dump = out.clone();
+        bed.srv.enter(move || capture_features_dump(&dump));
         sh(&format!(
             "chmod 0755 {0} && chmod 0644 {0}/*",
             out.display()
@@ -87,4 +92,26 @@ fn capture_fixtures() {
     // What the kernel's own tool said at capture time, for the parser tests to agree with.
     std::fs::write(root.join("conntrack-S.txt"), bed.srv.exec("conntrack -S")).unwrap();
     std::fs::write(root.join("ip-link.txt"), bed.srv.exec("ip -s -d link show")).unwrap();
+}
+
+/// Saves the ethtool features dump of every device as `DIR/ethtool_features_get.bin`,
+/// from the calling thread's namespace. The dump is open to all: root's and nobody's
+/// are the same.
+fn capture_features_dump(dir: &Path) {
+    use packetpath_exporter::collectors::offload::features_request;
+    use packetpath_exporter::netlink::{CaptureTransport, KernelTransport, Transport, genl};
+    let kernel = KernelTransport::new(Duration::from_secs(5));
+    let families = genl::parse_families(&kernel.exchange(&genl::families_request()).unwrap());
+    let id = families
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| name == "ethtool")
+        .expect("the kernel has the ethtool netlink family")
+        .1
+        .id;
+    let capture = CaptureTransport {
+        inner: kernel,
+        dir: dir.to_owned(),
+    };
+    capture.exchange(&features_request(id)).unwrap();
 }

@@ -158,12 +158,30 @@ fn read_whole<T: Transport + ?Sized>(
     req: &Request,
     out: &mut Vec<u8>,
 ) -> Result<(), TransportError> {
-    for _ in 0..DUMP_TRIES {
-        out.clear();
-        let end = t.stream(req, &mut |chunk| {
-            out.extend_from_slice(chunk);
-            true
-        })?;
+    out.clear();
+    stream_consistent(t, req, &mut |piece| {
+        match piece {
+            Some(chunk) => out.extend_from_slice(chunk),
+            None => out.clear(),
+        }
+        true
+    })
+}
+
+/// Hands the reply to `sink` chunk by chunk, as [`Transport::stream`] does, and takes a
+/// dump that raced a change again, as [`Transport::exchange`] does: `sink(None)` says
+/// a new try begins, and the caller drops what the last one gave it. For a dump decoded
+/// as it arrives, never held whole (2,000 links are 3 MB).
+pub fn stream_consistent<T: Transport + ?Sized>(
+    t: &T,
+    req: &Request,
+    sink: &mut dyn FnMut(Option<&[u8]>) -> bool,
+) -> Result<(), TransportError> {
+    for attempt in 0..DUMP_TRIES {
+        if attempt > 0 {
+            sink(None);
+        }
+        let end = t.stream(req, &mut |chunk| sink(Some(chunk)))?;
         if !end.interrupted {
             return Ok(());
         }

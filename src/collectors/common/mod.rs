@@ -132,13 +132,10 @@ impl Scrape {
         &self.resources
     }
 
-    /// This collection's link list. The raw dump (~1.5 KiB a link) is dropped once parsed.
+    /// This collection's link list.
     pub fn links(&self) -> Result<Arc<Vec<links::Link>>, CollectError> {
-        self.links.get(|| {
-            let raw = links::fetch(self.resources.transport.as_ref())
-                .map_err(|e| CollectError::new(format!("link dump failed: {e}")))?;
-            links::parse(&raw).map_err(|e| CollectError::new(format!("link dump: {e}")))
-        })
+        self.links
+            .get(|| links::read(self.resources.transport.as_ref()))
     }
 
     /// This collection's OVS datapaths with their ports and the families they were read

@@ -1,5 +1,6 @@
-//! The ethtool generic netlink family: the features dump (compact bitsets) and the
-//! feature names from the kernel's `ETH_SS_FEATURES` string set.
+//! The ethtool generic netlink family: the features of one device or a dump of every
+//! device's (compact bitsets), and the feature names from the kernel's `ETH_SS_FEATURES`
+//! string set.
 
 #![cfg_attr(
     not(test),
@@ -52,21 +53,39 @@ fn header(flags: u32) -> Vec<u8> {
     h
 }
 
+/// The features of every device, in one dump.
 pub fn features_request(family: u16) -> Request {
+    features_get(family, None)
+}
+
+/// The features of the device with index `ifindex` (captured and replayed as
+/// `ethtool_features_get@<ifindex>.bin`).
+pub fn device_features_request(family: u16, ifindex: u32) -> Request {
+    features_get(family, Some(ifindex))
+}
+
+fn features_get(family: u16, ifindex: Option<u32>) -> Request {
+    let mut h = Vec::new();
+    if let Some(i) = ifindex {
+        wire::push_attr(&mut h, ETHTOOL_A_HEADER_DEV_INDEX, &i.to_ne_bytes());
+    }
+    h.extend(header(ETHTOOL_FLAG_COMPACT_BITSETS));
     let mut body = Vec::new();
     wire::push_attr(
         &mut body,
         ETHTOOL_A_FEATURES_HEADER | wire::NLA_F_NESTED,
-        &header(ETHTOOL_FLAG_COMPACT_BITSETS),
+        &h,
     );
-    genl::request(
+    let mut r = genl::request(
         family,
         ETHTOOL_MSG_FEATURES_GET,
         ETHTOOL_GENL_VERSION,
         "ethtool_features_get",
-        true,
+        ifindex.is_none(),
         &body,
-    )
+    );
+    r.scope = ifindex;
+    r
 }
 
 /// The global (no device) ETH_SS_FEATURES string set: every feature's name by bit.
@@ -223,8 +242,19 @@ fn bitset(payload: &[u8]) -> Result<Vec<u32>, DecodeError> {
 
 /// Decodes a FEATURES_GET dump: one message per device.
 pub fn parse_features(buf: &[u8]) -> Result<Vec<Features>, DecodeError> {
+    decode_features(buf, true)
+}
+
+/// Decodes the reply to one device's FEATURES_GET (no dump, so no NLMSG_DONE); the
+/// kernel's error, ENODEV for a device that is gone, comes back as
+/// [`DecodeError::Kernel`].
+pub fn parse_device_features(buf: &[u8]) -> Result<Option<Features>, DecodeError> {
+    Ok(decode_features(buf, false)?.into_iter().next())
+}
+
+fn decode_features(buf: &[u8], dump: bool) -> Result<Vec<Features>, DecodeError> {
     let mut out = Vec::new();
-    for m in wire::data_messages(FAMILY, buf, true)? {
+    for m in wire::data_messages(FAMILY, buf, dump)? {
         let (_, attrs) = genl::split(FAMILY, m.payload)?;
         let mut f = Features {
             ifindex: 0,
@@ -290,5 +320,60 @@ mod tests {
         // Truncated input is an error naming the attribute, never a panic.
         let err = bitset(&verbose[..verbose.len() - 3]).unwrap_err();
         assert!(err.to_string().contains("ETHTOOL_A_BITSET"), "{err}");
+    }
+
+    #[test]
+    fn one_device_or_every_device() {
+        let attrs_of = |r: &Request| {
+            let mut out = Vec::new();
+            for a in wire::attrs(FAMILY, "test", &r.payload[genl::GENL_HDRLEN..]) {
+                let a = a.unwrap();
+                assert_eq!(a.ty, ETHTOOL_A_FEATURES_HEADER);
+                for h in wire::attrs(FAMILY, "test", a.payload) {
+                    let h = h.unwrap();
+                    out.push((h.ty, h.u32_ne(FAMILY, "test").unwrap()));
+                }
+            }
+            out
+        };
+        let one = device_features_request(21, 7);
+        assert_eq!((one.name, one.scope), ("ethtool_features_get", Some(7)));
+        assert_eq!(one.flags & wire::NLM_F_DUMP, 0);
+        assert_eq!(
+            attrs_of(&one),
+            vec![
+                (ETHTOOL_A_HEADER_DEV_INDEX, 7),
+                (ETHTOOL_A_HEADER_FLAGS, ETHTOOL_FLAG_COMPACT_BITSETS)
+            ]
+        );
+        let all = features_request(21);
+        assert_eq!(all.scope, None);
+        assert_eq!(all.flags & wire::NLM_F_DUMP, wire::NLM_F_DUMP);
+        assert_eq!(
+            attrs_of(&all),
+            vec![(ETHTOOL_A_HEADER_FLAGS, ETHTOOL_FLAG_COMPACT_BITSETS)]
+        );
+    }
+
+    #[test]
+    fn one_device_reply_has_no_done() {
+        let mut h = Vec::new();
+        wire::push_attr(&mut h, ETHTOOL_A_HEADER_DEV_INDEX, &7u32.to_ne_bytes());
+        wire::push_attr(&mut h, ETHTOOL_A_HEADER_DEV_NAME, b"vx0\0");
+        let mut bits = Vec::new();
+        wire::push_attr(&mut bits, ETHTOOL_A_BITSET_VALUE, &5u32.to_ne_bytes());
+        let mut p = vec![ETHTOOL_MSG_FEATURES_GET + 1, 1, 0, 0];
+        wire::push_attr(&mut p, ETHTOOL_A_FEATURES_HEADER | wire::NLA_F_NESTED, &h);
+        wire::push_attr(
+            &mut p,
+            ETHTOOL_A_FEATURES_ACTIVE | wire::NLA_F_NESTED,
+            &bits,
+        );
+        let m = wire::request(21, 0, 1, &p);
+        let f = parse_device_features(&m).unwrap().unwrap();
+        assert_eq!((f.ifindex, f.name.as_str()), (7, "vx0"));
+        assert_eq!((f.active, f.wanted), (vec![0, 2], vec![]));
+        // The same message as a dump would need its DONE.
+        assert!(parse_features(&m).is_err());
     }
 }
