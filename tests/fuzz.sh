@@ -40,6 +40,10 @@ if [ $# -gt 0 ]; then
 else
     mapfile -t targets < <(cargo fuzz list --fuzz-dir fuzz)
 fi
+if [ ${#targets[@]} -eq 0 ]; then
+    echo "no fuzz targets found in fuzz/" >&2
+    exit 1
+fi
 
 fuzz/seed.sh "$corpus" >/dev/null
 mkdir -p "$logs"
