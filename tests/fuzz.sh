@@ -17,6 +17,9 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-45}
 timeout=${FUZZ_TIMEOUT:-10}
 corpus=.cache/fuzz-corpus
+# The binaries are looked for in fuzz/target; the instrumented build never shares a
+# target directory with the exporter's own.
+unset CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR
 logs=.cache/fuzz-logs
 
 # libFuzzer is C++, built by libfuzzer-sys.
