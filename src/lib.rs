@@ -10,6 +10,8 @@ pub mod collectors;
 pub mod connections;
 pub mod counter;
 pub mod diagnose;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod logging;
 pub mod metrics;
 pub mod netlink;

@@ -92,3 +92,4 @@ fi
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
+tests/fuzz.sh

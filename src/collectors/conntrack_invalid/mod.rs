@@ -11,7 +11,7 @@
 //! anything (never stealing it from ulogd or another listener), records what it changed in
 //! a state file, and puts it all back on exit.
 
-mod counts;
+pub mod counts;
 mod nflog;
 mod record;
 mod settings;
