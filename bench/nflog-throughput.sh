@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of the conntrack_invalid collector's NFLOG listener: how many conntrack-invalid
 # log messages per second the exporter takes in, whether any are lost, and what they cost
-# it in CPU time.
+# it in CPU time; then the same send with tcpdump bound to the group instead, for the CPU
+# each of them spends per message.
 #
 # A client namespace sends COUNT zero-payload TCP FIN/ACKs with bad checksums (the seed
 # incident's packets) over a veth pair, as fast as target/release/examples/pptraffic can,
@@ -9,6 +10,13 @@
 # `ct state invalid` (counting them). The release exporter runs in the server namespace
 # with --collector.conntrack_invalid only. pptraffic sends at most 65,535 packets per run
 # (one destination port each), so the send is a sequence of runs on different source ports.
+#
+# The peer: Debian's tcpdump (the script installs it with `apt-get install tcpdump` when it
+# is missing) as `tcpdump -i nflog:0 -w /dev/null`, pinned to the same CPUs, after the
+# exporter has exited: only one socket can bind group 0, and the two never run at once. It
+# gets the same send and the same nf_conntrack_log_invalid=255 / nf_log/2=nfnetlink_log;
+# its count is the "N packets captured" it prints (on SIGUSR1 while it runs, on SIGINT at
+# the end), its loss the nftables counter minus that.
 #
 # Figures:
 #   kernel invalid   the nftables counter: packets conntrack marked invalid
@@ -18,6 +26,10 @@
 #   send rate        COUNT / wall time of the send
 #   receive rate     messages / (first send .. last message received)
 #   CPU              the exporter's utime+stime (/proc/PID/stat) over the run
+#   tcpdump          its "packets captured", loss against the nftables counter, and its
+#                    utime+stime over its send and drain
+#   ratio            the exporter's messages per CPU-second / tcpdump's (>= 1: the
+#                    exporter spends at most tcpdump's CPU per message)
 #
 # Usage (from the repository root, as root):  bench/nflog-throughput.sh
 # Environment:
@@ -29,6 +41,9 @@
 #   PORT=19600        exporter listen port inside the server namespace
 #   BASELINE=1        first send COUNT packets with no exporter (nothing bound to the
 #                     NFLOG group), to show the generator's own rate; 0 skips it
+#   PEER=1            after the exporter, the same send to tcpdump; 0 skips it
+#   TCPDUMP_ARGS=     more tcpdump arguments, e.g. "-B 4096" for a 4 MiB socket buffer
+#                     (SO_RCVBUF: capped by net.core.rmem_max); by default none
 set -euo pipefail
 
 COUNT=${COUNT:-2000000}
@@ -37,6 +52,8 @@ SENDER_CPUS=${SENDER_CPUS:-0}
 EXPORTER_CPUS=${EXPORTER_CPUS:-1}
 PORT=${PORT:-19600}
 BASELINE=${BASELINE:-1}
+PEER=${PEER:-1}
+TCPDUMP_ARGS=${TCPDUMP_ARGS:-}
 PER_RUN=65000
 
 die() { echo "nflog-throughput: $*" >&2; exit 1; }
@@ -44,6 +61,12 @@ die() { echo "nflog-throughput: $*" >&2; exit 1; }
 for tool in ip nft curl taskset awk; do
     command -v $tool >/dev/null || die "$tool not found"
 done
+if [[ $PEER == 1 ]] && ! command -v tcpdump >/dev/null; then
+    command -v apt-get >/dev/null || die "tcpdump not found (or PEER=0)"
+    echo "==> apt-get install tcpdump"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tcpdump >/dev/null ||
+        die "could not install tcpdump (or PEER=0)"
+fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
@@ -57,17 +80,27 @@ SRV=ppnf-srv-$$
 CLI=ppnf-cli-$$
 work=$(mktemp -d /tmp/ppnflog.XXXXXX)
 exporter_pid=""
+tcpdump_pid=""
+# stop PID SIGNAL: signals a job of this shell and waits for it, SIGKILL after 10 s.
+stop() {
+    kill -"$2" "$1" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
 cleanup() {
     local rc=$?
     set +e
     for job in $(jobs -p); do
-        [[ $job == "$exporter_pid" ]] || { pkill -TERM -P "$job"; kill -TERM "$job"; } 2>/dev/null
+        [[ $job == "$exporter_pid" || $job == "$tcpdump_pid" ]] ||
+            { pkill -TERM -P "$job"; kill -TERM "$job"; } 2>/dev/null
     done
-    wait $(jobs -p | grep -vx "${exporter_pid:-none}") 2>/dev/null
-    if [[ -n $exporter_pid ]] && kill -0 "$exporter_pid" 2>/dev/null; then
-        kill -TERM "$exporter_pid"
-        wait "$exporter_pid" 2>/dev/null
-    fi
+    wait $(jobs -p | grep -vx -e "${exporter_pid:-none}" -e "${tcpdump_pid:-none}") 2>/dev/null
+    [[ -z $exporter_pid ]] || stop "$exporter_pid" TERM
+    [[ -z $tcpdump_pid ]] || stop "$tcpdump_pid" INT
     ip netns del "$SRV" 2>/dev/null
     ip netns del "$CLI" 2>/dev/null
     rm -rf "$work"
@@ -187,6 +220,7 @@ echo "==> sending $COUNT bad-checksum FIN/ACKs ($SENDERS sender(s), CPUs $SENDER
 cpu_busy >"$work/stat0"
 t0=$(now_ns)
 send "$COUNT"
+ex_send_ns=$send_ns
 cpu_busy >"$work/stat1"
 
 # Drain: poll every 0.1 s until the message count has not moved for 0.3 s (the kernel
@@ -224,6 +258,74 @@ wait "$exporter_pid" || true
 exporter_pid=""
 restored=$(in_srv cat /proc/sys/net/netfilter/nf_conntrack_log_invalid)
 
+# --- 3. the same send to tcpdump ---------------------------------------------------------
+# Only once the exporter has exited: its NFLOG instance goes with its socket, and group 0
+# must be free again (/proc/net/netfilter/nfnetlink_log lists bound groups).
+# td_captured: the last "N packets captured" tcpdump printed (SIGUSR1 or exit), 0 if none.
+td_captured() {
+    awk '/packets captured/ {sub(/^tcpdump: /, ""); v = $1} END {printf "%d", v + 0}' "$work/tcpdump.log"
+}
+if [[ $PEER == 1 ]]; then
+    for _ in $(seq 50); do
+        [[ -z $(in_srv cat /proc/net/netfilter/nfnetlink_log 2>/dev/null) ]] && break
+        sleep 0.1
+    done
+    [[ -z $(in_srv cat /proc/net/netfilter/nfnetlink_log 2>/dev/null) ]] ||
+        die "NFLOG group 0 is still bound after the exporter exited"
+    echo "==> tcpdump -i nflog:0 -w /dev/null $TCPDUMP_ARGS (CPUs $EXPORTER_CPUS)"
+    # shellcheck disable=SC2086 # TCPDUMP_ARGS is words
+    taskset -c "$EXPORTER_CPUS" ip netns exec "$SRV" tcpdump -i nflog:0 -w /dev/null $TCPDUMP_ARGS \
+        2>"$work/tcpdump.log" &
+    tcpdump_pid=$!
+    for _ in $(seq 100); do
+        grep -qs '^tcpdump: listening on nflog:0' "$work/tcpdump.log" && break
+        kill -0 "$tcpdump_pid" 2>/dev/null || { cat "$work/tcpdump.log" >&2; die "tcpdump exited"; }
+        sleep 0.1
+    done
+    grep -qs '^tcpdump: listening on nflog:0' "$work/tcpdump.log" || die "tcpdump is not listening"
+    [[ $(cat "/proc/$tcpdump_pid/comm") == tcpdump ]] || die "pid $tcpdump_pid is not tcpdump"
+    # What the exporter set while it ran (tcpdump binds nf_log/2 itself; set it anyway).
+    in_srv sh -c "echo 255 > $nf/nf_conntrack_log_invalid; echo nfnetlink_log > $nf/nf_log/2"
+    k0=$(nft_invalid)
+    tcpu0=$(cpu_ticks "$tcpdump_pid")
+    echo "==> sending $COUNT bad-checksum FIN/ACKs to tcpdump"
+    cpu_busy >"$work/stat2"
+    send "$COUNT"
+    td_send_ns=$send_ns
+    cpu_busy >"$work/stat3"
+    td_kernel=$(( $(nft_invalid) - k0 ))
+    # Drain: ask for the count (SIGUSR1) every 0.2 s until it reaches the kernel's or has
+    # not moved for 1 s.
+    last=-1
+    still=0
+    for _ in $(seq 300); do
+        kill -USR1 "$tcpdump_pid"
+        sleep 0.2
+        cur=$(td_captured)
+        ((cur < td_kernel)) || break
+        if [[ $cur == "$last" ]]; then
+            still=$((still + 1))
+            ((still < 5)) || break
+        else
+            still=0
+            last=$cur
+        fi
+    done
+    tcpu1=$(cpu_ticks "$tcpdump_pid")
+    stop "$tcpdump_pid" INT
+    tcpdump_pid=""
+    # On exit tcpdump prints "N packets captured" on a line of its own: the final count.
+    grep -q '^[0-9]* packets captured$' "$work/tcpdump.log" || {
+        cat "$work/tcpdump.log" >&2
+        die "tcpdump printed no final count"
+    }
+    td_msgs=$(awk '/^[0-9]+ packets captured$/ {v = $1} END {print v}' "$work/tcpdump.log")
+    td_dropped=$(awk '/^[0-9]+ packets dropped by kernel$/ {v = $1} END {print v + 0}' "$work/tcpdump.log")
+    td_cpu_s=$(awk -v t=$((tcpu1 - tcpu0)) -v hz="$hz" 'BEGIN {printf "%.2f", t / hz}')
+    td_per_cpu_s=$(awk -v n="$td_msgs" -v c="$td_cpu_s" 'BEGIN {printf "%.0f", (c > 0 ? n / c : 0)}')
+    in_srv sh -c "echo $orig_log_invalid > $nf/nf_conntrack_log_invalid; echo $orig_nf_log > $nf/nf_log/2"
+fi
+
 echo
 echo "=== nflog-throughput: $COUNT packets, kernel $(uname -r), $(nproc) CPUs ==="
 if [[ $BASELINE == 1 ]]; then
@@ -231,7 +333,7 @@ if [[ $BASELINE == 1 ]]; then
         "generator alone (no listener):" "$COUNT" "$(secs "$base_ns")" "$(rate "$COUNT" "$base_ns")" "$base_invalid"
 fi
 printf '%-34s %s packets in %s s = %s packets/s\n' "send with the exporter:" \
-    "$COUNT" "$(secs "$send_ns")" "$(rate "$COUNT" "$send_ns")"
+    "$COUNT" "$(secs "$ex_send_ns")" "$(rate "$COUNT" "$ex_send_ns")"
 printf '%-34s %s\n' "kernel invalid (nftables):" "$kernel"
 printf '%-34s %s\n' "messages received:" "$msgs"
 printf '%-34s %s (overruns %s, lost by NFULA_SEQ %s, decode errors %s)\n' \
@@ -244,3 +346,20 @@ printf '%-34s %s s on CPUs %s = %s messages per CPU-second\n' "exporter CPU (uti
 printf '%-34s %s\n' "CPU busy during the send:" "$(join "$work/stat0" "$work/stat1" |
     awk '{printf "%s %.0f%%  ", $1, 100 * ($4 - $2) / ($5 - $3)}')"
 printf '%-34s %s (before the exporter: %s)\n' "log_invalid after SIGTERM:" "$restored" "$orig_log_invalid"
+if [[ $PEER == 1 ]]; then
+    echo
+    printf '%-34s %s packets in %s s = %s packets/s\n' "send with tcpdump:" \
+        "$COUNT" "$(secs "$td_send_ns")" "$(rate "$COUNT" "$td_send_ns")"
+    printf '%-34s %s\n' "CPU busy during the send:" "$(join "$work/stat2" "$work/stat3" |
+        awk '{printf "%s %.0f%%  ", $1, 100 * ($4 - $2) / ($5 - $3)}')"
+    echo
+    echo "tcpdump ran as: tcpdump -i nflog:0 -w /dev/null $TCPDUMP_ARGS"
+    printf '%-10s %12s %12s %8s %8s %22s\n' "listener" "kernel" "messages" "lost" "CPU s" "messages/CPU-second"
+    printf '%-10s %12s %12s %8s %8s %22s\n' "exporter" "$kernel" "$msgs" "$((kernel - msgs))" "$cpu_s" "$per_cpu_s"
+    printf '%-10s %12s %12s %8s %8s %22s\n' "tcpdump" "$td_kernel" "$td_msgs" "$((td_kernel - td_msgs))" "$td_cpu_s" "$td_per_cpu_s"
+    printf '(tcpdump: "%s packets dropped by kernel")\n' "$td_dropped"
+    awk -v e="$per_cpu_s" -v t="$td_per_cpu_s" 'BEGIN {
+        if (e > 0 && t > 0)
+            printf "ratio exporter/tcpdump: messages per CPU-second %.2f, CPU per message %.2f (target: >= 1, <= 1)\n", e / t, t / e
+    }'
+fi

@@ -25,8 +25,11 @@ pub struct Counts {
     overruns: AtomicU64,
     pub lost: AtomicU64,
     pub errors: AtomicU64,
-    last_seq: Mutex<Option<u32>>,
+    /// The last NFULA_SEQ seen, or [`NO_SEQ`].
+    last_seq: AtomicU64,
 }
+
+const NO_SEQ: u64 = u64::MAX;
 
 /// Marks "other devices" once the device cap is reached.
 pub(super) const OTHER_DEVICE: u32 = u32::MAX;
@@ -57,7 +60,7 @@ impl Counts {
             overruns: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            last_seq: Mutex::new(None),
+            last_seq: AtomicU64::new(NO_SEQ),
         }
     }
 
@@ -77,27 +80,32 @@ impl Counts {
         }
         if let Some(dev) = r.indev {
             let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-            let named = devices.len() - usize::from(devices.contains_key(&OTHER_DEVICE));
-            let key = if devices.contains_key(&dev) || named < self.max_devices {
-                dev
-            } else {
-                OTHER_DEVICE
-            };
-            *devices.entry(key).or_default() += 1;
+            // One lookup for a device already counted, the usual case.
+            match devices.get_mut(&dev) {
+                Some(n) => *n += 1,
+                None => {
+                    let named = devices.len() - usize::from(devices.contains_key(&OTHER_DEVICE));
+                    let key = if named < self.max_devices {
+                        dev
+                    } else {
+                        OTHER_DEVICE
+                    };
+                    *devices.entry(key).or_default() += 1;
+                }
+            }
         }
     }
 
     fn track_seq(&self, seq: Option<u32>) {
         if let Some(seq) = seq {
             // NFULA_SEQ counts every message the instance sent: a jump is messages lost.
-            let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(prev) = *last {
+            let prev = self.last_seq.swap(u64::from(seq), Ordering::Relaxed);
+            if let Ok(prev) = u32::try_from(prev) {
                 let gap = seq.wrapping_sub(prev).wrapping_sub(1);
                 if gap < u32::MAX / 2 {
                     self.lost.fetch_add(u64::from(gap), Ordering::Relaxed);
                 }
             }
-            *last = Some(seq);
         }
     }
 

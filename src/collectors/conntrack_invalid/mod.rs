@@ -93,6 +93,10 @@ pub fn exports(family: &str) -> bool {
 const RCVBUF: i32 = 8 << 20;
 /// Datagrams read per wake-up at most.
 const MAX_BATCH: usize = 256;
+/// After a read that emptied the socket, this long before the next wait. The kernel sends
+/// conntrack's log one message per datagram (see nflog.rs), and waking up for each costs
+/// more than reading it; meanwhile messages gather in the socket (RCVBUF holds thousands).
+const GATHER: Duration = Duration::from_millis(1);
 /// How often the listener looks whether it was asked to stop.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
@@ -236,12 +240,18 @@ fn listen(mut sub: Subscription, shared: &Shared) {
         if !sub.wait(STOP_CHECK) {
             continue;
         }
+        let read = |s: &Subscription| s.received().datagrams + s.received().overruns;
+        let before = read(&sub);
         if let Err(e) = sub.drain(MAX_BATCH, &mut |d| shared.counts.ingest(d)) {
             *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(CollectError::new(format!("NFLOG socket: {e}")));
             return;
         }
         shared.counts.set_overruns(sub.received().overruns);
+        // Fewer than MAX_BATCH read: the socket is empty.
+        if read(&sub) - before < MAX_BATCH as u64 {
+            std::thread::sleep(GATHER);
+        }
     }
 }
 

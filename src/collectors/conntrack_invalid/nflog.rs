@@ -1,6 +1,15 @@
 //! The nfnetlink_log configuration protocol: bind NFLOG group 0 to our socket and set
-//! how the kernel copies and batches its messages. Requests go through the subscription,
-//! with sequence numbers it assigns and a timeout on every acknowledgement.
+//! how much of each packet the kernel copies. Requests go through the subscription, with
+//! sequence numbers it assigns and a timeout on every acknowledgement.
+//!
+//! No batching is configured, because none applies: conntrack logs with no log info of
+//! its own, and nfnetlink_log's default for that case has a queue threshold of 1, which
+//! overrides the instance's (`nfulnl_log_packet`: the lower of the two wins). Every
+//! conntrack-invalid message therefore leaves in a datagram of its own, whatever
+//! NFULA_CFG_QTHRESH and NFULA_CFG_TIMEOUT say. NFULA_CFG_NLBUFSIZ still sizes the buffer
+//! the kernel allocates for each such datagram, in softirq, before trimming it to the one
+//! message: the default (at most 8 KiB) is the cheapest, so it is left alone. The
+//! listener batches on its side instead (see `GATHER`).
 
 use std::time::Duration;
 
@@ -12,21 +21,12 @@ const NFULNL_MSG_CONFIG: u16 = 1;
 
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
-const NFULA_CFG_NLBUFSIZ: u16 = 3;
-const NFULA_CFG_TIMEOUT: u16 = 4;
-const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULA_CFG_FLAGS: u16 = 6;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NFULNL_CFG_F_SEQ: u16 = 1;
 /// Enough of each packet for an IPv6 header and a full TCP header.
 const COPY_RANGE: u32 = 128;
-/// The largest batch nfnetlink_log accepts (it refuses more than 128 KiB).
-const NLBUFSIZ: u32 = 128 * 1024;
-/// Messages per batch at most: more than a full NLBUFSIZ holds, so the size decides.
-const QTHRESH: u32 = 4096;
-/// A batch waits at most this long (in 1/100 s) for more messages.
-const FLUSH_CENTISECONDS: u32 = 10;
 
 fn config_msg(family: u8, group: u16, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
     let mut payload = vec![family, 0];
@@ -73,7 +73,8 @@ fn configure(sub: &mut Subscription, attrs: &[(u16, Vec<u8>)]) -> Result<(), Ack
     sub.request(ty, 0, &config_msg(0, 0, attrs), ACK_TIMEOUT, &mut |_| {})
 }
 
-/// Binds NFLOG group 0 to the subscription's socket and sets its copy mode and batching.
+/// Binds NFLOG group 0 to the subscription's socket and sets its copy mode and sequence
+/// numbers.
 pub fn bind_group(sub: &mut Subscription) -> Result<(), BindError> {
     // No PF_BIND: it would make nfnetlink_log the logger for the family before the group
     // is ours (and even when it is not); the nf_log sysctls do that, recorded.
@@ -90,11 +91,6 @@ pub fn bind_group(sub: &mut Subscription) -> Result<(), BindError> {
     mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
     let attrs = [
         (NFULA_CFG_MODE, mode),
-        // Batch messages into large datagrams: one is sent when NLBUFSIZ would overflow,
-        // QTHRESH messages are queued, or TIMEOUT (1/100 s) has passed since the first.
-        (NFULA_CFG_NLBUFSIZ, NLBUFSIZ.to_be_bytes().to_vec()),
-        (NFULA_CFG_QTHRESH, QTHRESH.to_be_bytes().to_vec()),
-        (NFULA_CFG_TIMEOUT, FLUSH_CENTISECONDS.to_be_bytes().to_vec()),
         (NFULA_CFG_FLAGS, NFULNL_CFG_F_SEQ.to_be_bytes().to_vec()),
     ];
     configure(sub, &attrs).map_err(BindError::Configure)

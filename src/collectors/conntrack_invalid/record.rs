@@ -57,22 +57,33 @@ pub struct Record {
     pub from_conntrack: bool,
 }
 
-/// The kernel's reason text (after "nf_ct_proto_N: ") in a bounded set.
+/// The kernel's reason text (after "nf_ct_proto_N: ") in a bounded set. Matched in place,
+/// ignoring ASCII case: this runs for every message.
 pub fn reason_of(prefix: &str) -> Reason {
+    let prefix = prefix.as_bytes();
     let text = prefix
-        .split_once(": ")
-        .map_or(prefix, |(_, rest)| rest)
-        .trim()
-        .to_ascii_lowercase();
-    if text.contains("checksum") {
+        .windows(2)
+        .position(|w| w == b": ")
+        .and_then(|at| prefix.get(at + 2..))
+        .unwrap_or(prefix)
+        .trim_ascii();
+    let has = |word: &str| {
+        text.windows(word.len())
+            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    let starts = |word: &str| {
+        text.get(..word.len())
+            .is_some_and(|t| t.eq_ignore_ascii_case(word.as_bytes()))
+    };
+    if has("checksum") {
         Reason::BadChecksum
-    } else if text.starts_with("seq is") || text.starts_with("ack is") || text.contains("window") {
+    } else if starts("seq is") || starts("ack is") || has("window") {
         Reason::OutOfWindow
-    } else if text.contains("flag") {
+    } else if has("flag") {
         Reason::InvalidFlags
-    } else if text.contains("truncated") || text.contains("short") || text.contains("malformed") {
+    } else if has("truncated") || has("short") || has("malformed") {
         Reason::Truncated
-    } else if text.contains("state") || text.contains("rst") || text.contains("invalid") {
+    } else if has("state") || has("rst") || has("invalid") {
         Reason::InvalidState
     } else {
         Reason::Other

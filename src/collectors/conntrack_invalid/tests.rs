@@ -36,6 +36,12 @@ fn reasons_from_kernel_texts() {
         Reason::InvalidState
     );
     assert_eq!(reason_of("nf_ct_proto_1: something new "), Reason::Other);
+    // Matched without regard to ASCII case or surrounding blanks; no ": " means all of it.
+    assert_eq!(reason_of("nf_ct_tcp:   Seq Is under "), Reason::OutOfWindow);
+    assert_eq!(reason_of("BAD CHECKSUM"), Reason::BadChecksum);
+    assert_eq!(reason_of("nf_ct_proto_6: seq"), Reason::Other);
+    assert_eq!(reason_of(": "), Reason::Other);
+    assert_eq!(reason_of(""), Reason::Other);
 }
 
 #[test]
