@@ -795,7 +795,7 @@ fn messages_lost_while_the_exporter_is_stalled_are_counted_exactly() {
         assert!(sent < 2_000_000, "no overflow after {sent} packets");
         bed.send_raw(libc::IPPROTO_TCP, vec![finack.clone(); 50_000]);
         sent += 50_000;
-        std::thread::sleep(Duration::from_millis(200)); // the collector's flush timeout
+        std::thread::sleep(Duration::from_millis(200)); // let the kernel deliver, or find the socket full
     }
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(e.pid(), libc::SIGCONT) }, 0);
