@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Exporter, Metrics, Netns, require_root, send_frames, wait_for};
@@ -283,4 +284,108 @@ fn two_hundred_veth_pairs_with_traffic_match_sysfs() {
         );
     }
     assert_eq!(m.select("packetpath_interface_info", &[]).count(), 401);
+}
+
+/// device -> (master, operstate, MTU) as `ip -j link` shows them.
+fn ip_links(ns: &Netns) -> BTreeMap<String, (String, String, u64)> {
+    let links: serde_json::Value = serde_json::from_str(&ns.exec("ip -j link show")).unwrap();
+    links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let text = |k: &str| l[k].as_str().unwrap_or("").to_owned();
+            let state = (text("master"), text("operstate").to_lowercase());
+            (
+                text("ifname"),
+                (state.0, state.1, l["mtu"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The same, as the exporter says it.
+fn exported_links(m: &Metrics) -> BTreeMap<String, (String, String, u64)> {
+    m.select("packetpath_interface_info", &[])
+        .map(|(l, _)| {
+            let dev = l["device"].clone();
+            let mtu = m.value("packetpath_interface_mtu_bytes", &[("device", &dev)]);
+            let state = (l["master"].clone(), l["operstate"].clone(), mtu as u64);
+            (dev, state)
+        })
+        .collect()
+}
+
+/// Scrapes while `ip` shows the same before and after; the scrape must show it too.
+fn scrape_matching_ip(ns: &Netns, exporter: &Exporter, after: &str) {
+    for _ in 0..20 {
+        let before = ip_links(ns);
+        let m = exporter.scrape();
+        if ip_links(ns) == before {
+            assert_eq!(exported_links(&m), before, "after {after}");
+            return;
+        }
+    }
+    panic!("the links kept changing after {after}");
+}
+
+#[test]
+fn link_changes_show_at_the_next_scrape() {
+    if !require_root("link_changes_show_at_the_next_scrape") {
+        return;
+    }
+    // Between scrapes only the counters are read while nothing announces a change on
+    // RTNLGRP_LINK; every change must show at the very next scrape all the same.
+    let ns = Netns::new("linkcache");
+    ns.exec(
+        "ip link add x0 type veth peer name x1 && ip link add br0 type bridge \
+         && ip tuntap add t0 mode tap && ip link set x0 up && ip link set x1 up \
+         && ip link set br0 up",
+    );
+    let dir = std::env::temp_dir().join(format!("pp-linkcache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    common::sh(&format!("chmod 0777 {}", dir.display()));
+    let capture = format!("--debug.netlink-capture-dir={}", dir.display());
+    let args = [
+        "--collector.disable-defaults",
+        "--collector.interfaces",
+        &capture,
+    ];
+    let e = Exporter::start(&ns, 19630, Some("65534"), &args);
+    let counters = dir.join("rtnl_getstats.bin");
+    let counters_alone = || {
+        let _ = std::fs::remove_file(&counters);
+        scrape_matching_ip(&ns, &e, "nothing");
+        counters.exists()
+    };
+    wait_for(
+        "a scrape that reads the counters alone",
+        Duration::from_secs(10),
+        counters_alone,
+    );
+    for change in [
+        "ip link set x0 mtu 1400",
+        "ip link set x1 master br0",
+        "ip link set x0 down",
+        "ip link set x0 up",
+        "ip link set t0 name t1",
+        "ip link add d0 type veth peer name d1",
+        "ip link set d0 up",
+        "ip link del d0",
+        "ip link set x1 nomaster",
+        "ip link set br0 down",
+    ] {
+        ns.exec(change);
+        scrape_matching_ip(&ns, &e, change);
+    }
+    wait_for(
+        "counters alone again",
+        Duration::from_secs(10),
+        counters_alone,
+    );
+    // And they equal sysfs.
+    scrape_matching_sysfs(&ns, &e);
+    e.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }

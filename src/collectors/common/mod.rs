@@ -8,6 +8,7 @@
 //! takes. A read that fails fails the same way for every collector of that collection.
 
 pub mod devices;
+pub mod link_cache;
 pub mod links;
 pub mod ovs;
 pub mod ovsdb;
@@ -42,6 +43,9 @@ pub struct Resources {
     pub sysfs: PathBuf,
     pub transport: Arc<dyn Transport>,
     pub devices: Devices,
+    /// What the last collection read of the links, so the next one may read only their
+    /// counters while no link changed.
+    pub link_cache: link_cache::LinkCache,
     /// The OVS generic netlink families and the link kinds of OVS ports.
     pub ovs: ovs::Source,
     /// The Open vSwitch database, followed live once a collector has asked for it.
@@ -60,6 +64,7 @@ impl Resources {
             sysfs,
             transport,
             devices: Devices::from(&shared.devices),
+            link_cache: link_cache::LinkCache::default(),
             ovs: ovs::Source::default(),
             ovsdb: ovsdb::Source::new(shared.ovsdb_socket.clone()),
         })
@@ -95,12 +100,15 @@ impl<T> Default for Once<T> {
 }
 
 impl<T> Once<T> {
-    fn get(&self, read: impl FnOnce() -> Result<T, CollectError>) -> Result<Arc<T>, CollectError> {
+    fn get(
+        &self,
+        read: impl FnOnce() -> Result<Arc<T>, CollectError>,
+    ) -> Result<Arc<T>, CollectError> {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = slot.as_ref() {
             return r.clone();
         }
-        let r = read().map(Arc::new);
+        let r = read();
         *slot = Some(r.clone());
         r
     }
@@ -132,10 +140,12 @@ impl Scrape {
         &self.resources
     }
 
-    /// This collection's link list.
+    /// This collection's link list: a full dump when any link may have changed since the
+    /// last collection, else the last one's links with fresh counters (`link_cache.rs`).
     pub fn links(&self) -> Result<Arc<Vec<links::Link>>, CollectError> {
-        self.links
-            .get(|| links::read(self.resources.transport.as_ref()))
+        let r = &self.resources;
+        let t = r.transport.as_ref();
+        self.links.get(|| r.link_cache.read(t, || links::read(t)))
     }
 
     /// This collection's OVS datapaths with their ports and the families they were read
@@ -143,11 +153,12 @@ impl Scrape {
     pub fn ovs(&self) -> Result<Arc<ovs::View>, CollectError> {
         let r = &self.resources;
         self.ovs
-            .get(|| r.ovs.read(r.transport.as_ref(), &r.devices))
+            .get(|| r.ovs.read(r.transport.as_ref(), &r.devices).map(Arc::new))
     }
 
     /// This collection's VM ports from the Open vSwitch database, or why there are none.
     pub fn ovsdb(&self) -> Result<Arc<ovsdb::Ports>, CollectError> {
-        self.ovsdb.get(|| self.resources.ovsdb.ports())
+        self.ovsdb
+            .get(|| self.resources.ovsdb.ports().map(Arc::new))
     }
 }
