@@ -7,6 +7,7 @@
 
 use serde_json::Value;
 
+use crate::collectors::common::link_cache;
 use crate::collectors::common::links as interfaces;
 use crate::collectors::common::ovs;
 use crate::collectors::common::ovsdb::client::split_messages;
@@ -59,12 +60,16 @@ fn walk_attrs(buf: &[u8], depth: usize) {
     }
 }
 
-/// rtnetlink: the link dump and the single-link reply (interfaces), the route dump
-/// (offload's uplinks).
+/// rtnetlink: the link dump and the single-link reply (interfaces), the statistics dump
+/// (the link cache's counters), the route dump (offload's uplinks).
 pub fn rtnetlink(data: &[u8]) {
     let _ = interfaces::parse(data);
     let _ = interfaces::parse_one(data);
     let _ = offload::parse_default_devices(data);
+    // RTM_NEWSTATS messages of the counters-only read.
+    for m in wire::messages(FAMILY, data).flatten() {
+        let _ = link_cache::parse_stats(m.payload);
+    }
 }
 
 /// Conntrack statistics: the ctnetlink per-CPU dump and global reply, and the text of

@@ -26,6 +26,11 @@
 //! A change announced while a read is under way shows at the next read, as a full dump's
 //! reading of one device earlier than another does.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -257,7 +262,7 @@ fn counters(t: &dyn Transport, links: &mut [Link]) -> Result<bool, CountersError
 }
 
 /// One RTM_NEWSTATS message: the device's index and its 64-bit counters.
-fn parse_stats(p: &[u8]) -> Result<Option<(i32, Stats)>, DecodeError> {
+pub fn parse_stats(p: &[u8]) -> Result<Option<(i32, Stats)>, DecodeError> {
     let short = || DecodeError::ShortStruct {
         family: FAMILY,
         what: "if_stats_msg",
