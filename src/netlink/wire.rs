@@ -195,6 +195,39 @@ pub enum Control<'a> {
     Skip,
 }
 
+/// How the walk of one chunk of a dump ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// The chunk is used up; the dump goes on.
+    More,
+    /// NLMSG_DONE (or a zero ack): the dump is complete.
+    Done,
+    /// The caller asked to stop (a capped dump).
+    Stopped,
+}
+
+/// Walks one chunk of a dump reply, handing every data message to `on_data`, which
+/// returns false to stop; a kernel error or an undecodable message ends the walk as an
+/// error. The one loop every streamed dump (links, counters, flows) is read with.
+pub fn walk<'a>(
+    family: &'static str,
+    chunk: &'a [u8],
+    on_data: &mut dyn FnMut(Message<'a>) -> Result<bool, DecodeError>,
+) -> Result<Walk, DecodeError> {
+    for m in messages(family, chunk) {
+        match control(family, m?)? {
+            Control::Data(m) => {
+                if !on_data(m)? {
+                    return Ok(Walk::Stopped);
+                }
+            }
+            Control::Skip => {}
+            Control::Done => return Ok(Walk::Done),
+        }
+    }
+    Ok(Walk::More)
+}
+
 /// Classifies a message of a request's reply, turning kernel errors into [`DecodeError::Kernel`].
 pub fn control<'a>(family: &'static str, m: Message<'a>) -> Result<Control<'a>, DecodeError> {
     match m.ty {

@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use super::links::{Link, Stats};
 use crate::collectors::CollectError;
 use crate::netlink::subscribe::{self, Subscription};
-use crate::netlink::wire::{self, Control, DecodeError};
+use crate::netlink::wire::{self, DecodeError, Walk};
 use crate::netlink::{self, Protocol, Request, Transport};
 
 const FAMILY: &str = "rtnetlink";
@@ -218,36 +218,32 @@ fn counters(t: &dyn Transport, links: &mut [Link]) -> Result<bool, CountersError
             (seen, unknown, done, failure) = (0, false, false, None);
             return true;
         };
-        for m in wire::messages(FAMILY, chunk) {
-            let step = m
-                .and_then(|m| wire::control(FAMILY, m))
-                .and_then(|c| match c {
-                    Control::Data(m) if m.ty == RTM_NEWSTATS => parse_stats(m.payload),
-                    Control::Data(_) | Control::Skip => Ok(None),
-                    Control::Done => {
-                        done = true;
-                        Ok(None)
+        let walked = wire::walk(FAMILY, chunk, &mut |m| {
+            if m.ty != RTM_NEWSTATS {
+                return Ok(true);
+            }
+            if let Some((index, stats)) = parse_stats(m.payload)? {
+                match position.get(&index).and_then(|&i| links.get_mut(i)) {
+                    Some(l) => {
+                        l.stats = Some(stats);
+                        seen += 1;
                     }
-                });
-            match step {
-                Ok(Some((index, stats))) => {
-                    match position.get(&index).and_then(|&i| links.get_mut(i)) {
-                        Some(l) => {
-                            l.stats = Some(stats);
-                            seen += 1;
-                        }
-                        None => unknown = true,
-                    }
-                }
-                Ok(None) if done => return false,
-                Ok(None) => {}
-                Err(e) => {
-                    failure = Some(e);
-                    return false;
+                    None => unknown = true,
                 }
             }
+            Ok(true)
+        });
+        match walked {
+            Ok(Walk::More) => true,
+            Ok(Walk::Done | Walk::Stopped) => {
+                done = true;
+                false
+            }
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
         }
-        true
     })
     .map_err(CountersError::Transport)?;
     if let Some(e) = failure {

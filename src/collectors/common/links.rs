@@ -8,7 +8,7 @@
 
 use crate::collectors::CollectError;
 use crate::metrics;
-use crate::netlink::wire::{self, Attr, Control, DecodeError};
+use crate::netlink::wire::{self, Attr, DecodeError, Walk};
 use crate::netlink::{self, Protocol, Request, Transport};
 
 const FAMILY: &str = "rtnetlink";
@@ -139,17 +139,15 @@ struct LinkDump {
 impl LinkDump {
     /// Decodes one chunk of the reply; false once the dump is complete.
     fn feed(&mut self, chunk: &[u8]) -> Result<bool, DecodeError> {
-        for m in wire::messages(FAMILY, chunk) {
-            match wire::control(FAMILY, m?)? {
-                Control::Data(m) if m.ty == RTM_NEWLINK => self.links.push(parse_link(m.payload)?),
-                Control::Data(_) | Control::Skip => {}
-                Control::Done => {
-                    self.done = true;
-                    return Ok(false);
-                }
+        let links = &mut self.links;
+        let walked = wire::walk(FAMILY, chunk, &mut |m| {
+            if m.ty == RTM_NEWLINK {
+                links.push(parse_link(m.payload)?);
             }
-        }
-        Ok(true)
+            Ok(true)
+        })?;
+        self.done = walked == Walk::Done;
+        Ok(walked == Walk::More)
     }
 
     fn finish(self) -> Result<Vec<Link>, DecodeError> {

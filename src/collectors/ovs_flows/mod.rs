@@ -27,7 +27,7 @@ use super::{CollectError, Collector, Spec, Worker};
 use crate::LogOnce;
 use crate::metrics;
 use crate::netlink::genl;
-use crate::netlink::wire::{self, Control, DecodeError};
+use crate::netlink::wire::{self, DecodeError, Walk};
 use crate::netlink::{Request, Transport, TransportError};
 use crate::render::Family;
 use crate::roles::Role;
@@ -99,36 +99,29 @@ pub fn read_dump(
     let mut failure: Option<DecodeError> = None;
     t.stream(req, &mut |chunk| {
         before_chunk();
-        for m in wire::messages(FAMILY, chunk) {
-            let step = m
-                .and_then(|m| wire::control(FAMILY, m))
-                .and_then(|c| match c {
-                    Control::Data(m) => parse::parse_flow(m.payload).map(Some),
-                    Control::Done => {
-                        done = true;
-                        Ok(None)
-                    }
-                    Control::Skip => Ok(None),
-                });
-            match step {
-                Ok(Some(_)) if dump.flows >= max => {
-                    // A flow past the cap: the dump really is cut short.
-                    dump.truncated = true;
-                    return false;
-                }
-                Ok(Some(f)) => {
-                    on_flow(f);
-                    dump.flows += 1;
-                }
-                Ok(None) if done => return false,
-                Ok(None) => {}
-                Err(e) => {
-                    failure = Some(e);
-                    return false;
-                }
+        let walked = wire::walk(FAMILY, chunk, &mut |m| {
+            let f = parse::parse_flow(m.payload)?;
+            if dump.flows >= max {
+                // A flow past the cap: the dump really is cut short.
+                dump.truncated = true;
+                return Ok(false);
+            }
+            on_flow(f);
+            dump.flows += 1;
+            Ok(true)
+        });
+        match walked {
+            Ok(Walk::More) => true,
+            Ok(Walk::Done) => {
+                done = true;
+                false
+            }
+            Ok(Walk::Stopped) => false,
+            Err(e) => {
+                failure = Some(e);
+                false
             }
         }
-        true
     })
     .map_err(|e| CollectError::new(e.to_string()))?;
     match failure {
