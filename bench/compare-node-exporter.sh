@@ -145,6 +145,11 @@ for ((i = 0; i < WARMUP; i++)); do
     scrape "$NODE_URL" >/dev/null
 done
 
+# CPU time (user + system, all threads) of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+our_cpu0=$(cpu_ticks "$our_pid")
+node_cpu0=$(cpu_ticks "$node_pid")
+
 # One namespace-entering shell runs the whole loop, so `ip netns exec` overhead is not in
 # the timed part (curl measures its own request) and does not slow the loop down.
 echo "==> measuring: $N scrapes each, alternating"
@@ -156,6 +161,12 @@ ip netns exec "$NS" bash -c '
 loop_pid=$!
 wait "$loop_pid" # in the background so that a signal interrupts the wait, not the loop
 loop_pid=""
+
+# CPU per scrape: what each exporter spent over the measured scrapes, divided by N. It
+# depends far less than the wall time on what else the machine runs.
+tck=$(getconf CLK_TCK)
+our_cpu_ms=$(awk -v a="$our_cpu0" -v b="$(cpu_ticks "$our_pid")" -v n="$N" -v t="$tck" 'BEGIN { printf "%.2f", (b - a) * 1000 / t / n }')
+node_cpu_ms=$(awk -v a="$node_cpu0" -v b="$(cpu_ticks "$node_pid")" -v n="$N" -v t="$tck" 'BEGIN { printf "%.2f", (b - a) * 1000 / t / n }')
 
 nsexec curl -s "$OUR_URL" >"$work/ours.txt"
 nsexec curl -s "$NODE_URL" >"$work/node.txt"
@@ -189,11 +200,11 @@ echo "packetpath-exporter collectors: $OURS (${OUR_FLAGS[*]:-no collector flags}
 echo "node_exporter netdev source: $( [[ -n $(grep '^node_network_receive_nohandler_total{' "$work/node.txt" | head -1) ]] && echo 'netlink (--collector.netdev.netlink default)' || echo '/proc/net/dev')"
 echo
 echo "== $N sequential scrapes each, $ndev interfaces in namespace $NS"
-printf '%-22s %10s %10s %8s %9s %10s %12s\n' exporter "median ms" "p90 ms" series devices "body KiB" "VmHWM MiB"
-printf '%-22s %10s %10s %8d %9d %10.0f %12.1f\n' packetpath-exporter "$our_med" "$our_p90" \
+printf '%-22s %10s %10s %11s %8s %9s %10s %12s\n' exporter "median ms" "p90 ms" "CPU ms/scr" series devices "body KiB" "VmHWM MiB"
+printf '%-22s %10s %10s %11s %8d %9d %10.0f %12.1f\n' packetpath-exporter "$our_med" "$our_p90" "$our_cpu_ms" \
     "$(series "$work/ours.txt")" "$(devices "$work/ours.txt" packetpath_interface_receive_packets_total)" \
     "$(($(wc -c <"$work/ours.txt") / 1024))" "$(awk -v k="$our_hwm" 'BEGIN { print k / 1024 }')"
-printf '%-22s %10s %10s %8d %9d %10.0f %12.1f\n' node_exporter "$node_med" "$node_p90" \
+printf '%-22s %10s %10s %11s %8d %9d %10.0f %12.1f\n' node_exporter "$node_med" "$node_p90" "$node_cpu_ms" \
     "$(series "$work/node.txt")" "$(devices "$work/node.txt" node_network_receive_packets_total)" \
     "$(($(wc -c <"$work/node.txt") / 1024))" "$(awk -v k="$node_hwm" 'BEGIN { print k / 1024 }')"
 echo
@@ -205,3 +216,4 @@ else
 fi
 echo "ratio ours/node_exporter, median scrape time: $(ratio "$our_med" "$node_med")  (target <= $time_target)"
 echo "ratio ours/node_exporter, peak RSS (VmHWM):   $(ratio "$our_hwm" "$node_hwm")  (target <= $rss_target)"
+echo "ratio ours/node_exporter, CPU per scrape:     $(ratio "$our_cpu_ms" "$node_cpu_ms")"
