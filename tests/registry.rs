@@ -43,6 +43,16 @@ fn help_lists_every_collector_and_no_other() {
                 s.name
             );
             assert!(help.contains(&format!("--{long}")), "--{long} not in help");
+            // Listed with its collector, after the exporter's own flags.
+            let at = |flag: &str| help.find(&format!("--{flag} ")).unwrap_or(0);
+            assert!(
+                at(long) > at("path.sysfs"),
+                "--{long} among the exporter's own flags"
+            );
+            assert!(
+                at(long) < at(&format!("no-collector.{}", s.name)),
+                "--{long} away from its collector"
+            );
         }
     }
 }

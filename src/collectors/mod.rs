@@ -156,7 +156,13 @@ pub fn spec(name: &str) -> Option<&'static Spec> {
 pub fn with_flags(mut cmd: clap::Command, toggles: bool) -> clap::Command {
     use clap::{Arg, ArgAction};
     for spec in REGISTRY {
-        cmd = cmd.args((spec.args)());
+        // Listed in registry order, after the exporter's own flags: an order the options
+        // got in the collector's own command would interleave them with those.
+        cmd = cmd.args(
+            (spec.args)()
+                .into_iter()
+                .map(|a| a.display_order(None::<usize>)),
+        );
         if !toggles {
             continue;
         }
