@@ -25,7 +25,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn family(self) -> NlFamily {
+    pub(crate) fn family(self) -> NlFamily {
         match self {
             Protocol::Route => NlFamily::Route,
             Protocol::Netfilter => NlFamily::Netfilter,

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use neli::consts::socket::{Msg, NlFamily};
+use neli::consts::socket::Msg;
 use neli::socket::NlSocket;
 use neli::utils::Groups;
 
@@ -117,13 +117,9 @@ impl Subscription {
     /// datagram received is also appended to `record/<name>.stream`.
     pub fn open(spec: Spec, record: Option<&Path>) -> Result<Subscription, TransportError> {
         let protocol = spec.protocol;
-        let family = match protocol {
-            Protocol::Route => NlFamily::Route,
-            Protocol::Netfilter => NlFamily::Netfilter,
-            Protocol::Generic => NlFamily::Generic,
-        };
         let socket_error = |source| TransportError::Socket { protocol, source };
-        let sock = NlSocket::connect(family, None, Groups::empty()).map_err(socket_error)?;
+        let sock =
+            NlSocket::connect(protocol.family(), None, Groups::empty()).map_err(socket_error)?;
         super::set_recv_buffer(&sock, spec.rcvbuf);
         if !spec.groups.is_empty() {
             sock.add_mcast_membership(Groups::new_groups(&spec.groups))

@@ -140,8 +140,8 @@ impl LinkCache {
             Some(None) | None => (s.watch, s.last) = (None, None),
         }
         if let Some(last) = s.last.take().filter(|_| !s.no_stats) {
-            let mut links = Vec::clone(&last);
-            drop(last);
+            // The last collection has let go of its copy by now: reused, not cloned.
+            let mut links = Arc::unwrap_or_clone(last);
             match counters(t, &mut links) {
                 Ok(true) => {
                     let links = Arc::new(links);

@@ -136,10 +136,6 @@ impl Scrape {
         }
     }
 
-    pub fn resources(&self) -> &Arc<Resources> {
-        &self.resources
-    }
-
     /// This collection's link list: a full dump when any link may have changed since the
     /// last collection, else the last one's links with fresh counters (`link_cache.rs`).
     pub fn links(&self) -> Result<Arc<Vec<links::Link>>, CollectError> {
