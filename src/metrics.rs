@@ -25,5 +25,17 @@ pub const OVS_DATAPATH_LOOKUPS: &str = "packetpath_ovs_datapath_lookups_total";
 pub const OVS_DROP_FLOW_PACKETS: &str = "packetpath_ovs_drop_flow_packets_total";
 
 pub const VM_PORT_INFO: &str = "packetpath_vm_port_info";
+/// Drop-flow packets attributed to the VM port they were heading to (`ovs_flows`).
+pub const VM_PORT_INBOUND_DROP_PACKETS: &str = "packetpath_vm_port_inbound_drop_packets_total";
+pub const VM_PORT_INBOUND_DROP_BYTES: &str = "packetpath_vm_port_inbound_drop_bytes_total";
+/// Drop-flow packets that resolve to no single VM port (`ovs_flows`).
+pub const VM_PORT_INBOUND_DROP_UNATTRIBUTED_PACKETS: &str =
+    "packetpath_vm_port_inbound_drop_unattributed_packets_total";
+pub const VM_PORT_INBOUND_DROP_UNATTRIBUTED_BYTES: &str =
+    "packetpath_vm_port_inbound_drop_unattributed_bytes_total";
+/// Conntrack-invalid packets attributed to a VM port through their conntrack zone
+/// (`conntrack_invalid`).
+pub const VM_PORT_CONNTRACK_INVALID_PACKETS: &str =
+    "packetpath_vm_port_conntrack_invalid_packets_total";
 
 pub const SCRAPE_COLLECTOR_SUCCESS: &str = "packetpath_scrape_collector_success";

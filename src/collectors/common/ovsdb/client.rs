@@ -1,5 +1,5 @@
 //! A small OVSDB client (RFC 7047, JSON-RPC over the database's unix socket): one
-//! `monitor` of the Interface table's identity columns, `update` notifications applied as
+//! `monitor` of the Interface table's identity columns and the Bridge table's external_ids, `update` notifications applied as
 //! they come, the server's `echo` answered. A scrape reads the cache and never queries
 //! the database. When the server goes away the client reconnects with backoff and
 //! synchronises in full again.
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::table::{COLUMNS, Table};
+use super::table::{BRIDGE_COLUMNS, COLUMNS, Table};
 
 /// The id of our one monitor request; replies to anything else are not ours.
 const MONITOR_ID: u64 = 1;
@@ -150,6 +150,7 @@ impl Client {
         };
         let mut monitor = serde_json::Map::new();
         monitor.insert("Interface".into(), json!({ "columns": COLUMNS }));
+        monitor.insert("Bridge".into(), json!({ "columns": BRIDGE_COLUMNS }));
         let request = json!({
             "method": "monitor",
             "params": ["Open_vSwitch", null, monitor],

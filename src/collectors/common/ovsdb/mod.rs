@@ -1,5 +1,6 @@
 //! The Open vSwitch database as collectors need it: which VM and Neutron port each VM
-//! port belongs to, from the `Interface` table.
+//! port belongs to, from the `Interface` table, and the conntrack zone ovn-controller
+//! gave it, from the `Bridge` table.
 //!
 //! [`client`] keeps a live copy of the table over the database's unix socket (`monitor`,
 //! `update`, `echo`) on a thread of its own, started by the first collector that asks
@@ -13,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use self::client::Client;
-use self::table::Interface;
+use self::table::{Interface, Table};
 use crate::collectors::{CollectError, Worker};
 
 /// A VM port: an Interface with an `iface-id`.
@@ -27,9 +28,12 @@ pub struct VmPort {
     pub status: String,
     pub ovn_installed: bool,
     pub error: Option<String>,
+    /// The port's conntrack zone (`ct-zone-<port_id>` in a bridge's external_ids, which
+    /// ovn-controller writes); `None` without OVN, or when bridges disagree.
+    pub ct_zone: Option<u16>,
 }
 
-pub fn vm_port(i: &Interface) -> Option<VmPort> {
+pub fn vm_port(i: &Interface, table: &Table) -> Option<VmPort> {
     let id = |k: &str| i.id(k).unwrap_or("").to_owned();
     Some(VmPort {
         device: i.name.clone(),
@@ -43,6 +47,7 @@ pub fn vm_port(i: &Interface) -> Option<VmPort> {
         status: id("iface-status"),
         ovn_installed: i.id("ovn-installed") == Some("true"),
         error: i.error.clone().filter(|e| !e.is_empty()),
+        ct_zone: i.id("iface-id").and_then(|p| table.ct_zone(p)),
     })
 }
 
@@ -83,7 +88,12 @@ impl Source {
                 CollectError::new(why.clone())
             });
         }
-        let mut ports: Ports = view.table.rows.values().filter_map(vm_port).collect();
+        let mut ports: Ports = view
+            .table
+            .rows
+            .values()
+            .filter_map(|i| vm_port(i, &view.table))
+            .collect();
         ports.sort_by(|a, b| a.device.cmp(&b.device));
         Ok(ports)
     }

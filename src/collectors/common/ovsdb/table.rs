@@ -1,5 +1,6 @@
-//! The cached copy of the Open vSwitch database's `Interface` table, kept up to date from
-//! the `monitor` reply and `update` notifications (RFC 7047 §4.1.5, §4.1.6): pure, no I/O.
+//! The cached copy of the Open vSwitch database's `Interface` and `Bridge` tables (the
+//! columns below), kept up to date from the `monitor` reply and `update` notifications
+//! (RFC 7047 §4.1.5, §4.1.6): pure, no I/O.
 
 #![cfg_attr(
     not(test),
@@ -10,9 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::Value;
 
-/// The columns the exporter asks for; never `statistics`, which ovs-vswitchd rewrites
-/// every few seconds.
+/// The Interface columns the exporter asks for; never `statistics`, which ovs-vswitchd
+/// rewrites every few seconds.
 pub const COLUMNS: [&str; 3] = ["name", "external_ids", "error"];
+/// The Bridge columns: ovn-controller keeps each local port's conntrack zone in the
+/// integration bridge's external_ids (`ct-zone-<logical port>`).
+pub const BRIDGE_COLUMNS: [&str; 2] = ["name", "external_ids"];
 
 /// Longest label value kept; longer ones are cut (at a character boundary).
 pub const MAX_VALUE: usize = 128;
@@ -30,13 +34,23 @@ impl Interface {
     }
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+    pub external_ids: BTreeMap<String, String>,
+}
+
 /// Why an update could not be applied; the connection is then synchronised again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateError {
     #[error("ovsdb: table-updates is not an object")]
     NotObject,
-    #[error("ovsdb: Interface row {uuid}: {what}")]
-    Row { uuid: String, what: &'static str },
+    #[error("ovsdb: {table} row {uuid}: {what}")]
+    Row {
+        table: &'static str,
+        uuid: String,
+        what: &'static str,
+    },
 }
 
 fn cut(s: &str) -> String {
@@ -77,10 +91,22 @@ fn optional_string(v: &Value) -> Option<Option<String>> {
     }
 }
 
-/// Interfaces by row UUID.
+/// Interfaces and bridges by row UUID.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Table {
     pub rows: HashMap<String, Interface>,
+    pub bridges: HashMap<String, Bridge>,
+}
+
+/// The rows of one table in `table-updates`, if it has any.
+fn rows<'a>(
+    tables: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, UpdateError> {
+    tables
+        .get(name)
+        .map(|r| r.as_object().ok_or(UpdateError::NotObject))
+        .transpose()
 }
 
 impl Table {
@@ -88,12 +114,9 @@ impl Table {
     /// A row whose `new` is absent is deleted; columns `new` leaves out keep their value.
     pub fn apply(&mut self, updates: &Value) -> Result<(), UpdateError> {
         let tables = updates.as_object().ok_or(UpdateError::NotObject)?;
-        let Some(rows) = tables.get("Interface") else {
-            return Ok(());
-        };
-        let rows = rows.as_object().ok_or(UpdateError::NotObject)?;
-        for (uuid, change) in rows {
+        for (uuid, change) in rows(tables, "Interface")?.into_iter().flatten() {
             let bad = |what| UpdateError::Row {
+                table: "Interface",
                 uuid: uuid.clone(),
                 what,
             };
@@ -113,7 +136,39 @@ impl Table {
                 row.error = optional_string(e).ok_or_else(|| bad("error is not a string"))?;
             }
         }
+        for (uuid, change) in rows(tables, "Bridge")?.into_iter().flatten() {
+            let bad = |what| UpdateError::Row {
+                table: "Bridge",
+                uuid: uuid.clone(),
+                what,
+            };
+            let Some(new) = change.get("new") else {
+                self.bridges.remove(uuid);
+                continue;
+            };
+            let new = new.as_object().ok_or_else(|| bad("new is not an object"))?;
+            let row = self.bridges.entry(uuid.clone()).or_default();
+            if let Some(n) = new.get("name") {
+                row.name = cut(n.as_str().ok_or_else(|| bad("name is not a string"))?);
+            }
+            if let Some(ids) = new.get("external_ids") {
+                row.external_ids = map(ids).ok_or_else(|| bad("external_ids is not a map"))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The conntrack zone ovn-controller gave a logical port (`ct-zone-<port>` in a
+    /// bridge's external_ids); `None` when no bridge names one, or bridges disagree.
+    pub fn ct_zone(&self, port: &str) -> Option<u16> {
+        let key = format!("ct-zone-{port}");
+        let mut zones = self
+            .bridges
+            .values()
+            .filter_map(|b| b.external_ids.get(&key))
+            .map(|v| v.parse::<u16>().ok());
+        let first = zones.next()??;
+        zones.all(|z| z == Some(first)).then_some(first)
     }
 }
 
@@ -162,9 +217,9 @@ mod tests {
             .unwrap();
         assert!(t.rows.is_empty());
         // Other tables are ignored.
-        t.apply(&json!({"Bridge": {"b1": {"new": {"name": "br-int"}}}}))
+        t.apply(&json!({"Port": {"p1": {"new": {"name": "br-int"}}}}))
             .unwrap();
-        assert!(t.rows.is_empty());
+        assert!(t.rows.is_empty() && t.bridges.is_empty());
     }
 
     #[test]
@@ -182,5 +237,44 @@ mod tests {
             "ovsdb: Interface row u3: external_ids is not a map"
         );
         assert_eq!(t.apply(&json!([1])).unwrap_err(), UpdateError::NotObject);
+    }
+
+    #[test]
+    fn zones_come_from_bridges_and_disagreement_is_none() {
+        let mut t = Table::default();
+        t.apply(&json!({"Bridge": {"b1": {"new": {"name": "br-int", "external_ids": ["map", [
+            ["ct-zone-vm1", "3"], ["ct-zone-vm3", "4"], ["ct-zone-lr0_dnat", "1"], ["ct-zone-bad", "x"]
+        ]]}}}}))
+        .unwrap();
+        assert_eq!(t.bridges["b1"].name, "br-int");
+        assert_eq!(t.ct_zone("vm1"), Some(3));
+        assert_eq!(t.ct_zone("vm3"), Some(4));
+        assert_eq!(t.ct_zone("vm2"), None);
+        assert_eq!(t.ct_zone("bad"), None);
+        // A second bridge agreeing changes nothing; one disagreeing makes it unknown.
+        t.apply(
+            &json!({"Bridge": {"b2": {"new": {"name": "br-ex", "external_ids": ["map", [
+                ["ct-zone-vm1", "3"], ["ct-zone-vm3", "9"]
+            ]]}}}}),
+        )
+        .unwrap();
+        assert_eq!(t.ct_zone("vm1"), Some(3));
+        assert_eq!(t.ct_zone("vm3"), None);
+        // A modify replaces the whole map; a delete removes the bridge.
+        t.apply(
+            &json!({"Bridge": {"b1": {"new": {"external_ids": ["map", [["ct-zone-vm1", "7"]]]}}}}),
+        )
+        .unwrap();
+        assert_eq!(t.bridges["b1"].name, "br-int");
+        assert_eq!(t.ct_zone("vm1"), None);
+        t.apply(&json!({"Bridge": {"b2": {"old": {}}}})).unwrap();
+        assert_eq!(t.ct_zone("vm1"), Some(7));
+        let e = t
+            .apply(&json!({"Bridge": {"b3": {"new": {"external_ids": 5}}}}))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ovsdb: Bridge row b3: external_ids is not a map"
+        );
     }
 }
