@@ -87,7 +87,7 @@ impl Collector for Ovsdb {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::common::ovsdb::table::Interface;
+    use crate::collectors::common::ovsdb::table::{Interface, Table};
     use crate::collectors::common::ovsdb::vm_port;
     use std::collections::BTreeMap;
 
@@ -124,7 +124,10 @@ mod tests {
             iface("br-int", &[], None),
             iface("tap3", &[("iface-id", "p3")], Some("")),
         ];
-        let mut ports: Vec<_> = rows.iter().filter_map(vm_port).collect();
+        let mut ports: Vec<_> = rows
+            .iter()
+            .filter_map(|i| vm_port(i, &Table::default()))
+            .collect();
         ports.sort_by(|a, b| a.device.cmp(&b.device));
         assert_eq!(ports.len(), 3);
         let mut out = Vec::new();
@@ -137,7 +140,10 @@ mod tests {
         assert!(text.contains("packetpath_vm_ports 3\n"), "{text}");
         assert!(text.contains("packetpath_vm_port_ovn_installed{device=\"tap1\"} 1\n"));
         assert!(text.contains("packetpath_vm_port_ovn_installed{device=\"tap3\"} 0\n"));
-        let mut ports: Vec<_> = rows.iter().filter_map(vm_port).collect();
+        let mut ports: Vec<_> = rows
+            .iter()
+            .filter_map(|i| vm_port(i, &Table::default()))
+            .collect();
         ports.sort_by(|a, b| a.device.cmp(&b.device));
         let mut out = Vec::new();
         crate::render::encode_text(render(&ports, 10), &mut out);
