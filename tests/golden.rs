@@ -117,6 +117,22 @@ fn golden(name: &str, replay: &str) {
 }
 
 fn golden_with(name: &str, replay: &str, extra: &[&str]) {
+    golden_ovsdb_with(
+        name,
+        replay,
+        "/nonexistent/packetpath-golden/db.sock",
+        extra,
+        |_| true,
+    );
+}
+
+fn golden_ovsdb_with(
+    name: &str,
+    replay: &str,
+    socket: &str,
+    extra: &[&str],
+    ready: impl Fn(&str) -> bool,
+) {
     // A capture with its own procfs files (the OVS bed's) is one machine's view.
     let own = dir(replay).join("proc");
     let replay = format!("--debug.netlink-replay-dir={}", dir(replay).display());
@@ -128,16 +144,13 @@ fn golden_with(name: &str, replay: &str, extra: &[&str]) {
     let procfs = format!("--path.procfs={}", proc.display());
     // Nothing reads sysfs yet; any readable directory will do.
     let sysfs = format!("--path.sysfs={}", dir("tests/fixtures").display());
-    // No ovsdb-server, whatever the machine runs: the ovsdb collector reports success 0.
-    let mut args = vec![
-        replay.as_str(),
-        &procfs,
-        &sysfs,
-        "--collector.ovsdb.socket=/nonexistent/packetpath-golden/db.sock",
-    ];
+    // No ovsdb-server unless the test gives one, whatever the machine runs: the ovsdb
+    // collector then reports success 0.
+    let socket = format!("--collector.ovsdb.socket={socket}");
+    let mut args = vec![replay.as_str(), &procfs, &sysfs, &socket];
     args.extend_from_slice(extra);
     let e = Running::start(&args);
-    compare(name, &e, |_| true);
+    compare(name, &e, ready);
 }
 
 /// Scrapes `e` until `ready` says the exposition is complete, then compares it with
@@ -342,6 +355,40 @@ fn golden_ovsdb() {
     compare("metrics-ovsdb.txt", &e, |t| {
         t.contains("packetpath_scrape_collector_success{collector=\"ovsdb\"} 1")
     });
+}
+
+/// The OVS bed's capture with the bed's VM port (tap0) plugged into a real ovsdb-server
+/// as os-vif and ovn-controller describe it: every per-VM series the default
+/// configuration gives a port (README's cardinality budget is counted here).
+#[test]
+fn golden_ovs_with_vm_identity() {
+    if !common::ovsdb::available("golden_ovs_with_vm_identity") {
+        return;
+    }
+    let db = common::ovsdb::Db::new("golden-ovs");
+    db.plug(
+        "tap0",
+        &[
+            "external_ids:iface-id=8d1c5f0e-6a3b-4c2d-9e1f-0a2b3c4d5e6f",
+            "external_ids:iface-status=active",
+            "external_ids:attached-mac=fa:16:3e:00:00:01",
+            "external_ids:vm-uuid=3f2e1d0c-4b5a-4968-8776-a5b4c3d2e1f0",
+            "external_ids:ovn-installed=true",
+        ],
+    );
+    db.vsctl(&[
+        "set",
+        "Bridge",
+        "br-int",
+        "external_ids:ct-zone-8d1c5f0e-6a3b-4c2d-9e1f-0a2b3c4d5e6f=\"3\"",
+    ]);
+    golden_ovsdb_with(
+        "metrics-ovs-vm.txt",
+        "tests/fixtures/ovs",
+        &db.socket(),
+        &["--collector.conntrack.per-cpu", "--no-collector.offload"],
+        |t| t.contains("packetpath_scrape_collector_success{collector=\"ovsdb\"} 1"),
+    );
 }
 
 /// The process_* series against the kernel's view of the same process.

@@ -334,7 +334,8 @@ impl<'a> Iterator for Attrs<'a> {
 }
 
 impl<'a> Attr<'a> {
-    fn exact<const N: usize>(
+    /// The payload as exactly `N` bytes.
+    pub fn exact<const N: usize>(
         &self,
         family: &'static str,
         name: &'static str,
@@ -350,6 +351,10 @@ impl<'a> Attr<'a> {
     pub fn u8(&self, family: &'static str, name: &'static str) -> Result<u8, DecodeError> {
         let [v] = self.exact::<1>(family, name)?;
         Ok(v)
+    }
+
+    pub fn u16_ne(&self, family: &'static str, name: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_ne_bytes(self.exact(family, name)?))
     }
 
     pub fn u32_ne(&self, family: &'static str, name: &'static str) -> Result<u32, DecodeError> {

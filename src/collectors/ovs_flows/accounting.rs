@@ -25,7 +25,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::parse::{self, Actions, DropReason, Flow};
+use super::attribution::{Attribution, Dest};
+use super::parse::{self, Actions, DropReason, Flow, Lineage};
 use crate::roles::Role;
 
 /// Complete dumps a flow may be missing from before it is forgotten.
@@ -79,6 +80,10 @@ struct Record {
     /// Deleted during a dump in progress; kept until that dump ends so that its stale
     /// entry does not bring the flow back.
     deleted: bool,
+    /// Its key and recirculations, the last time a message carried them.
+    lineage: Option<Lineage>,
+    /// The VM port its drops were attributed to.
+    dest: Dest,
 }
 
 /// Drop totals by (datapath, in_port label, role, reason): (packets, bytes).
@@ -99,6 +104,8 @@ pub struct Accounting {
     initial: bool,
     /// Flows not tracked because `max_flows` were already.
     pub untracked: u64,
+    /// The same drops, by the VM port they were heading to.
+    pub attribution: Attribution,
 }
 
 impl Accounting {
@@ -112,6 +119,40 @@ impl Accounting {
             dumping: None,
             initial: true,
             untracked: 0,
+            attribution: Attribution::new(),
+        }
+    }
+
+    /// Stores a flow's record, keeping the recirculation links in step.
+    fn put(&mut self, key: (u32, u128), r: Record) {
+        let old = self.flows.insert(key, r).and_then(|o| o.lineage);
+        if old != r.lineage {
+            if let Some(l) = old {
+                self.attribution.link(key.0, key.1, &l, false);
+            }
+            if let Some(l) = r.lineage {
+                self.attribution.link(key.0, key.1, &l, true);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: (u32, u128)) {
+        if let Some(l) = self.flows.remove(&key).and_then(|o| o.lineage) {
+            self.attribution.link(key.0, key.1, &l, false);
+        }
+    }
+
+    /// Keeps the flows `keep` says, and the links of those only.
+    fn retain(&mut self, mut keep: impl FnMut(&(u32, u128), &Record) -> bool) {
+        let before = self.flows.len();
+        self.flows.retain(|k, r| keep(k, r));
+        if self.flows.len() != before {
+            self.attribution.unlink_all();
+            for (k, r) in &self.flows {
+                if let Some(l) = &r.lineage {
+                    self.attribution.link(k.0, k.1, l, true);
+                }
+            }
         }
     }
 
@@ -143,7 +184,7 @@ impl Accounting {
     /// A datapath that is gone takes its flows with it; its totals stay, so its counters
     /// resume where they were if it comes back under the same name.
     pub fn forget_datapaths(&mut self, keep: &[u32]) {
-        self.flows.retain(|(dp, _), _| keep.contains(dp));
+        self.retain(|(dp, _), _| keep.contains(dp));
         self.names.retain(|dp, _| keep.contains(dp));
     }
 
@@ -158,7 +199,15 @@ impl Accounting {
         }
     }
 
-    fn credit(&mut self, dp: u32, state: State, packets: u64, bytes: u64) {
+    /// Credits an increase of a flow whose lineage and attribution are `lineage`, `dest`.
+    fn credit(
+        &mut self,
+        dp: u32,
+        state: State,
+        (packets, bytes): (u64, u64),
+        lineage: Option<&Lineage>,
+        dest: &mut Dest,
+    ) {
         let State::Drops { in_port, reason } = state else {
             return;
         };
@@ -180,6 +229,8 @@ impl Accounting {
             .or_default();
         t.0 = t.0.saturating_add(packets);
         t.1 = t.1.saturating_add(bytes);
+        self.attribution
+            .credit(dp, lineage, dest, port, role, reason, packets, bytes);
     }
 
     pub fn begin_collect(&mut self) {
@@ -206,7 +257,7 @@ impl Accounting {
             }
             // New (or new again after a delete): counts so far, if any, belong to a
             // history not seen here, so they are the baseline.
-            self.flows.insert(
+            self.put(
                 key,
                 Record {
                     packets: f.packets,
@@ -215,16 +266,25 @@ impl Accounting {
                     seen: generation,
                     touched: if during_dump { generation } else { 0 },
                     deleted: false,
+                    lineage: f.lineage,
+                    dest: Dest::Unknown,
                 },
             );
             return;
         };
-        let (p, b) = increase(&r, f);
+        let mut r = r;
         // Up to this boundary the flow did what it did before.
-        self.credit(f.dp_ifindex, r.state, p, b);
+        let lineage = r.lineage;
+        self.credit(
+            f.dp_ifindex,
+            r.state,
+            increase(&r, f),
+            lineage.as_ref(),
+            &mut r.dest,
+        );
         if f.cmd == parse::OVS_FLOW_CMD_DEL {
             if during_dump {
-                self.flows.insert(
+                self.put(
                     key,
                     Record {
                         deleted: true,
@@ -233,7 +293,7 @@ impl Accounting {
                     },
                 );
             } else {
-                self.flows.remove(&key);
+                self.remove(key);
             }
             return;
         }
@@ -241,7 +301,7 @@ impl Accounting {
             State::Unknown => r.state,
             s => s,
         };
-        self.flows.insert(
+        self.put(
             key,
             Record {
                 packets: f.packets,
@@ -250,6 +310,8 @@ impl Accounting {
                 seen: generation,
                 touched: if during_dump { generation } else { r.touched },
                 deleted: false,
+                lineage: known_lineage(f, r.lineage),
+                dest: r.dest,
             },
         );
     }
@@ -284,9 +346,15 @@ impl Accounting {
                         _ => State::Forwards,
                     }
                 };
-                let (p, b) = increase(&r, f);
-                self.credit(f.dp_ifindex, credited, p, b);
-                self.flows.insert(
+                let mut dest = r.dest;
+                self.credit(
+                    f.dp_ifindex,
+                    credited,
+                    increase(&r, f),
+                    r.lineage.as_ref(),
+                    &mut dest,
+                );
+                self.put(
                     key,
                     Record {
                         packets: f.packets,
@@ -295,6 +363,8 @@ impl Accounting {
                         seen: generation,
                         touched: r.touched,
                         deleted: false,
+                        lineage: known_lineage(f, r.lineage),
+                        dest,
                     },
                 );
             }
@@ -303,11 +373,18 @@ impl Accounting {
                     self.untracked += 1;
                     return;
                 }
+                let mut dest = Dest::Unknown;
                 // Born since the last dump, unless this is the first look at the table.
                 if !self.initial {
-                    self.credit(f.dp_ifindex, state, f.packets, f.bytes);
+                    self.credit(
+                        f.dp_ifindex,
+                        state,
+                        (f.packets, f.bytes),
+                        f.lineage.as_ref(),
+                        &mut dest,
+                    );
                 }
-                self.flows.insert(
+                self.put(
                     key,
                     Record {
                         packets: f.packets,
@@ -316,6 +393,8 @@ impl Accounting {
                         seen: generation,
                         touched: 0,
                         deleted: false,
+                        lineage: f.lineage,
+                        dest,
                     },
                 );
             }
@@ -327,9 +406,23 @@ impl Accounting {
     pub fn end_dump(&mut self, dp_ifindex: u32, complete: bool) {
         self.dumping = None;
         let generation = self.generation;
-        self.flows.retain(|(dp, _), r| {
+        self.retain(|(dp, _), r| {
             *dp != dp_ifindex || !(r.deleted || complete && r.seen + GRACE < generation)
         });
+    }
+}
+
+/// A message's lineage, or the one known before where it leaves key or actions out.
+fn known_lineage(f: &Flow, old: Option<Lineage>) -> Option<Lineage> {
+    match (f.lineage, old) {
+        // A key without actions keeps the recirculations known before.
+        (Some(mut n), Some(o)) if f.actions.is_none() => {
+            n.recircs = o.recircs;
+            n.more = o.more;
+            Some(n)
+        }
+        (Some(n), _) => Some(n),
+        (None, o) => o,
     }
 }
 
@@ -392,6 +485,7 @@ mod tests {
             in_port: Some(TUNNEL),
             tunnel: false,
             actions,
+            lineage: None,
             packets,
             bytes: packets * 54,
         }

@@ -10,6 +10,7 @@
 //! totals, and the flow table by action.
 
 pub mod accounting;
+pub mod attribution;
 pub mod monitor;
 pub mod parse;
 
@@ -19,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use self::accounting::{Accounting, Names, OTHER_PORT};
+use self::attribution::Attribution;
 use self::monitor::{Drained, Monitor};
 use self::parse::{ActionClass, FAMILY, Flow};
 use super::common::ovs::{Families, Topology, View};
+use super::common::ovsdb::VmPort;
 use super::common::{Devices, Resources, Scrape};
 use super::{CollectError, Collector, Spec, Worker};
 use crate::LogOnce;
@@ -59,13 +62,9 @@ pub struct Options {
 }
 
 pub fn flow_request(f: &Families, dp_ifindex: u32) -> Request {
-    let mut body = dp_ifindex.to_ne_bytes().to_vec();
-    // The mask is only needed to print flows; the masked key already says +inv.
-    wire::push_attr(
-        &mut body,
-        parse::OVS_FLOW_ATTR_UFID_FLAGS,
-        &parse::OVS_UFID_F_OMIT_MASK.to_ne_bytes(),
-    );
+    // Key, mask and actions: the mask says whether a drop flow's key matches the
+    // destination MAC or conntrack zone in full, which attribution needs.
+    let body = dp_ifindex.to_ne_bytes().to_vec();
     let mut r = genl::request(
         f.flow,
         parse::OVS_FLOW_CMD_GET,
@@ -166,6 +165,8 @@ struct State {
     /// When the monitor was last opened, and under which ovs_flow family id.
     last_open: Option<(Instant, u16)>,
     last_refresh: Option<Instant>,
+    /// The OVSDB generation attribution's VM ports come from.
+    ports_generation: Option<u64>,
 }
 
 struct Shared {
@@ -221,9 +222,25 @@ impl Shared {
                 }
             }
         }
+        if may_refresh && !flows.is_empty() {
+            self.refresh_ports(st);
+        }
         for f in &flows {
             st.acct.notify(f);
         }
+    }
+
+    /// Outside scrapes, takes the VM ports again when the OVSDB copy changed since
+    /// attribution last took them (a port plugged between two scrapes).
+    fn refresh_ports(&self, st: &mut State) {
+        let r = &self.resources;
+        let generation = r.ovsdb.generation();
+        if generation.is_none() || generation == st.ports_generation {
+            return;
+        }
+        st.ports_generation = generation;
+        let ports = r.ovsdb.ports().ok();
+        st.acct.attribution.set_ports(ports.as_deref(), &r.devices);
     }
 
     /// Joins the ovs_flow group if not joined yet, or joined under other family ids (the
@@ -329,6 +346,7 @@ impl OvsFlows {
                 heard: Drained::default(),
                 last_open: None,
                 last_refresh: None,
+                ports_generation: None,
             }),
             stop: AtomicBool::new(false),
             resources: r.clone(),
@@ -383,11 +401,17 @@ impl OvsFlows {
         })
     }
 
-    fn collect_with(&self, view: &View) -> Result<Vec<Family>, CollectError> {
+    fn collect_with(
+        &self,
+        view: &View,
+        ports: Option<&[VmPort]>,
+    ) -> Result<Vec<Family>, CollectError> {
         let (f, topo) = (&view.families, &view.datapaths);
         let devices = &self.shared.resources.devices;
         let mut st = self.shared.lock();
         self.shared.ensure_monitor(&mut st, f);
+        st.acct.attribution.set_ports(ports, devices);
+        st.ports_generation = self.shared.resources.ovsdb.generation();
         st.acct.begin_collect();
         for tp in topo.iter() {
             let watched: Vec<(&str, Role)> = tp
@@ -438,6 +462,7 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
         packets.push(&labels, *p as f64);
         bytes.push(&labels, *b as f64);
     }
+    let (vm_packets, vm_bytes, un_packets, un_bytes) = render_vm_ports(&st.acct.attribution);
     let mut by_action = Family::gauge(
         "packetpath_ovs_datapath_flows_by_action",
         "Datapath flows in the last dump by the role of their input port and their action class.",
@@ -469,6 +494,10 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
     vec![
         packets,
         bytes,
+        vm_packets,
+        vm_bytes,
+        un_packets,
+        un_bytes,
         by_action,
         truncated,
         notifications,
@@ -500,21 +529,61 @@ fn render(seen: &[Seen], st: &State) -> Vec<Family> {
     ]
 }
 
+/// The drop totals again, by the VM port the packets were heading to, and the rest.
+fn render_vm_ports(a: &Attribution) -> (Family, Family, Family, Family) {
+    const L: &[&str] = &["device", "from_role", "reason"];
+    let mut packets = Family::counter(
+        metrics::VM_PORT_INBOUND_DROP_PACKETS,
+        "Packets dropped by datapath flows on their way to this VM port, by the role of the port they came in by and reason.",
+        L,
+    );
+    let mut bytes = Family::counter(
+        metrics::VM_PORT_INBOUND_DROP_BYTES,
+        "Bytes dropped by datapath flows on their way to this VM port, by the role of the port they came in by and reason.",
+        L,
+    );
+    for ((device, role, reason), (p, b)) in a.totals() {
+        let labels = [device.as_str(), role.as_str(), reason.as_str()];
+        packets.push(&labels, *p as f64);
+        bytes.push(&labels, *b as f64);
+    }
+    const U: &[&str] = &["from_role", "reason"];
+    let mut un_packets = Family::counter(
+        metrics::VM_PORT_INBOUND_DROP_UNATTRIBUTED_PACKETS,
+        "Packets dropped by datapath flows that no single VM port could be named for, by the role of the port they came in by and reason.",
+        U,
+    );
+    let mut un_bytes = Family::counter(
+        metrics::VM_PORT_INBOUND_DROP_UNATTRIBUTED_BYTES,
+        "Bytes dropped by datapath flows that no single VM port could be named for, by the role of the port they came in by and reason.",
+        U,
+    );
+    for ((role, reason), (p, b)) in a.unattributed() {
+        let labels = [role.as_str(), reason.as_str()];
+        un_packets.push(&labels, *p as f64);
+        un_bytes.push(&labels, *b as f64);
+    }
+    (packets, bytes, un_packets, un_bytes)
+}
+
 impl Collector for OvsFlows {
     fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
         let r = &self.shared.resources;
         scrape
             .ovs()
             .and_then(|view| {
-                self.collect_with(&view).map_err(|e| {
-                    // Families that changed since the topology was read (the module was
-                    // reloaded) are the likelier story; they are resolved again next time.
-                    r.ovs.families.forget();
-                    match r.ovs.families.get(r.transport.as_ref()) {
-                        Err(absent) => absent,
-                        Ok(_) => e,
-                    }
-                })
+                // Without the OVSDB view drops are counted, and left unattributed.
+                let ports = scrape.ovsdb().ok();
+                self.collect_with(&view, ports.as_deref().map(Vec::as_slice))
+                    .map_err(|e| {
+                        // Families that changed since the topology was read (the module was
+                        // reloaded) are the likelier story; they are resolved again next time.
+                        r.ovs.families.forget();
+                        match r.ovs.families.get(r.transport.as_ref()) {
+                            Err(absent) => absent,
+                            Ok(_) => e,
+                        }
+                    })
             })
             .inspect_err(|_| {
                 // The module may be going away: its group, and so the monitor, with it.

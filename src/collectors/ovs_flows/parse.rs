@@ -26,13 +26,18 @@ pub const OVS_FLOW_CMD_SET: u8 = 4;
 pub const OVS_FLOW_ATTR_KEY: u16 = 1;
 pub const OVS_FLOW_ATTR_ACTIONS: u16 = 2;
 pub const OVS_FLOW_ATTR_STATS: u16 = 3;
+pub const OVS_FLOW_ATTR_MASK: u16 = 7;
 pub const OVS_FLOW_ATTR_UFID: u16 = 9;
 pub const OVS_FLOW_ATTR_UFID_FLAGS: u16 = 10;
 pub const OVS_UFID_F_OMIT_MASK: u32 = 1 << 1;
 
 pub const OVS_KEY_ATTR_IN_PORT: u16 = 3;
+/// struct ovs_key_ethernet: eth_src[6], eth_dst[6].
+pub const OVS_KEY_ATTR_ETHERNET: u16 = 4;
 pub const OVS_KEY_ATTR_TUNNEL: u16 = 16;
+pub const OVS_KEY_ATTR_RECIRC_ID: u16 = 20;
 pub const OVS_KEY_ATTR_CT_STATE: u16 = 22;
+pub const OVS_KEY_ATTR_CT_ZONE: u16 = 23;
 pub const OVS_CS_F_INVALID: u32 = 0x10;
 
 pub const OVS_ACTION_ATTR_OUTPUT: u16 = 1;
@@ -45,6 +50,8 @@ pub const OVS_ACTION_ATTR_CLONE: u16 = 20;
 pub const OVS_ACTION_ATTR_CHECK_PKT_LEN: u16 = 21;
 /// Linux 6.4+: an explicit drop carrying a u32 reason.
 pub const OVS_ACTION_ATTR_DROP: u16 = 24;
+
+pub const OVS_CT_ATTR_ZONE: u16 = 2;
 
 const OVS_SAMPLE_ATTR_ACTIONS: u16 = 2;
 const OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_GREATER: u16 = 2;
@@ -120,6 +127,40 @@ pub struct Actions {
     pub drop: Option<DropReason>,
 }
 
+/// A recirculation in a flow's actions: the recirculation id the packet comes back
+/// with, and the conntrack zone of the `ct()` action that ran before it, if one did
+/// (zone 0 when `ct()` names none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recirc {
+    pub id: u32,
+    pub zone: Option<u16>,
+}
+
+/// Recirculations remembered per flow; a flow with more is marked [`Lineage::more`].
+pub const MAX_RECIRCS: usize = 2;
+
+/// What a flow says about where its packets are heading: the facts drop attribution
+/// follows from one flow to the flows its packets recirculate into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lineage {
+    /// The key's recirculation id: 0 for a packet's first pass.
+    pub recirc_id: u32,
+    /// The conntrack zone the key matches exactly (needs the mask).
+    pub ct_zone: Option<u16>,
+    /// The destination MAC the key matches in full (needs the mask).
+    pub eth_dst: Option<[u8; 6]>,
+    /// Where the actions recirculate to; empty when the message has no actions.
+    pub recircs: [Option<Recirc>; MAX_RECIRCS],
+    /// The actions recirculate to more places than [`MAX_RECIRCS`].
+    pub more: bool,
+}
+
+impl Lineage {
+    pub fn recircs(&self) -> impl Iterator<Item = Recirc> + '_ {
+        self.recircs.iter().flatten().copied()
+    }
+}
+
 /// What the collector needs of one datapath flow message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
@@ -132,6 +173,8 @@ pub struct Flow {
     pub tunnel: bool,
     /// None when the message leaves the actions out (a terse delete notification).
     pub actions: Option<Actions>,
+    /// None when the message leaves the key out.
+    pub lineage: Option<Lineage>,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -144,10 +187,33 @@ struct Walk {
     userspace: bool,
     controller: bool,
     explicit: bool,
+    recircs: [Option<Recirc>; MAX_RECIRCS],
+    more: bool,
 }
 
-/// Walks an action list, nested ones (clone, sample, check_pkt_len) included.
-fn walk(list: &[u8], depth: usize, w: &mut Walk) -> Result<(), DecodeError> {
+impl Walk {
+    fn recirculate(&mut self, r: Recirc) {
+        match self.recircs.iter_mut().find(|x| x.is_none()) {
+            Some(slot) => *slot = Some(r),
+            None => self.more = true,
+        }
+    }
+}
+
+/// The zone a `ct()` action runs in.
+fn ct_zone(ct: &[u8]) -> Result<u16, DecodeError> {
+    for a in wire::attrs(FAMILY, "OVS_CT_ATTR", ct) {
+        let a = a?;
+        if a.ty == OVS_CT_ATTR_ZONE {
+            return a.u16_ne(FAMILY, "OVS_CT_ATTR_ZONE");
+        }
+    }
+    Ok(0)
+}
+
+/// Walks an action list, nested ones (clone, sample, check_pkt_len) included; `zone` is
+/// the zone of the last `ct()` before it.
+fn walk(list: &[u8], depth: usize, w: &mut Walk, mut zone: Option<u16>) -> Result<(), DecodeError> {
     if depth > MAX_DEPTH {
         return Err(DecodeError::Nesting {
             family: FAMILY,
@@ -158,7 +224,12 @@ fn walk(list: &[u8], depth: usize, w: &mut Walk) -> Result<(), DecodeError> {
         let a = a?;
         match a.ty {
             OVS_ACTION_ATTR_OUTPUT | OVS_ACTION_ATTR_TRUNC => w.output = true,
-            OVS_ACTION_ATTR_RECIRC => w.recirc = true,
+            OVS_ACTION_ATTR_RECIRC => {
+                w.recirc = true;
+                let id = a.u32_ne(FAMILY, "OVS_ACTION_ATTR_RECIRC")?;
+                w.recirculate(Recirc { id, zone });
+            }
+            OVS_ACTION_ATTR_CT => zone = Some(ct_zone(a.payload)?),
             OVS_ACTION_ATTR_DROP => w.explicit = true,
             OVS_ACTION_ATTR_USERSPACE => match cookie_type(a.payload)? {
                 Some(USER_ACTION_COOKIE_CONTROLLER) => w.controller = true,
@@ -171,12 +242,12 @@ fn walk(list: &[u8], depth: usize, w: &mut Walk) -> Result<(), DecodeError> {
                 // know: the packet may well be forwarded, so it is not counted as dropped.
                 _ => w.userspace = true,
             },
-            OVS_ACTION_ATTR_CLONE => walk(a.payload, depth + 1, w)?,
+            OVS_ACTION_ATTR_CLONE => walk(a.payload, depth + 1, w, zone)?,
             OVS_ACTION_ATTR_SAMPLE => {
                 for s in wire::attrs(FAMILY, "OVS_SAMPLE_ATTR", a.payload) {
                     let s = s?;
                     if s.ty == OVS_SAMPLE_ATTR_ACTIONS {
-                        walk(s.payload, depth + 1, w)?;
+                        walk(s.payload, depth + 1, w, zone)?;
                     }
                 }
             }
@@ -188,11 +259,11 @@ fn walk(list: &[u8], depth: usize, w: &mut Walk) -> Result<(), DecodeError> {
                         OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_GREATER
                             | OVS_CHECK_PKT_LEN_ATTR_ACTIONS_IF_LESS_EQUAL
                     ) {
-                        walk(s.payload, depth + 1, w)?;
+                        walk(s.payload, depth + 1, w, zone)?;
                     }
                 }
             }
-            // ct, meters, header rewrites, dec_ttl's expiry branch, psample: the packet
+            // meters, header rewrites, dec_ttl's expiry branch, psample: the packet
             // goes on to the next action, or nowhere.
             _ => {}
         }
@@ -217,8 +288,12 @@ fn cookie_type(userspace: &[u8]) -> Result<Option<u16>, DecodeError> {
 
 /// Classifies an action list; `ct_invalid` says whether the key matches ct_state(+inv).
 pub fn classify(list: &[u8], ct_invalid: bool) -> Result<Actions, DecodeError> {
+    walk_actions(list, ct_invalid).map(|(a, _)| a)
+}
+
+fn walk_actions(list: &[u8], ct_invalid: bool) -> Result<(Actions, Walk), DecodeError> {
     let mut w = Walk::default();
-    walk(list, 0, &mut w)?;
+    walk(list, 0, &mut w, None)?;
     let class = if w.output {
         ActionClass::Output
     } else if w.recirc {
@@ -238,7 +313,38 @@ pub fn classify(list: &[u8], ct_invalid: bool) -> Result<Actions, DecodeError> {
         DropReason::NoAction
     };
     let drop = (class == ActionClass::Drop).then_some(reason);
-    Ok(Actions { class, drop })
+    Ok((Actions { class, drop }, w))
+}
+
+/// The key's attributes attribution reads (masked values, as the kernel stores them).
+#[derive(Debug, Default)]
+struct KeyFacts {
+    recirc_id: u32,
+    ct_zone: Option<u16>,
+    eth_dst: Option<[u8; 6]>,
+}
+
+/// A value of the wrong size is not a fact: attribution then knows less, and drop
+/// counting goes on.
+fn key_facts(attrs: &[u8], what: &'static str) -> Result<KeyFacts, DecodeError> {
+    let mut k = KeyFacts::default();
+    for a in wire::attrs(FAMILY, what, attrs) {
+        let a = a?;
+        match a.ty {
+            OVS_KEY_ATTR_RECIRC_ID => {
+                k.recirc_id = a.u32_ne(FAMILY, "OVS_KEY_ATTR_RECIRC_ID").unwrap_or(0)
+            }
+            OVS_KEY_ATTR_CT_ZONE => k.ct_zone = a.u16_ne(FAMILY, "OVS_KEY_ATTR_CT_ZONE").ok(),
+            OVS_KEY_ATTR_ETHERNET => {
+                k.eth_dst = a
+                    .exact::<12>(FAMILY, "OVS_KEY_ATTR_ETHERNET")
+                    .ok()
+                    .and_then(|e| <[u8; 6]>::try_from(e.get(6..)?).ok());
+            }
+            _ => {}
+        }
+    }
+    Ok(k)
 }
 
 /// Decodes one OVS_FLOW_CMD_* message: a dump entry or a notification.
@@ -252,10 +358,12 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
         in_port: None,
         tunnel: false,
         actions: None,
+        lineage: None,
         packets: 0,
         bytes: 0,
     };
     let mut key_bytes: &[u8] = &[];
+    let mut mask_bytes: Option<&[u8]> = None;
     let mut ufid = None;
     let mut actions = None;
     let mut ct_invalid = false;
@@ -279,6 +387,7 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
                     }
                 }
             }
+            OVS_FLOW_ATTR_MASK => mask_bytes = Some(a.payload),
             OVS_FLOW_ATTR_ACTIONS => actions = Some(a.payload),
             // The kernel leaves the statistics out while a flow has matched nothing.
             OVS_FLOW_ATTR_STATS => {
@@ -297,7 +406,26 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
             (1u128 << 127) | u128::from(h.finish())
         }
     };
-    f.actions = actions.map(|a| classify(a, ct_invalid)).transpose()?;
+    let walked = actions.map(|a| walk_actions(a, ct_invalid)).transpose()?;
+    if !key_bytes.is_empty() {
+        let key = key_facts(key_bytes, "OVS_FLOW_ATTR_KEY")?;
+        // Without the mask, whether a value is matched in full is unknown.
+        let mask = mask_bytes
+            .map(|m| key_facts(m, "OVS_FLOW_ATTR_MASK"))
+            .transpose()?
+            .unwrap_or_default();
+        let (recircs, more) = walked
+            .as_ref()
+            .map_or(([None; MAX_RECIRCS], false), |(_, w)| (w.recircs, w.more));
+        f.lineage = Some(Lineage {
+            recirc_id: key.recirc_id,
+            ct_zone: key.ct_zone.filter(|_| mask.ct_zone == Some(u16::MAX)),
+            eth_dst: key.eth_dst.filter(|_| mask.eth_dst == Some([0xff; 6])),
+            recircs,
+            more,
+        });
+    }
+    f.actions = walked.map(|(a, _)| a);
     Ok(f)
 }
 
@@ -496,5 +624,107 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.to_string().contains("OVS_FLOW_ATTR_ACTIONS"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod lineage_tests {
+    use super::test_support::{flow_msg, key};
+    use super::*;
+
+    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        wire::push_attr(&mut a, ty, payload);
+        a
+    }
+
+    fn ethernet(dst: [u8; 6]) -> Vec<u8> {
+        attr(
+            OVS_KEY_ATTR_ETHERNET,
+            &[[0x52, 0x54, 0, 0, 0, 1], dst].concat(),
+        )
+    }
+
+    #[test]
+    fn ct_zones_recirculations_and_full_matches_are_read() {
+        // recirc_id(0),eth(dst=fa:16:3e:00:00:0a) actions:ct(zone=3),recirc(0x10),
+        // clone(ct,recirc(0x11)); the mask matches the MAC in full, not the zone.
+        let mac = [0xfa, 0x16, 0x3e, 0, 0, 0xa];
+        let k = [
+            key(2, None),
+            attr(OVS_KEY_ATTR_RECIRC_ID, &0u32.to_ne_bytes()),
+            ethernet(mac),
+            attr(OVS_KEY_ATTR_CT_ZONE, &3u16.to_ne_bytes()),
+        ]
+        .concat();
+        let m = [
+            ethernet([0xff; 6]),
+            attr(OVS_KEY_ATTR_CT_ZONE, &0x00ffu16.to_ne_bytes()),
+        ]
+        .concat();
+        let ct3 = attr(
+            OVS_ACTION_ATTR_CT,
+            &attr(OVS_CT_ATTR_ZONE, &3u16.to_ne_bytes()),
+        );
+        let inner = [
+            attr(OVS_ACTION_ATTR_CT, &[]),
+            attr(OVS_ACTION_ATTR_RECIRC, &0x11u32.to_ne_bytes()),
+        ]
+        .concat();
+        let actions = [
+            ct3,
+            attr(OVS_ACTION_ATTR_RECIRC, &0x10u32.to_ne_bytes()),
+            attr(OVS_ACTION_ATTR_CLONE, &inner),
+        ]
+        .concat();
+        let msg = |mask: Option<&Vec<u8>>| {
+            let mut attrs = vec![
+                (OVS_FLOW_ATTR_KEY, k.clone()),
+                (OVS_FLOW_ATTR_ACTIONS, actions.clone()),
+            ];
+            if let Some(m) = mask {
+                attrs.push((OVS_FLOW_ATTR_MASK, m.clone()));
+            }
+            parse_flow(&flow_msg(OVS_FLOW_CMD_GET, &attrs)).unwrap()
+        };
+        let l = msg(Some(&m)).lineage.unwrap();
+        assert_eq!(l.recirc_id, 0);
+        assert_eq!(l.eth_dst, Some(mac));
+        assert_eq!(l.ct_zone, None, "the zone is matched in part only");
+        assert_eq!(
+            l.recircs().collect::<Vec<_>>(),
+            [
+                Recirc {
+                    id: 0x10,
+                    zone: Some(3)
+                },
+                Recirc {
+                    id: 0x11,
+                    zone: Some(0)
+                }
+            ]
+        );
+        assert!(!l.more);
+        // Without the mask nothing is known to be matched in full.
+        let l = msg(None).lineage.unwrap();
+        assert_eq!((l.eth_dst, l.ct_zone), (None, None));
+        // A zone of the wrong size fails the flow, naming the attribute.
+        let bad = [
+            attr(OVS_ACTION_ATTR_CT, &attr(OVS_CT_ATTR_ZONE, &[3])),
+            attr(OVS_ACTION_ATTR_RECIRC, &1u32.to_ne_bytes()),
+        ]
+        .concat();
+        let e = parse_flow(&flow_msg(
+            OVS_FLOW_CMD_GET,
+            &[
+                (OVS_FLOW_ATTR_KEY, key(2, None)),
+                (OVS_FLOW_ATTR_ACTIONS, bad),
+            ],
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("OVS_CT_ATTR_ZONE"), "{e}");
+        // A message without a key has no lineage.
+        let f = parse_flow(&flow_msg(OVS_FLOW_CMD_DEL, &[])).unwrap();
+        assert_eq!(f.lineage, None);
     }
 }

@@ -35,6 +35,8 @@ pub struct View {
     pub table: Table,
     /// Why there is no synchronised copy now: (sentence, the source is simply absent).
     pub down: Option<(String, bool)>,
+    /// Changes with every change of the copy, so readers can tell when to look again.
+    pub generation: u64,
 }
 
 pub struct Client {
@@ -94,6 +96,7 @@ impl Client {
                 table: Table::default(),
                 // Starting up is not a failure worth a warning.
                 down: Some(("not connected to ovsdb-server yet".to_owned(), true)),
+                generation: 0,
             }),
             stop: AtomicBool::new(false),
             socket,
@@ -126,6 +129,7 @@ impl Client {
                     let mut v = self.view();
                     v.table = Table::default();
                     v.down = Some((err.to_string(), err.absent()));
+                    v.generation += 1;
                 }
                 // Sleep in short steps, so a stop is seen.
                 let mut slept = Duration::ZERO;
@@ -218,6 +222,7 @@ impl Client {
                     return Ok(None);
                 }
                 v.table.apply(updates).map_err(|e| e.to_string())?;
+                v.generation += 1;
                 Ok(None)
             }
             Some(_) => Ok(None),
@@ -232,6 +237,7 @@ impl Client {
                 let mut v = self.view();
                 v.table = table;
                 v.down = None;
+                v.generation += 1;
                 Ok(None)
             }
             None => Ok(None),

@@ -78,6 +78,11 @@ impl Source {
         client
     }
 
+    /// A number that changes whenever the copy does; `None` before anyone asked for it.
+    pub fn generation(&self) -> Option<u64> {
+        self.client.get().map(|(c, _)| c.view().generation)
+    }
+
     /// The VM ports now, or why there is no synchronised copy.
     pub fn ports(&self) -> Result<Ports, CollectError> {
         let view = self.start().view();
