@@ -235,6 +235,36 @@ fn check_phase(r: &Results, phase: &str, drop_total: f64) {
         drop_total,
         "{phase}: {all:?}"
     );
+    // The same drops by destination: the drop flow recirculates from the ct() flow,
+    // whose zone (0) OVSDB gives to tap0; none is left unattributed.
+    let to_vm = |reason: &str| {
+        m.value(
+            "packetpath_vm_port_inbound_drop_packets_total",
+            &[
+                ("device", "tap0"),
+                ("from_role", "tunnel"),
+                ("reason", reason),
+            ],
+        )
+    };
+    assert_eq!(to_vm("ct_invalid"), drop_total, "{phase}");
+    assert_eq!(
+        m.select("packetpath_vm_port_inbound_drop_packets_total", &[])
+            .map(|(_, v)| v)
+            .sum::<f64>(),
+        drop_total,
+        "{phase}"
+    );
+    assert_eq!(
+        m.select(
+            "packetpath_vm_port_inbound_drop_unattributed_packets_total",
+            &[]
+        )
+        .map(|(_, v)| v)
+        .sum::<f64>(),
+        0.0,
+        "{phase}"
+    );
     assert_eq!(m.value("packetpath_ovs_flows_dump_truncated", &dp), 0.0);
     assert_eq!(
         m.value(

@@ -106,6 +106,20 @@ pub struct Accounting {
     pub untracked: u64,
     /// The same drops, by the VM port they were heading to.
     pub attribution: Attribution,
+    /// Drops of the dump in progress whose flows' parents were not known yet: attributed
+    /// when the dump ends.
+    pending: Vec<Pending>,
+}
+
+/// A drop credited to the totals and not yet attributed.
+#[derive(Debug)]
+struct Pending {
+    key: (u32, u128),
+    lineage: Option<Lineage>,
+    from: String,
+    role: Role,
+    reason: DropReason,
+    counts: (u64, u64),
 }
 
 impl Accounting {
@@ -120,6 +134,7 @@ impl Accounting {
             initial: true,
             untracked: 0,
             attribution: Attribution::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -202,7 +217,7 @@ impl Accounting {
     /// Credits an increase of a flow whose lineage and attribution are `lineage`, `dest`.
     fn credit(
         &mut self,
-        dp: u32,
+        (dp, id): (u32, u128),
         state: State,
         (packets, bytes): (u64, u64),
         lineage: Option<&Lineage>,
@@ -229,8 +244,42 @@ impl Accounting {
             .or_default();
         t.0 = t.0.saturating_add(packets);
         t.1 = t.1.saturating_add(bytes);
-        self.attribution
-            .credit(dp, lineage, dest, port, role, reason, packets, bytes);
+        let defer = self.dumping == Some(dp);
+        let counts = (packets, bytes);
+        if !self
+            .attribution
+            .credit(dp, lineage, dest, port, role, reason, counts, defer)
+        {
+            self.pending.push(Pending {
+                key: (dp, id),
+                lineage: lineage.copied(),
+                from: port.to_owned(),
+                role,
+                reason,
+                counts,
+            });
+        }
+    }
+
+    /// Attributes the drops the dump left pending, now that it brought every parent it
+    /// could; the flows remember where theirs went.
+    fn settle(&mut self) {
+        for p in std::mem::take(&mut self.pending) {
+            let mut dest = self.flows.get(&p.key).map_or(Dest::Unknown, |r| r.dest);
+            self.attribution.credit(
+                p.key.0,
+                p.lineage.as_ref(),
+                &mut dest,
+                &p.from,
+                p.role,
+                p.reason,
+                p.counts,
+                false,
+            );
+            if let Some(r) = self.flows.get_mut(&p.key) {
+                r.dest = dest;
+            }
+        }
     }
 
     pub fn begin_collect(&mut self) {
@@ -275,13 +324,7 @@ impl Accounting {
         let mut r = r;
         // Up to this boundary the flow did what it did before.
         let lineage = r.lineage;
-        self.credit(
-            f.dp_ifindex,
-            r.state,
-            increase(&r, f),
-            lineage.as_ref(),
-            &mut r.dest,
-        );
+        self.credit(key, r.state, increase(&r, f), lineage.as_ref(), &mut r.dest);
         if f.cmd == parse::OVS_FLOW_CMD_DEL {
             if during_dump {
                 self.put(
@@ -348,7 +391,7 @@ impl Accounting {
                 };
                 let mut dest = r.dest;
                 self.credit(
-                    f.dp_ifindex,
+                    key,
                     credited,
                     increase(&r, f),
                     r.lineage.as_ref(),
@@ -377,7 +420,7 @@ impl Accounting {
                 // Born since the last dump, unless this is the first look at the table.
                 if !self.initial {
                     self.credit(
-                        f.dp_ifindex,
+                        key,
                         state,
                         (f.packets, f.bytes),
                         f.lineage.as_ref(),
@@ -405,6 +448,7 @@ impl Accounting {
     /// it did not reach: those missing from `GRACE` + 1 complete dumps in a row are gone.
     pub fn end_dump(&mut self, dp_ifindex: u32, complete: bool) {
         self.dumping = None;
+        self.settle();
         let generation = self.generation;
         self.retain(|(dp, _), r| {
             *dp != dp_ifindex || !(r.deleted || complete && r.seen + GRACE < generation)

@@ -263,7 +263,9 @@ impl Attribution {
 
     /// Credits a drop of a flow whose input port is labelled `from` (role `role`) to the
     /// VM port its lineage names, or to the unattributed totals; `dest` is the flow's
-    /// memory of where it was attributed before.
+    /// memory of where it was attributed before. With `defer`, a flow about which nothing
+    /// is known yet is left alone and `false` returned: a dump in progress may still bring
+    /// its parents (a dump lists flows in no particular order).
     #[allow(clippy::too_many_arguments)]
     pub fn credit(
         &mut self,
@@ -273,10 +275,13 @@ impl Attribution {
         from: &str,
         role: Role,
         reason: DropReason,
-        packets: u64,
-        bytes: u64,
-    ) {
+        (packets, bytes): (u64, u64),
+        defer: bool,
+    ) -> bool {
         let now = lineage.map_or(Lookup::NoFacts, |l| self.lookup(dp, l, from));
+        if defer && now == Lookup::NoFacts && *dest == Dest::Unknown && self.available {
+            return false;
+        }
         let port = match (now, *dest) {
             (_, Dest::Conflict) | (Lookup::Conflict, _) => {
                 *dest = Dest::Conflict;
@@ -303,6 +308,7 @@ impl Attribution {
         };
         t.0 = t.0.saturating_add(packets);
         t.1 = t.1.saturating_add(bytes);
+        true
     }
 }
 
@@ -592,6 +598,41 @@ mod tests {
         parent(&mut a, 8, Some(3), 10);
         drop_flow(&mut a, 9, 10, 2);
         assert_eq!(vm(&a, "tapC"), 2);
+    }
+
+    #[test]
+    fn a_dump_may_list_the_drop_flow_before_its_parent() {
+        use crate::collectors::ovs_flows::parse::OVS_FLOW_CMD_GET;
+        let ports = ovn_ports();
+        let mut a = acct(Some(&ports));
+        // Nothing heard of either (the monitor joined after they were made).
+        a.begin_collect();
+        a.begin_dump(DP);
+        a.dumped(&msg(OVS_FLOW_CMD_GET, 3, TUNNEL, lineage(10, &[]), true, 4));
+        a.dumped(&msg(
+            OVS_FLOW_CMD_GET,
+            1,
+            TUNNEL,
+            lineage(0, &[(10, Some(4))]),
+            false,
+            9,
+        ));
+        a.dumped(&msg(OVS_FLOW_CMD_GET, 5, TUNNEL, lineage(77, &[]), true, 2));
+        a.end_dump(DP, true);
+        a.end_collect();
+        assert_eq!((vm(&a, "tapB"), unattributed(&a)), (4, 2));
+        // The flow remembers: its parent gone, its next packets are still tapB's.
+        a.notify(&msg(
+            OVS_FLOW_CMD_DEL,
+            1,
+            TUNNEL,
+            lineage(0, &[(10, Some(4))]),
+            false,
+            9,
+        ));
+        a.notify(&msg(OVS_FLOW_CMD_DEL, 3, TUNNEL, lineage(10, &[]), true, 6));
+        assert_eq!((vm(&a, "tapB"), unattributed(&a)), (6, 2));
+        sums(&a);
     }
 
     #[test]

@@ -60,6 +60,9 @@ topology_up() {
     ovs-vsctl --no-wait add-port br-int tap0 -- set Interface tap0 \
         external_ids:iface-id="$VM_PORT_ID" external_ids:vm-uuid="$VM_UUID" \
         external_ids:attached-mac="$VM_MAC" external_ids:iface-status=active
+    # The port's conntrack zone as ovn-controller records it: the seed's ct() runs in
+    # zone 0, so drops after its recirculation are the VM's (drop attribution).
+    ovs-vsctl --no-wait set Bridge br-int external_ids:ct-zone-"$VM_PORT_ID"=0
 }
 
 # Starts the exporter in the root netns with the base flags plus $PP_EXPORTER_FLAGS. If it
