@@ -67,6 +67,53 @@ fn rise(r: &Results, phase: &str, reasons: &[&str]) -> f64 {
     drops(&after, reasons) - drops(&before, reasons)
 }
 
+/// The drops split by destination add up to the drop-flow totals, for every role and
+/// reason: the per-VM series and the unattributed ones are credited in the same step.
+fn split_adds_up(m: &Metrics, what: &str) {
+    let sum = |name: &str, role_label: &str, role: &str, reason: &str| -> f64 {
+        m.select(name, &[(role_label, role), ("reason", reason)])
+            .map(|(_, v)| v)
+            .sum()
+    };
+    for role in ["tunnel", "vm", "ovs", "other"] {
+        for reason in ["ct_invalid", "controller", "explicit", "no_action"] {
+            let split = sum(
+                "packetpath_vm_port_inbound_drop_packets_total",
+                "from_role",
+                role,
+                reason,
+            ) + sum(
+                "packetpath_vm_port_inbound_drop_unattributed_packets_total",
+                "from_role",
+                role,
+                reason,
+            );
+            let total = sum(
+                "packetpath_ovs_drop_flow_packets_total",
+                "in_port_role",
+                role,
+                reason,
+            );
+            assert_eq!(split, total, "{what}: {role} {reason}");
+        }
+    }
+}
+
+/// How much tap0's ct_invalid drops from the tunnel rose over a phase.
+fn vm_rise(r: &Results, phase: &str) -> f64 {
+    let v = |block: &str| {
+        metrics(r, &format!("{phase}/{block}")).value(
+            "packetpath_vm_port_inbound_drop_packets_total",
+            &[
+                ("device", "tap0"),
+                ("from_role", "tunnel"),
+                ("reason", "ct_invalid"),
+            ],
+        )
+    };
+    v("metrics-after") - v("metrics-before")
+}
+
 /// `no_action`, or `explicit` where the kernel has the explicit drop action (6.4+) and
 /// OVS uses it.
 const PLAIN_DROP: &[&str] = &["no_action", "explicit"];
@@ -144,6 +191,12 @@ fn check(release: &str, r: &Results) {
         (plan["a_datapath_packets"] + plan["b_datapath_packets"]) as f64,
         "{release}: a flow evicted and re-created between two scrapes"
     );
+    // Both lives go to the VM: the flow recirculates from ct() in tap0's zone.
+    assert_eq!(
+        vm_rise(r, "recreate"),
+        (plan["a_datapath_packets"] + plan["b_datapath_packets"]) as f64,
+        "{release}: drops of the re-created flow attributed to tap0"
+    );
 
     // logged: sent to the controller and nowhere else is a drop.
     let plan = key_values(r.get("logged/plan"));
@@ -167,6 +220,15 @@ fn check(release: &str, r: &Results) {
     assert!(counted <= truth["drop_packets_sent"] as f64, "{release}");
     // No forwarding packet became a drop.
     assert!(truth["forward_window_hits"] > 0, "{release}");
+
+    for phase in ["modify", "recreate", "logged", "churn", "reload"] {
+        for block in ["metrics-before", "metrics-after"] {
+            split_adds_up(
+                &metrics(r, &format!("{phase}/{block}")),
+                &format!("{release} {phase}/{block}"),
+            );
+        }
+    }
 
     // reload: modules out and back; nothing leaps, everything recovers.
     let unloaded = metrics(r, "reload/metrics-unloaded");
