@@ -15,6 +15,7 @@ use crate::collectors::common::ovsdb::table::Table;
 use crate::collectors::{conntrack, conntrack_invalid, offload, ovs_flows};
 use crate::diagnose::exposition;
 use crate::netlink::{genl, wire};
+use crate::roles::Role;
 
 const FAMILY: &str = "fuzz";
 
@@ -98,13 +99,56 @@ pub fn ovs_dp(data: &[u8]) {
 }
 
 /// OVS datapath flows, a dump chunk or a notification datagram, decoded message by
-/// message as the flow monitor and the dump reader do.
+/// message as the flow monitor and the dump reader do, and each flow accounted and
+/// attributed (as a notification, then as an entry of a dump) to two VM ports.
 pub fn ovs_flow(data: &[u8]) {
+    use crate::collectors::common::Devices;
+    use crate::collectors::common::ovsdb::VmPort;
+    use crate::collectors::ovs_flows::accounting::{Accounting, Names};
+    let port = |device: &str, mac: &str, zone: u16| VmPort {
+        device: device.into(),
+        port_id: device.into(),
+        instance_id: String::new(),
+        mac: mac.into(),
+        status: String::new(),
+        ovn_installed: true,
+        error: None,
+        ct_zone: Some(zone),
+    };
+    let ports = [
+        port("tapA", "fa:16:3e:00:00:0a", 1),
+        port("tapB", "fa:16:3e:00:00:0b", 1),
+    ];
+    let mut acct = Accounting::new(64);
+    acct.attribution
+        .set_ports(Some(&ports), &Devices::default());
+    let mut flows = Vec::new();
     for m in wire::messages(ovs_flows::parse::FAMILY, data) {
         let Ok(m) = m else { break };
         if let Ok(wire::Control::Data(m)) = wire::control(ovs_flows::parse::FAMILY, m) {
-            let _ = ovs_flows::parse::parse_flow(m.payload);
+            if let Ok(f) = ovs_flows::parse::parse_flow(m.payload) {
+                flows.push(f);
+            }
         }
+    }
+    for f in &flows {
+        let names = Names {
+            datapath: "ovs-system".into(),
+            ports: [(f.in_port.unwrap_or(0), ("tapA".into(), Role::Vm))].into(),
+        };
+        acct.set_names(f.dp_ifindex, names);
+    }
+    for round in 0..2 {
+        acct.begin_collect();
+        for f in &flows {
+            acct.begin_dump(f.dp_ifindex);
+            match round {
+                0 => acct.notify(f),
+                _ => acct.dumped(f),
+            }
+            acct.end_dump(f.dp_ifindex, true);
+        }
+        acct.end_collect();
     }
 }
 
@@ -143,6 +187,9 @@ pub fn ovsdb(data: &[u8]) {
     // A table-updates value on its own, as one JSON document.
     if let Ok(v) = serde_json::from_slice::<Value>(data) {
         let _ = table.apply(&v);
+    }
+    for i in table.rows.values() {
+        let _ = crate::collectors::common::ovsdb::vm_port(i, &table);
     }
 }
 

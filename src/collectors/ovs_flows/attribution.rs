@@ -198,8 +198,19 @@ impl Attribution {
         self.edges.clear();
     }
 
-    /// Zones of the packets that come back with recirculation id `x`.
-    fn zones_of(&self, dp: u32, x: u32, depth: usize, out: &mut BTreeSet<u16>) {
+    /// Zones of the packets that come back with recirculation id `x`; each id is looked
+    /// at once (`seen`), so loops and shared ancestors cost nothing more.
+    fn zones_of(
+        &self,
+        dp: u32,
+        x: u32,
+        depth: usize,
+        seen: &mut BTreeSet<u32>,
+        out: &mut BTreeSet<u16>,
+    ) {
+        if !seen.insert(x) {
+            return;
+        }
         let Some(e) = self.edges.get(&(dp, x)) else {
             return;
         };
@@ -208,9 +219,7 @@ impl Attribution {
             return;
         }
         for &parent in e.inherit.values() {
-            if parent != x {
-                self.zones_of(dp, parent, depth + 1, out);
-            }
+            self.zones_of(dp, parent, depth + 1, seen, out);
         }
     }
 
@@ -223,7 +232,9 @@ impl Attribution {
             Some(z) => {
                 zones.insert(z);
             }
-            None if l.recirc_id != 0 => self.zones_of(dp, l.recirc_id, 0, &mut zones),
+            None if l.recirc_id != 0 => {
+                self.zones_of(dp, l.recirc_id, 0, &mut BTreeSet::new(), &mut zones)
+            }
             None => {}
         }
         if zones.len() > 1 {
