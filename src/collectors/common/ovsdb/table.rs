@@ -99,14 +99,53 @@ pub struct Table {
 }
 
 /// The rows of one table in `table-updates`, if it has any.
-fn rows<'a>(
-    tables: &'a serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a serde_json::Map<String, Value>>, UpdateError> {
+fn rows<'a>(tables: &'a Columns, name: &str) -> Result<Option<&'a Columns>, UpdateError> {
     tables
         .get(name)
         .map(|r| r.as_object().ok_or(UpdateError::NotObject))
         .transpose()
+}
+
+type Columns = serde_json::Map<String, Value>;
+type Bad<'a> = &'a dyn Fn(&'static str) -> UpdateError;
+
+/// Applies one table's rows of `table-updates` to `into`; `set` reads a row's columns.
+fn apply_rows<R: Default>(
+    tables: &Columns,
+    table: &'static str,
+    into: &mut HashMap<String, R>,
+    set: impl Fn(&mut R, &Columns, Bad) -> Result<(), UpdateError>,
+) -> Result<(), UpdateError> {
+    for (uuid, change) in rows(tables, table)?.into_iter().flatten() {
+        let bad = |what| UpdateError::Row {
+            table,
+            uuid: uuid.clone(),
+            what,
+        };
+        let Some(new) = change.get("new") else {
+            into.remove(uuid);
+            continue;
+        };
+        let new = new.as_object().ok_or_else(|| bad("new is not an object"))?;
+        set(into.entry(uuid.clone()).or_default(), new, &bad)?;
+    }
+    Ok(())
+}
+
+/// The `name` and `external_ids` columns both tables have.
+fn name_and_ids(
+    name: &mut String,
+    ids: &mut BTreeMap<String, String>,
+    new: &Columns,
+    bad: Bad,
+) -> Result<(), UpdateError> {
+    if let Some(n) = new.get("name") {
+        *name = cut(n.as_str().ok_or_else(|| bad("name is not a string"))?);
+    }
+    if let Some(v) = new.get("external_ids") {
+        *ids = map(v).ok_or_else(|| bad("external_ids is not a map"))?;
+    }
+    Ok(())
 }
 
 impl Table {
@@ -114,48 +153,16 @@ impl Table {
     /// A row whose `new` is absent is deleted; columns `new` leaves out keep their value.
     pub fn apply(&mut self, updates: &Value) -> Result<(), UpdateError> {
         let tables = updates.as_object().ok_or(UpdateError::NotObject)?;
-        for (uuid, change) in rows(tables, "Interface")?.into_iter().flatten() {
-            let bad = |what| UpdateError::Row {
-                table: "Interface",
-                uuid: uuid.clone(),
-                what,
-            };
-            let Some(new) = change.get("new") else {
-                self.rows.remove(uuid);
-                continue;
-            };
-            let new = new.as_object().ok_or_else(|| bad("new is not an object"))?;
-            let row = self.rows.entry(uuid.clone()).or_default();
-            if let Some(n) = new.get("name") {
-                row.name = cut(n.as_str().ok_or_else(|| bad("name is not a string"))?);
-            }
-            if let Some(ids) = new.get("external_ids") {
-                row.external_ids = map(ids).ok_or_else(|| bad("external_ids is not a map"))?;
-            }
+        apply_rows(tables, "Interface", &mut self.rows, |row, new, bad| {
+            name_and_ids(&mut row.name, &mut row.external_ids, new, bad)?;
             if let Some(e) = new.get("error") {
                 row.error = optional_string(e).ok_or_else(|| bad("error is not a string"))?;
             }
-        }
-        for (uuid, change) in rows(tables, "Bridge")?.into_iter().flatten() {
-            let bad = |what| UpdateError::Row {
-                table: "Bridge",
-                uuid: uuid.clone(),
-                what,
-            };
-            let Some(new) = change.get("new") else {
-                self.bridges.remove(uuid);
-                continue;
-            };
-            let new = new.as_object().ok_or_else(|| bad("new is not an object"))?;
-            let row = self.bridges.entry(uuid.clone()).or_default();
-            if let Some(n) = new.get("name") {
-                row.name = cut(n.as_str().ok_or_else(|| bad("name is not a string"))?);
-            }
-            if let Some(ids) = new.get("external_ids") {
-                row.external_ids = map(ids).ok_or_else(|| bad("external_ids is not a map"))?;
-            }
-        }
-        Ok(())
+            Ok(())
+        })?;
+        apply_rows(tables, "Bridge", &mut self.bridges, |row, new, bad| {
+            name_and_ids(&mut row.name, &mut row.external_ids, new, bad)
+        })
     }
 
     /// The conntrack zone ovn-controller gave a logical port (`ct-zone-<port>` in a
