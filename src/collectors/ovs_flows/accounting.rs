@@ -80,10 +80,65 @@ struct Record {
     /// Deleted during a dump in progress; kept until that dump ends so that its stale
     /// entry does not bring the flow back.
     deleted: bool,
-    /// Its key and recirculations, the last time a message carried them.
-    lineage: Option<Lineage>,
+    /// Its key and recirculations, the last time a message carried them (in
+    /// [`Lineages`]; none when they say nothing).
+    lineage: Option<u32>,
     /// The VM port its drops were attributed to.
     dest: Dest,
+}
+
+/// Lineages stored once however many flows share them (the flows of one OpenFlow path
+/// do), with how many flows hold each.
+#[derive(Debug, Default)]
+struct Lineages {
+    ids: HashMap<Lineage, u32>,
+    values: Vec<Option<(Lineage, u32)>>,
+    free: Vec<u32>,
+}
+
+impl Lineages {
+    fn intern(&mut self, l: Lineage) -> u32 {
+        if let Some(&i) = self.ids.get(&l) {
+            if let Some(Some((_, refs))) = self.values.get_mut(i as usize) {
+                *refs += 1;
+            }
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.values.push(None);
+                u32::try_from(self.values.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        if let Some(slot) = self.values.get_mut(i as usize) {
+            *slot = Some((l, 1));
+        }
+        self.ids.insert(l, i);
+        i
+    }
+
+    fn release(&mut self, i: u32) {
+        let Some(slot) = self.values.get_mut(i as usize) else {
+            return;
+        };
+        if let Some((l, refs)) = slot {
+            *refs -= 1;
+            if *refs == 0 {
+                self.ids.remove(l);
+                *slot = None;
+                self.free.push(i);
+            }
+        }
+    }
+
+    fn get(&self, i: Option<u32>) -> Option<Lineage> {
+        self.values
+            .get(i? as usize)
+            .copied()
+            .flatten()
+            .map(|(l, _)| l)
+    }
 }
 
 /// Drop totals by (datapath, in_port label, role, reason): (packets, bytes).
@@ -109,6 +164,7 @@ pub struct Accounting {
     /// Drops of the dump in progress whose flows' parents were not known yet: attributed
     /// when the dump ends.
     pending: Vec<Pending>,
+    lineages: Lineages,
 }
 
 /// A drop credited to the totals and not yet attributed.
@@ -135,38 +191,62 @@ impl Accounting {
             untracked: 0,
             attribution: Attribution::new(),
             pending: Vec::new(),
+            lineages: Lineages::default(),
         }
     }
 
-    /// Stores a flow's record, keeping the recirculation links in step.
-    fn put(&mut self, key: (u32, u128), r: Record) {
-        let old = self.flows.insert(key, r).and_then(|o| o.lineage);
-        if old != r.lineage {
-            if let Some(l) = old {
+    /// Stores a flow's record with its lineage, keeping the recirculation links in step.
+    fn put(&mut self, key: (u32, u128), r: Record, lineage: Option<Lineage>) {
+        let new = lineage
+            .filter(|l| *l != Lineage::default())
+            .map(|l| self.lineages.intern(l));
+        let old = self
+            .flows
+            .insert(key, Record { lineage: new, ..r })
+            .and_then(|o| o.lineage);
+        if old != new {
+            if let Some(l) = self.lineages.get(old) {
                 self.attribution.link(key.0, key.1, &l, false);
             }
-            if let Some(l) = r.lineage {
+            if let Some(l) = self.lineages.get(new) {
                 self.attribution.link(key.0, key.1, &l, true);
             }
+        }
+        if let Some(o) = old {
+            self.lineages.release(o);
         }
     }
 
     fn remove(&mut self, key: (u32, u128)) {
-        if let Some(l) = self.flows.remove(&key).and_then(|o| o.lineage) {
+        let old = self.flows.remove(&key).and_then(|o| o.lineage);
+        if let Some(l) = self.lineages.get(old) {
             self.attribution.link(key.0, key.1, &l, false);
+        }
+        if let Some(o) = old {
+            self.lineages.release(o);
         }
     }
 
     /// Keeps the flows `keep` says, and the links of those only.
     fn retain(&mut self, mut keep: impl FnMut(&(u32, u128), &Record) -> bool) {
-        let before = self.flows.len();
-        self.flows.retain(|k, r| keep(k, r));
-        if self.flows.len() != before {
-            self.attribution.unlink_all();
-            for (k, r) in &self.flows {
-                if let Some(l) = &r.lineage {
-                    self.attribution.link(k.0, k.1, l, true);
-                }
+        let mut gone = Vec::new();
+        self.flows.retain(|k, r| {
+            let kept = keep(k, r);
+            if !kept {
+                gone.push(r.lineage);
+            }
+            kept
+        });
+        if gone.is_empty() {
+            return;
+        }
+        for o in gone.into_iter().flatten() {
+            self.lineages.release(o);
+        }
+        self.attribution.unlink_all();
+        for (k, r) in &self.flows {
+            if let Some(l) = self.lineages.get(r.lineage) {
+                self.attribution.link(k.0, k.1, &l, true);
             }
         }
     }
@@ -315,15 +395,16 @@ impl Accounting {
                     seen: generation,
                     touched: if during_dump { generation } else { 0 },
                     deleted: false,
-                    lineage: f.lineage,
+                    lineage: None,
                     dest: Dest::Unknown,
                 },
+                f.lineage,
             );
             return;
         };
         let mut r = r;
         // Up to this boundary the flow did what it did before.
-        let lineage = r.lineage;
+        let lineage = self.lineages.get(r.lineage);
         self.credit(key, r.state, increase(&r, f), lineage.as_ref(), &mut r.dest);
         if f.cmd == parse::OVS_FLOW_CMD_DEL {
             if during_dump {
@@ -334,6 +415,7 @@ impl Accounting {
                         touched: generation,
                         ..r
                     },
+                    lineage,
                 );
             } else {
                 self.remove(key);
@@ -353,9 +435,10 @@ impl Accounting {
                 seen: generation,
                 touched: if during_dump { generation } else { r.touched },
                 deleted: false,
-                lineage: known_lineage(f, r.lineage),
+                lineage: None,
                 dest: r.dest,
             },
+            known_lineage(f, lineage),
         );
     }
 
@@ -390,13 +473,8 @@ impl Accounting {
                     }
                 };
                 let mut dest = r.dest;
-                self.credit(
-                    key,
-                    credited,
-                    increase(&r, f),
-                    r.lineage.as_ref(),
-                    &mut dest,
-                );
+                let lineage = self.lineages.get(r.lineage);
+                self.credit(key, credited, increase(&r, f), lineage.as_ref(), &mut dest);
                 self.put(
                     key,
                     Record {
@@ -406,9 +484,10 @@ impl Accounting {
                         seen: generation,
                         touched: r.touched,
                         deleted: false,
-                        lineage: known_lineage(f, r.lineage),
+                        lineage: None,
                         dest,
                     },
+                    known_lineage(f, lineage),
                 );
             }
             None => {
@@ -436,9 +515,10 @@ impl Accounting {
                         seen: generation,
                         touched: 0,
                         deleted: false,
-                        lineage: f.lineage,
+                        lineage: None,
                         dest,
                     },
+                    f.lineage,
                 );
             }
         }

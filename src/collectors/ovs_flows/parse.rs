@@ -130,7 +130,7 @@ pub struct Actions {
 /// A recirculation in a flow's actions: the recirculation id the packet comes back
 /// with, and the conntrack zone of the `ct()` action that ran before it, if one did
 /// (zone 0 when `ct()` names none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Recirc {
     pub id: u32,
     pub zone: Option<u16>,
@@ -141,7 +141,7 @@ pub const MAX_RECIRCS: usize = 2;
 
 /// What a flow says about where its packets are heading: the facts drop attribution
 /// follows from one flow to the flows its packets recirculate into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Lineage {
     /// The key's recirculation id: 0 for a packet's first pass.
     pub recirc_id: u32,

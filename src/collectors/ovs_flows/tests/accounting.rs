@@ -267,3 +267,54 @@ fn memory_is_bounded_by_max_flows() {
     assert_eq!(a.tracked(), 10);
     assert_eq!(a.untracked, 35);
 }
+
+#[test]
+fn lineages_are_stored_once_and_released_with_their_flows() {
+    use crate::collectors::ovs_flows::parse::{Lineage, Recirc};
+    let mut a = acct();
+    let shared = Lineage {
+        recirc_id: 0,
+        recircs: [
+            Some(Recirc {
+                id: 16,
+                zone: Some(3),
+            }),
+            None,
+        ],
+        ..Lineage::default()
+    };
+    let with = |id: u128, cmd: u8, l: Lineage| Flow {
+        lineage: Some(l),
+        ..flow(cmd, id, forwards(), 0)
+    };
+    for id in 1..=3 {
+        a.notify(&with(id, OVS_FLOW_CMD_NEW, shared));
+    }
+    // A key that says nothing is not stored at all.
+    a.notify(&with(4, OVS_FLOW_CMD_NEW, Lineage::default()));
+    assert_eq!(a.lineages.ids.len(), 1);
+    assert_eq!(
+        a.lineages
+            .values
+            .iter()
+            .flatten()
+            .map(|(_, n)| n)
+            .sum::<u32>(),
+        3
+    );
+    // A flow whose key changes moves to another entry.
+    let other = Lineage {
+        recirc_id: 9,
+        ..shared
+    };
+    a.notify(&with(1, OVS_FLOW_CMD_SET, other));
+    assert_eq!(a.lineages.ids.len(), 2);
+    for id in 1..=4 {
+        a.notify(&with(id, OVS_FLOW_CMD_DEL, shared));
+    }
+    assert!(a.lineages.ids.is_empty());
+    assert!(a.lineages.values.iter().all(Option::is_none));
+    // Freed slots are used again.
+    a.notify(&with(5, OVS_FLOW_CMD_NEW, other));
+    assert_eq!(a.lineages.values.len(), 2);
+}
