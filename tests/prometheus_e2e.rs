@@ -413,6 +413,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
             let e = t["expr"].as_str().unwrap();
             exprs.push(
                 e.replace("$__rate_interval", "30s")
+                    .replace("$__range", "5m")
                     .replace("$instance", ".*")
                     .replace("$vm", ".*"),
             );

@@ -203,3 +203,83 @@ fn rules_and_dashboard_name_only_emitted_metrics() {
         .collect();
     assert_eq!(vars, ["datasource", "instance", "vm"]);
 }
+
+/// The dashboard's table of VMs losing inbound packets, on two VM ports over 10 minutes:
+/// A's bad checksums (its series appears with the first, and counts it), B's ct-invalid
+/// drops from the tunnel, and B's zeros left out; each row with the port's identity.
+#[test]
+fn dashboard_vm_loss_table_counts_both_per_vm_series() {
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path("dashboards/packetpath.json")).unwrap())
+            .unwrap();
+    let panel = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == "VMs losing inbound packets, by reason")
+        .expect("the VM loss table");
+    let expr = panel["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .replace("$__range", "15m")
+        .replace("$instance", ".*")
+        .replace("$vm", ".*");
+    let mut test = String::from(
+        "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    let mut series = |s: &str, values: &str| {
+        test.push_str(&format!(
+            "      - series: '{s}'\n        values: '{values}'\n"
+        ));
+    };
+    for d in ["A", "B"] {
+        series(
+            &format!(
+                "packetpath_vm_port_info{{instance=\"node1\",device=\"tap{d}\",port_id=\"p{d}\",instance_id=\"i{d}\",mac=\"\",status=\"active\"}}"
+            ),
+            "1x20",
+        );
+    }
+    series(
+        "packetpath_vm_port_conntrack_invalid_packets_total{instance=\"node1\",device=\"tapA\",reason=\"bad_checksum\"}",
+        "_ 1+1x19",
+    );
+    for (d, reason, values) in [
+        ("A", "ct_invalid", "0x20"),
+        ("B", "ct_invalid", "0+18x20"),
+        ("B", "no_action", "0x20"),
+    ] {
+        series(
+            &format!(
+                "packetpath_vm_port_inbound_drop_packets_total{{instance=\"node1\",device=\"tap{d}\",from_role=\"tunnel\",reason=\"{reason}\"}}"
+            ),
+            values,
+        );
+    }
+    test.push_str(&format!(
+        "    promql_expr_test:\n      - expr: '{expr}'\n        eval_time: 10m\n        exp_samples:\n"
+    ));
+    for (labels, value) in [
+        (
+            "counted_as=\"invalid in its conntrack zone\",device=\"tapA\",instance=\"node1\",instance_id=\"iA\",port_id=\"pA\",reason=\"bad_checksum\"",
+            10,
+        ),
+        (
+            "counted_as=\"dropped by a datapath flow\",device=\"tapB\",from_role=\"tunnel\",instance=\"node1\",instance_id=\"iB\",port_id=\"pB\",reason=\"ct_invalid\"",
+            180,
+        ),
+    ] {
+        test.push_str(&format!(
+            "          - labels: '{{{labels}}}'\n            value: {value}\n"
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("pp-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("vm-loss.test.yml");
+    std::fs::write(&file, test).unwrap();
+    let out = promtool(&["test", "rules", &file.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(out) = out {
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
