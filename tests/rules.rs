@@ -204,9 +204,10 @@ fn rules_and_dashboard_name_only_emitted_metrics() {
     assert_eq!(vars, ["datasource", "instance", "vm"]);
 }
 
-/// The dashboard's table of VMs losing inbound packets, on two VM ports over 10 minutes:
-/// A's bad checksums (its series appears with the first, and counts it), B's ct-invalid
-/// drops from the tunnel, and B's zeros left out; each row with the port's identity.
+/// The dashboard's table of VMs losing inbound packets, on two VM ports of a node scraped
+/// for 40 minutes, over the last 15: A's bad checksums from 31m (its series appears with
+/// the first, and counts it), B's ct-invalid drops from the tunnel, and B's zeros left out;
+/// each row with the port's identity.
 #[test]
 fn dashboard_vm_loss_table_counts_both_per_vm_series() {
     let dash: serde_json::Value =
@@ -237,17 +238,26 @@ fn dashboard_vm_loss_table_counts_both_per_vm_series() {
             &format!(
                 "packetpath_vm_port_info{{instance=\"node1\",device=\"tap{d}\",port_id=\"p{d}\",instance_id=\"i{d}\",mac=\"\",status=\"active\"}}"
             ),
-            "1x20",
+            "1x40",
         );
     }
+    // The collectors' series that exist from the first scrape.
+    series(
+        "packetpath_conntrack_invalid_packets_total{instance=\"node1\",family=\"ipv4\",protocol=\"tcp\",reason=\"bad_checksum\",size_class=\"lt60\",tcp_flags=\"fin\"}",
+        "0x30 1+1x9",
+    );
+    series(
+        "packetpath_ovs_drop_flow_packets_total{instance=\"node1\",datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"}",
+        "0+18x40",
+    );
     series(
         "packetpath_vm_port_conntrack_invalid_packets_total{instance=\"node1\",device=\"tapA\",reason=\"bad_checksum\"}",
-        "_ 1+1x19",
+        "_x31 1+1x9",
     );
     for (d, reason, values) in [
-        ("A", "ct_invalid", "0x20"),
-        ("B", "ct_invalid", "0+18x20"),
-        ("B", "no_action", "0x20"),
+        ("A", "ct_invalid", "0x40"),
+        ("B", "ct_invalid", "0+18x40"),
+        ("B", "no_action", "0x40"),
     ] {
         series(
             &format!(
@@ -257,7 +267,7 @@ fn dashboard_vm_loss_table_counts_both_per_vm_series() {
         );
     }
     test.push_str(&format!(
-        "    promql_expr_test:\n      - expr: '{expr}'\n        eval_time: 10m\n        exp_samples:\n"
+        "    promql_expr_test:\n      - expr: '{expr}'\n        eval_time: 40m\n        exp_samples:\n"
     ));
     for (labels, value) in [
         (
@@ -266,7 +276,7 @@ fn dashboard_vm_loss_table_counts_both_per_vm_series() {
         ),
         (
             "counted_as=\"dropped by a datapath flow\",device=\"tapB\",from_role=\"tunnel\",instance=\"node1\",instance_id=\"iB\",port_id=\"pB\",reason=\"ct_invalid\"",
-            180,
+            270,
         ),
     ] {
         test.push_str(&format!(
