@@ -92,6 +92,34 @@ fn rules_file_is_the_rendered_template() {
     );
 }
 
+/// "15m" -> 900.
+fn duration_seconds(d: &str) -> u64 {
+    let (n, unit) = d.split_at(d.len() - 1);
+    let n: u64 = n.parse().unwrap();
+    n * match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => panic!("{d}: not a duration in s, m or h"),
+    }
+}
+
+/// SIGNATURE_WINDOW_SECONDS, which the rules compare with time(), is SIGNATURE_WINDOW.
+#[test]
+fn signature_window_seconds_is_the_signature_window() {
+    let env = std::fs::read_to_string(path("alerts/thresholds.env")).unwrap();
+    let value = |key: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in thresholds.env"))
+            .to_owned()
+    };
+    assert_eq!(
+        duration_seconds(&value("SIGNATURE_WINDOW")),
+        value("SIGNATURE_WINDOW_SECONDS").parse::<u64>().unwrap()
+    );
+}
+
 /// Alert names in the rules file, in order.
 fn alerts() -> Vec<String> {
     std::fs::read_to_string(path("alerts/packetpath.rules.yml"))
