@@ -93,7 +93,7 @@ fn vm_finding(v: &VmLoss) -> (Severity, String) {
     if !v.dropped.is_empty() {
         let n: u64 = v.dropped.iter().map(|k| k.packets).sum();
         parts.push(format!(
-            "{} dropped on their way to it by datapath flows ({})",
+            "{} dropped on the way to it by datapath flows ({})",
             count(n, "packet", "packets"),
             drops_list(&v.dropped)
         ));
@@ -336,7 +336,8 @@ pub fn judge(r: &mut Report, lost: u64) {
         let heading = match heading.as_slice() {
             [] => String::new(),
             [(n, first), rest @ ..] => {
-                let mut to = vec![format!("{n} were on their way to {first}")];
+                let were = if *n == 1 { "was" } else { "were" };
+                let mut to = vec![format!("{n} {were} on the way to {first}")];
                 to.extend(rest.iter().map(|(n, d)| format!("{n} to {d}")));
                 format!(" Of those counted, {}.", and_list(&to))
             }
@@ -647,8 +648,8 @@ mod tests {
         assert_eq!(
             texts[2..],
             [
-                "tap0 (instance i0, port p0): 3 packets marked invalid in its conntrack zone (bad_checksum 3); 3 packets dropped on their way to it by datapath flows (ct_invalid from tunnel 3)",
-                "tap1 (instance i1, port p1): 2 packets marked invalid in its conntrack zone (bad_checksum 2); 2 packets dropped on their way to it by datapath flows (ct_invalid from tunnel 2)",
+                "tap0 (instance i0, port p0): 3 packets marked invalid in its conntrack zone (bad_checksum 3); 3 packets dropped on the way to it by datapath flows (ct_invalid from tunnel 3)",
+                "tap1 (instance i1, port p1): 2 packets marked invalid in its conntrack zone (bad_checksum 2); 2 packets dropped on the way to it by datapath flows (ct_invalid from tunnel 2)",
             ]
         );
 
@@ -712,7 +713,7 @@ mod tests {
         let r = report(&before, &after, true);
         assert_eq!(
             r.verdict.summary,
-            "Conntrack marked 7 packets invalid and ct_state(+inv) datapath flows dropped them in 10 s, most by ovs-system: in_port(genev_sys_6081) ct_state(+inv) → drop (none of them for a bad checksum). Of those counted, 5 were on their way to tap1 (instance i1, port p1) and 2 to tap0 (instance i0, port p0)."
+            "Conntrack marked 7 packets invalid and ct_state(+inv) datapath flows dropped them in 10 s, most by ovs-system: in_port(genev_sys_6081) ct_state(+inv) → drop (none of them for a bad checksum). Of those counted, 5 were on the way to tap1 (instance i1, port p1) and 2 to tap0 (instance i0, port p0)."
         );
         // tap1's zone series appeared in the second sample. With neither its family nor the
         // classifier's in the first, nothing says the classifier ran then: left out. With
