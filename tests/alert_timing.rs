@@ -3,18 +3,28 @@
 //! this test's output: the test fails when the table and the rules disagree, and
 //! `UPDATE_README=1` rewrites the table.
 //!
-//! The incident at rate r: every packet of it is a short FIN/ACK from the tunnel with a
-//! bad checksum, so conntrack's invalid counter, the classifier's bad_checksum class and
-//! the tunnel's ct_invalid drop flow all rise by r a second, and the tunnel receives r
-//! more than the VMs get. Beside it run 100 packets a second to the VMs and 5 to other
-//! ports (a gap with no loss behind it). The background at rate b: late RSTs of forgotten
-//! connections from the tunnel, invalid for out_of_window and dropped as ct_invalid, at b
-//! a second, and nothing with a bad checksum. Scrapes are 15 s apart, as Prometheus'
-//! default.
+//! The shipped configuration: conntrack_invalid on, and the ovsdb collector naming two VM
+//! ports, tap1 and tap2, so invalid packets are attributed to a VM port by their conntrack
+//! zone and datapath drops to the VM port they were heading to.
+//!
+//! The incident at rate r, after 20 minutes of scrapes: every packet of it is a short
+//! FIN/ACK from the tunnel to tap1 with a bad checksum, so conntrack's invalid counter, the
+//! classifier's bad_checksum class (there from the start at 0) and tap1's bad_checksum
+//! series (which appears with its first packet) rise by r a second, and the tunnel
+//! receives r more than the VMs get. The datapath counts a drop only while its megaflow
+//! lives: a packet that finds none goes through the slow path and is in no flow's
+//! counters, and OVS forgets an idle megaflow after 10 s. So at 1/min and 1/10 s it counts
+//! none of the incident's drops; at 10/s all but the first. Beside it run 100 packets a
+//! second to the VMs and 5 to other ports (a gap with no loss behind it). The background
+//! at rate b, from the start: late RSTs of forgotten connections from the tunnel to tap1,
+//! invalid for out_of_window in its zone and dropped as ct_invalid heading to it, at b a
+//! second, every drop counted by the datapath (the worst case for staying quiet), and
+//! nothing with a bad checksum. Scrapes are 15 s apart,
+//! as Prometheus' default.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -40,6 +50,9 @@ const BACKGROUND: [f64; 9] = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0];
 const SCRAPE_S: u32 = 15;
 /// How long an incident is watched for its alerts, and a background for silence.
 const INCIDENT_S: u32 = 30 * 60;
+/// How long each node has been scraped when its incident starts: longer than the signature
+/// window, as on a node Prometheus has watched for a while.
+const HISTORY_S: u32 = 20 * 60;
 const BACKGROUND_S: u32 = 2 * 3600;
 
 fn repo(p: &str) -> String {
@@ -63,35 +76,123 @@ fn series(out: &mut String, name: &str, instance: &str, labels: &str, values: &s
     .unwrap();
 }
 
-/// One node's series: `invalid` invalids a second, bad checksums or not, all from the tunnel
-/// and dropped there.
+/// How long OVS keeps an idle megaflow (its default `max-idle`, 10 s).
+const IDLE_TIMEOUT_S: f64 = 10.0;
+
+/// A counter's value at every scrape, `count(t)` at t seconds; with `lazy`, no series
+/// (`_`) until it first counts, as for the series that appear with their first packet.
+fn counter(samples: u32, lazy: bool, count: impl Fn(f64) -> f64) -> String {
+    (0..=samples)
+        .map(|i| {
+            let v = count(f64::from(i * SCRAPE_S));
+            if lazy && v == 0.0 {
+                "_".to_owned()
+            } else {
+                format!("{v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Events at `rate` a second from `start` by t: the first at 1/rate after it.
+fn events(rate: f64, start: f64, t: f64) -> f64 {
+    (rate * (t - start) + 1e-9).floor().max(0.0)
+}
+
+/// One node's series: `invalid` packets a second from the tunnel to tap1, bad checksums
+/// (the incident) or late RSTs (the background).
 fn node(out: &mut String, instance: &str, invalid: f64, bad_checksum: bool, samples: u32) {
-    let s = f64::from(SCRAPE_S);
+    // The incident starts after HISTORY_S; the background runs throughout.
+    let start = if bad_checksum {
+        f64::from(HISTORY_S)
+    } else {
+        0.0
+    };
+    let n = move |t: f64| events(invalid, start, t);
+    // Drops the datapath counts: the incident's while its megaflow lives past the first
+    // packet; the background's all.
+    let counted = move |t: f64| {
+        if !bad_checksum {
+            n(t)
+        } else if 1.0 / invalid < IDLE_TIMEOUT_S {
+            (n(t) - 1.0).max(0.0)
+        } else {
+            0.0
+        }
+    };
     let (reason, flags) = if bad_checksum {
         ("bad_checksum", "fin")
     } else {
         ("out_of_window", "rst")
     };
+    for (device, port, vm) in [
+        (
+            "tap1",
+            "519d7cc4-7593-4944-af80-6a8a9b4f4e9a",
+            "0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f",
+        ),
+        (
+            "tap2",
+            "7f3b2a10-c4d5-4e6f-8a9b-0c1d2e3f4a5b",
+            "3d2c1b0a-9f8e-4d7c-b6a5-4f3e2d1c0b9a",
+        ),
+    ] {
+        series(
+            out,
+            "packetpath_vm_port_info",
+            instance,
+            &format!(
+                "device=\"{device}\",port_id=\"{port}\",instance_id=\"{vm}\",mac=\"\",status=\"active\""
+            ),
+            &format!("1x{samples}"),
+        );
+        series(
+            out,
+            "packetpath_interface_transmit_packets_total",
+            instance,
+            &format!("device=\"{device}\",role=\"vm\""),
+            &ramp(50.0 * f64::from(SCRAPE_S), samples),
+        );
+        series(
+            out,
+            "packetpath_vm_port_inbound_drop_packets_total",
+            instance,
+            &format!("device=\"{device}\",from_role=\"tunnel\",reason=\"ct_invalid\""),
+            &if device == "tap1" {
+                counter(samples, false, counted)
+            } else {
+                format!("0x{samples}")
+            },
+        );
+    }
+    series(
+        out,
+        "packetpath_vm_port_conntrack_invalid_packets_total",
+        instance,
+        &format!("device=\"tap1\",reason=\"{reason}\""),
+        &counter(samples, true, n),
+    );
+    series(
+        out,
+        "packetpath_vm_port_inbound_drop_unattributed_packets_total",
+        instance,
+        "from_role=\"tunnel\",reason=\"ct_invalid\"",
+        &format!("0x{samples}"),
+    );
     series(
         out,
         "packetpath_interface_receive_packets_total",
         instance,
         "device=\"genev_sys_6081\",role=\"tunnel\"",
-        &ramp((105.0 + invalid) * s, samples),
-    );
-    series(
-        out,
-        "packetpath_interface_transmit_packets_total",
-        instance,
-        "device=\"tap1\",role=\"vm\"",
-        &ramp(100.0 * s, samples),
+        &counter(samples, false, |t| 105.0 * t + n(t)),
     );
     series(
         out,
         "packetpath_conntrack_invalid_total",
         instance,
         "",
-        &ramp(invalid * s, samples),
+        &counter(samples, false, n),
     );
     series(
         out,
@@ -100,14 +201,15 @@ fn node(out: &mut String, instance: &str, invalid: f64, bad_checksum: bool, samp
         &format!(
             "family=\"ipv4\",protocol=\"tcp\",reason=\"{reason}\",size_class=\"lt60\",tcp_flags=\"{flags}\""
         ),
-        &ramp(invalid * s, samples),
+        // TCP bad-checksum classes exist from the start; others appear with their first packet.
+        &counter(samples, !bad_checksum, n),
     );
     series(
         out,
         "packetpath_ovs_drop_flow_packets_total",
         instance,
         "datapath=\"ovs-system\",in_port=\"genev_sys_6081\",in_port_role=\"tunnel\",reason=\"ct_invalid\"",
-        &ramp(invalid * s, samples),
+        &counter(samples, false, counted),
     );
     series(
         out,
@@ -127,11 +229,13 @@ fn background(rate: f64) -> String {
 }
 
 /// A promtool test file that expects no alert at every evaluation: its failures say when
-/// and for which node each alert fired.
+/// and for which node each alert fired. Recording rules are evaluated before the alerts
+/// that read them (promtool's order is random otherwise, which moves a firing time by a
+/// scrape from one run to the next).
 fn test_file(rules: &str) -> String {
     let samples = BACKGROUND_S / SCRAPE_S;
     let mut out = format!(
-        "rule_files:\n  - {rules}\nevaluation_interval: {SCRAPE_S}s\ntests:\n  - interval: {SCRAPE_S}s\n    input_series:\n"
+        "rule_files:\n  - {rules}\nevaluation_interval: {SCRAPE_S}s\ngroup_eval_order:\n  - packetpath-recording\n  - packetpath-alerts\ntests:\n  - interval: {SCRAPE_S}s\n    input_series:\n"
     );
     for (_, r) in RATES {
         node(&mut out, &incident(r), r, true, samples);
@@ -149,7 +253,7 @@ fn test_file(rules: &str) -> String {
             )
             .unwrap();
         }
-        t += if t < INCIDENT_S { 30 } else { 300 };
+        t += if t < HISTORY_S + INCIDENT_S { 30 } else { 300 };
     }
     out
 }
@@ -187,6 +291,32 @@ fn first_firing(promtool_output: &str) -> BTreeMap<(String, String), u32> {
     first
 }
 
+/// (alert, node) -> the `device` label of every alert that fired ("" for none).
+fn devices_firing(promtool_output: &str) -> BTreeMap<(String, String), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for block in promtool_output.split("alertname: ").skip(1) {
+        let Some((alert, rest)) = block.split_once(", time: ") else {
+            continue;
+        };
+        let got = rest.split("got:").nth(1).unwrap_or_default();
+        for labels in got.split("Labels:{").skip(1) {
+            let labels = labels.split('}').next().unwrap_or_default();
+            let value = |key: &str| {
+                labels
+                    .split(&format!("{key}=\""))
+                    .nth(1)
+                    .and_then(|v| v.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            out.entry((alert.to_owned(), value("instance")))
+                .or_default()
+                .insert(value("device"));
+        }
+    }
+    out
+}
+
 fn duration(s: u32) -> String {
     match (s / 60, s % 60) {
         (0, s) => format!("{s} s"),
@@ -208,7 +338,7 @@ fn table(first: &BTreeMap<(String, String), u32>, severities: &BTreeMap<String, 
         let cells: Vec<String> = RATES
             .iter()
             .map(|(_, r)| match fired(incident(*r)) {
-                Some(t) if t <= INCIDENT_S => duration(t),
+                Some(t) if t <= HISTORY_S + INCIDENT_S => duration(t - HISTORY_S),
                 _ => "—".to_owned(),
             })
             .collect();
@@ -277,6 +407,12 @@ fn readme_alert_timing_table_is_what_promtool_measures() {
     };
     let _ = std::fs::remove_dir_all(&dir);
     let first = first_firing(&out);
+    for ((alert, node), t) in &first {
+        assert!(
+            !node.starts_with("incident-") || *t > HISTORY_S,
+            "{alert} fired on {node} before its incident started"
+        );
+    }
     // The measurement itself must be sound: the flood fires everything it should, and
     // the smallest background fires nothing.
     assert!(
@@ -288,6 +424,17 @@ fn readme_alert_timing_table_is_what_promtool_measures() {
             !first.contains_key(&(a.to_owned(), background(BACKGROUND[0]))),
             "{a} fires on the smallest background"
         );
+    }
+    // The incident's loss alert names its VM port, tap1, and never the node alone (the
+    // VM port's alert stands for the node's) nor tap2.
+    for ((alert, node), devices) in devices_firing(&out) {
+        if alert == ALERTS[0] && node.starts_with("incident-") {
+            assert_eq!(
+                devices,
+                BTreeSet::from(["tap1".to_owned()]),
+                "{alert} on {node}"
+            );
+        }
     }
     let want = table(&first, &severities());
     let readme_path = repo("README.md");

@@ -345,3 +345,138 @@ fn ctrl_c_during_the_interval_restores_the_settings() {
         before
     );
 }
+
+/// A server that answers its n-th request with `bodies[n]` (the last one after that).
+fn serve_in_turn(bodies: Vec<String>) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, s) in l.incoming().enumerate() {
+            let Ok(mut s) = s else { continue };
+            let body = &bodies[n.min(bodies.len() - 1)];
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/diagnose")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// diagnose --from on two samples of a node with three VM ports (tests/fixtures/diagnose):
+/// every VM port that lost packets on their way in is named, with its counts and reasons,
+/// and the verdict names the one whose conntrack zone had the bad checksums. The text is
+/// tests/golden/diagnose-vms.txt (`UPDATE_GOLDEN=1` rewrites it), the measured interval
+/// written as <interval>.
+#[test]
+fn every_vm_port_that_lost_packets_is_named() {
+    let port = serve_in_turn(vec![fixture("before.txt"), fixture("after.txt")]);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = Command::new(BIN)
+        .args(["diagnose", "--from", &url, "--interval", "1s"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace(&url, "<url>");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let interval = text
+        .split("two samples ")
+        .nth(1)
+        .and_then(|t| t.split(" apart").next())
+        .expect("the interval in the heading")
+        .to_owned();
+    let text = text.replace(&format!(" {interval}"), " <interval>");
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/diagnose-vms.txt");
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    assert_eq!(text, std::fs::read_to_string(&golden).unwrap());
+
+    // The same as JSON: one entry per VM port, the unattributed drop apart.
+    let port = serve_in_turn(vec![fixture("before.txt"), fixture("after.txt")]);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = Command::new(BIN)
+        .args([
+            "diagnose",
+            "--from",
+            &url,
+            "--interval",
+            "1s",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let vms = v["vm_losses"].as_array().unwrap();
+    let summary: Vec<(String, String, u64)> = vms
+        .iter()
+        .flat_map(|vm| {
+            let device = vm["device"].as_str().unwrap().to_owned();
+            vm["invalid"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    (
+                        "invalid".to_owned(),
+                        k["reason"].as_str().unwrap().to_owned(),
+                        k["packets"].as_u64().unwrap(),
+                    )
+                })
+                .chain(vm["dropped"].as_array().unwrap().iter().map(|k| {
+                    (
+                        format!("dropped from {}", k["from_role"].as_str().unwrap()),
+                        k["reason"].as_str().unwrap().to_owned(),
+                        k["packets"].as_u64().unwrap(),
+                    )
+                }))
+                .map(move |(what, reason, n)| (format!("{device} {what}"), reason, n))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "tap519d7cc4-75 invalid".to_owned(),
+                "bad_checksum".to_owned(),
+                3
+            ),
+            (
+                "tap7f3b2a10-c4 invalid".to_owned(),
+                "invalid_state".to_owned(),
+                3
+            ),
+            (
+                "tap7f3b2a10-c4 dropped from tunnel".to_owned(),
+                "ct_invalid".to_owned(),
+                3
+            ),
+            (
+                "tapa1b2c3d4-e5 dropped from tunnel".to_owned(),
+                "no_action".to_owned(),
+                4
+            ),
+        ]
+    );
+    assert_eq!(
+        vms[0]["instance_id"],
+        "0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f"
+    );
+    assert_eq!(vms[0]["port_id"], "519d7cc4-7593-4944-af80-6a8a9b4f4e9a");
+    assert_eq!(v["unattributed_drops"][0]["packets"], 1);
+    assert_eq!(v["vm_attribution"], true);
+}

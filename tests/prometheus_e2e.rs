@@ -68,7 +68,7 @@ impl Prometheus {
     /// bad checksums (not 5 in 15 minutes) are the signature.
     fn start(ns: &Netns, dir: &Path, targets: &[u16]) -> Prometheus {
         let mut env = String::from(
-            "RATE_WINDOW=10s\nSIGNATURE_WINDOW=2m\nBAD_CHECKSUM_MIN_EVENTS=3\nTUNNEL_LOSS_FOR=5s\nINVALID_SPIKE_PPS=1\nINVALID_SPIKE_FOR=5s\nBAD_CHECKSUM_FOR=5s\n",
+            "RATE_WINDOW=10s\nSIGNATURE_WINDOW=2m\nSIGNATURE_WINDOW_SECONDS=120\nBAD_CHECKSUM_MIN_EVENTS=3\nTUNNEL_LOSS_FOR=5s\nINVALID_SPIKE_PPS=1\nINVALID_SPIKE_FOR=5s\nBAD_CHECKSUM_FOR=5s\n",
         );
         // The file's own values follow; render.sh uses the first value of a key.
         env.push_str(&std::fs::read_to_string(repo("alerts/thresholds.env")).unwrap());
@@ -413,6 +413,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
             let e = t["expr"].as_str().unwrap();
             exprs.push(
                 e.replace("$__rate_interval", "30s")
+                    .replace("$__range", "5m")
                     .replace("$instance", ".*")
                     .replace("$vm", ".*"),
             );

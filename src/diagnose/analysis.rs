@@ -38,15 +38,78 @@ pub struct Port {
     pub port_id: Option<String>,
 }
 
+/// `tap0 (instance 0c1e…, port 519d…)` when the identity is known.
+fn identity(device: &str, instance_id: &Option<String>, port_id: &Option<String>) -> String {
+    match (instance_id, port_id) {
+        (Some(i), Some(p)) if !i.is_empty() || !p.is_empty() => {
+            format!("{device} (instance {i}, port {p})")
+        }
+        _ => device.to_owned(),
+    }
+}
+
 impl Port {
     /// `tap0 (instance 0c1e…, port 519d…)` when the identity is known.
     pub fn display(&self) -> String {
-        match (&self.instance_id, &self.port_id) {
-            (Some(i), Some(p)) if !i.is_empty() || !p.is_empty() => {
-                format!("{} (instance {i}, port {p})", self.device)
-            }
-            _ => self.device.clone(),
-        }
+        identity(&self.device, &self.instance_id, &self.port_id)
+    }
+}
+
+/// Packets dropped by datapath flows on their way to a VM port (or to no single one), by
+/// the role of the port they came in by and the flow's reason.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InboundDrop {
+    pub from_role: String,
+    pub reason: String,
+    pub packets: u64,
+}
+
+/// Packets conntrack marked invalid in a VM port's conntrack zone, by the kernel's reason.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ZoneInvalid {
+    pub reason: String,
+    pub packets: u64,
+}
+
+/// A VM port that lost packets on their way in during the interval.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VmLoss {
+    pub device: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port_id: Option<String>,
+    /// Dropped by datapath flows on their way to it (a lower bound: packets handled in
+    /// the slow path are in no flow's counters), busiest first.
+    pub dropped: Vec<InboundDrop>,
+    /// Marked invalid in its conntrack zone, busiest first.
+    pub invalid: Vec<ZoneInvalid>,
+}
+
+impl VmLoss {
+    pub fn display(&self) -> String {
+        identity(&self.device, &self.instance_id, &self.port_id)
+    }
+
+    pub fn invalid_for(&self, reason: &str) -> u64 {
+        self.invalid
+            .iter()
+            .filter(|k| k.reason == reason)
+            .map(|k| k.packets)
+            .sum()
+    }
+
+    pub fn dropped_for(&self, from_role: &str, reason: &str) -> u64 {
+        self.dropped
+            .iter()
+            .filter(|k| k.from_role == from_role && k.reason == reason)
+            .map(|k| k.packets)
+            .sum()
+    }
+
+    fn total(&self) -> u64 {
+        self.dropped.iter().map(|k| k.packets).sum::<u64>()
+            + self.invalid.iter().map(|k| k.packets).sum::<u64>()
     }
 }
 
@@ -162,6 +225,13 @@ pub struct Report {
     pub conntrack: Conntrack,
     pub settings: BTreeMap<String, u64>,
     pub offload: Vec<Offload>,
+    /// Whether the source attributes drops and invalid packets to VM ports at all.
+    pub vm_attribution: bool,
+    /// VM ports that lost packets on their way in: those with bad checksums first, then by
+    /// the packets they lost.
+    pub vm_losses: Vec<VmLoss>,
+    /// Datapath drops that resolve to no single VM port.
+    pub unattributed_drops: Vec<InboundDrop>,
     pub findings: Vec<Finding>,
     pub verdict: Verdict,
 }
@@ -191,7 +261,18 @@ impl<'a> Deltas<'a> {
     /// no increase to tell, and is left out rather than counted for its whole life. A
     /// decrease is a counter reset: the second value is the increase.
     fn of(&self, name: &'a str) -> impl Iterator<Item = (&'a Sample, u64)> + '_ {
-        let known = self.families.contains(name);
+        self.of_lazy(name, name)
+    }
+
+    /// As [`Deltas::of`], for a family whose series appear with their first packet: it
+    /// may be missing from the first sample although its collector ran, which `proxy`, a
+    /// family the same collector always exports, tells.
+    fn of_lazy(
+        &self,
+        name: &'a str,
+        proxy: &'a str,
+    ) -> impl Iterator<Item = (&'a Sample, u64)> + '_ {
+        let known = self.families.contains(name) || self.families.contains(proxy);
         self.after
             .iter()
             .filter(move |s| s.name == name)
@@ -279,6 +360,80 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
     by_device.into_values().collect()
 }
 
+/// The VM ports that lost packets on their way in, and the drops no single port accounts
+/// for, from the per-VM series of `ovs_flows` and `conntrack_invalid`.
+fn vm_losses(d: &Deltas, after: &[Sample]) -> (Vec<VmLoss>, Vec<InboundDrop>) {
+    let mut by_device: BTreeMap<String, VmLoss> = BTreeMap::new();
+    for (s, inc) in d.of_lazy(
+        metrics::VM_PORT_INBOUND_DROP_PACKETS,
+        metrics::OVS_DROP_FLOW_PACKETS,
+    ) {
+        if inc == 0 {
+            continue;
+        }
+        vm(&mut by_device, s.label("device"))
+            .dropped
+            .push(InboundDrop {
+                from_role: s.label("from_role").to_owned(),
+                reason: s.label("reason").to_owned(),
+                packets: inc,
+            });
+    }
+    for (s, inc) in d.of_lazy(metrics::VM_PORT_CONNTRACK_INVALID_PACKETS, CLASS_FAMILY) {
+        if inc == 0 {
+            continue;
+        }
+        vm(&mut by_device, s.label("device"))
+            .invalid
+            .push(ZoneInvalid {
+                reason: s.label("reason").to_owned(),
+                packets: inc,
+            });
+    }
+    for s in gauges(after, metrics::VM_PORT_INFO) {
+        if let Some(v) = by_device.get_mut(s.label("device")) {
+            v.instance_id = Some(s.label("instance_id").to_owned());
+            v.port_id = Some(s.label("port_id").to_owned());
+        }
+    }
+    let mut vms: Vec<VmLoss> = by_device.into_values().collect();
+    for v in &mut vms {
+        v.dropped.sort_by_key(|k| std::cmp::Reverse(k.packets));
+        v.invalid.sort_by_key(|k| std::cmp::Reverse(k.packets));
+    }
+    // The seed incident's victims first, then by what they lost.
+    vms.sort_by_key(|v| {
+        (
+            std::cmp::Reverse(v.invalid_for("bad_checksum")),
+            std::cmp::Reverse(v.total()),
+        )
+    });
+    let mut unattributed: Vec<InboundDrop> = d
+        .of_lazy(
+            metrics::VM_PORT_INBOUND_DROP_UNATTRIBUTED_PACKETS,
+            metrics::OVS_DROP_FLOW_PACKETS,
+        )
+        .filter(|(_, inc)| *inc > 0)
+        .map(|(s, inc)| InboundDrop {
+            from_role: s.label("from_role").to_owned(),
+            reason: s.label("reason").to_owned(),
+            packets: inc,
+        })
+        .collect();
+    unattributed.sort_by_key(|k| std::cmp::Reverse(k.packets));
+    (vms, unattributed)
+}
+
+fn vm<'m>(m: &'m mut BTreeMap<String, VmLoss>, device: &str) -> &'m mut VmLoss {
+    m.entry(device.to_owned()).or_insert_with(|| VmLoss {
+        device: device.to_owned(),
+        instance_id: None,
+        port_id: None,
+        dropped: Vec::new(),
+        invalid: Vec::new(),
+    })
+}
+
 fn sources(after: &[Sample]) -> Vec<SourceState> {
     let netlink = gauges(after, metrics::CONNTRACK_SOURCE_INFO)
         .find(|s| s.value == 1.0)
@@ -360,6 +515,12 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
         .map(|(_, i)| i)
         .sum::<u64>();
 
+    let vm_attribution = after.iter().any(|s| {
+        s.name == metrics::VM_PORT_INBOUND_DROP_PACKETS
+            || s.name == metrics::VM_PORT_CONNTRACK_INVALID_PACKETS
+    });
+    let (vm_losses, unattributed_drops) = vm_losses(&d, after);
+
     let mut report = Report {
         source: ctx.source,
         interval_seconds: ctx.interval_seconds,
@@ -370,6 +531,9 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
         conntrack,
         settings,
         offload,
+        vm_attribution,
+        vm_losses,
+        unattributed_drops,
         findings: Vec::new(),
         verdict: Verdict {
             loss: false,

@@ -377,8 +377,14 @@ async fn local(a: Args, signals: &mut Signals) -> Result<analysis::Report, Failu
             Some(why) => (format!("classified here for part of the interval only: {why}"), false),
         },
         (Some(_), Some(Ok(b)), Some(Ok(af))) if taken => {
+            // The classifier's series, and the invalid packets it attributes to VM ports.
             let theirs = |v: Vec<Sample>| -> Vec<Sample> {
-                v.into_iter().filter(|s| conntrack_invalid::exports(&s.name)).collect()
+                v.into_iter()
+                    .filter(|s| {
+                        conntrack_invalid::exports(&s.name)
+                            || s.name == crate::metrics::VM_PORT_CONNTRACK_INVALID_PACKETS
+                    })
+                    .collect()
             };
             let (b, af) = (theirs(b), theirs(af));
             let used = af.iter().any(|s| s.name == CLASS_FAMILY);

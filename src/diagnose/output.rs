@@ -222,6 +222,58 @@ pub fn text(r: &Report, style: &Style) -> String {
     table(&mut o, style, &["FLOW", "REASON", "PACKETS"], &rows);
     o.push('\n');
 
+    o.push_str(&style.paint(BOLD, "VM ports that lost packets on their way in"));
+    o.push('\n');
+    if r.vm_attribution {
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        for v in &r.vm_losses {
+            for k in &v.invalid {
+                rows.push(vec![
+                    v.display(),
+                    "invalid in its conntrack zone".to_owned(),
+                    k.reason.clone(),
+                    k.packets.to_string(),
+                ]);
+            }
+            for k in &v.dropped {
+                rows.push(vec![
+                    v.display(),
+                    format!("dropped, from {}", k.from_role),
+                    k.reason.clone(),
+                    k.packets.to_string(),
+                ]);
+            }
+        }
+        for k in &r.unattributed_drops {
+            rows.push(vec![
+                "(no single VM port)".to_owned(),
+                format!("dropped, from {}", k.from_role),
+                k.reason.clone(),
+                k.packets.to_string(),
+            ]);
+        }
+        table(
+            &mut o,
+            style,
+            &["VM PORT", "COUNTED AS", "REASON", "PACKETS"],
+            &rows,
+        );
+        wrap(
+            &mut o,
+            "  ",
+            "(drops are a lower bound: packets handled in the slow path are in no datapath flow's counters)",
+            style.width,
+        );
+    } else {
+        wrap(
+            &mut o,
+            "  ",
+            "(not attributed: this source has no per-VM drop or invalid series)",
+            style.width,
+        );
+    }
+    o.push('\n');
+
     o.push_str(&style.paint(BOLD, "Conntrack"));
     o.push('\n');
     let c = &r.conntrack;
