@@ -13,6 +13,7 @@ use super::CLASS_FAMILY;
 use super::record::{
     FAMILY, IpFamily, Proto, Reason, Record, SizeClass, TcpFlags, parse_record, seq_of,
 };
+use super::zones::ZoneCounts;
 use crate::netlink::wire;
 use crate::render::Family;
 
@@ -21,6 +22,8 @@ pub struct Counts {
     pub(super) classes: Vec<AtomicU64>,
     devices: Mutex<HashMap<u32, u64>>,
     max_devices: usize,
+    /// By conntrack zone and reason, for the per-VM-port counts.
+    pub zones: ZoneCounts,
     pub messages: AtomicU64,
     overruns: AtomicU64,
     pub lost: AtomicU64,
@@ -56,6 +59,7 @@ impl Counts {
             classes: (0..CLASSES).map(|_| AtomicU64::new(0)).collect(),
             devices: Mutex::new(HashMap::new()),
             max_devices,
+            zones: ZoneCounts::default(),
             messages: AtomicU64::new(0),
             overruns: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -77,6 +81,9 @@ impl Counts {
         self.messages.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.classes.get(class_index(r)) {
             c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(zone) = r.zone {
+            self.zones.add(zone, r.reason);
         }
         if let Some(dev) = r.indev {
             let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
