@@ -56,6 +56,15 @@ pub fn parse_invalid(text: &str) -> Result<u64, StatError> {
     Ok(sum)
 }
 
+/// Packets the kernel counted invalid while the sysctl changed: logged or not, they are
+/// not in the unclassified count.
+fn in_flight(before: Option<u64>, after: Option<u64>) -> u64 {
+    match (before, after) {
+        (Some(b), Some(a)) => a.saturating_sub(b),
+        _ => 0,
+    }
+}
+
 fn kernel_invalid(procfs: &Path) -> Option<u64> {
     let text = std::fs::read_to_string(procfs.join("net/stat/nf_conntrack")).ok()?;
     parse_invalid(&text).ok()
@@ -185,13 +194,15 @@ impl Governor {
                 return;
             }
         }
+        let before = kernel_invalid(&self.procfs);
         if let Err(e) = settings::write_log_invalid(&self.procfs, &self.original) {
             tracing::error!(error = %e, "governor: cannot pause logging");
             return;
         }
-        // Read after the write: a packet logged before it and counted after is both
-        // classified and unclassified; one counted between is neither (README).
-        *status.paused_at.lock().unwrap_or_else(|p| p.into_inner()) = kernel_invalid(&self.procfs);
+        // Counted from after the write: a packet marked invalid between the two reads
+        // (in flight) may have been logged or not, and is counted here in neither case.
+        let after = kernel_invalid(&self.procfs);
+        *status.paused_at.lock().unwrap_or_else(|p| p.into_inner()) = after;
         status.paused.store(true, Ordering::Relaxed);
         status.pauses.fetch_add(1, Ordering::Relaxed);
         self.resume_at = Some(now + self.backoff);
@@ -199,6 +210,7 @@ impl Governor {
             max_rate = self.max_rate,
             backoff_s = self.backoff.as_secs(),
             nf_conntrack_log_invalid = %self.original,
+            in_flight = in_flight(before, after),
             "conntrack-invalid messages over the budget: logging paused"
         );
     }
@@ -213,13 +225,16 @@ impl Governor {
                 return;
             }
         }
+        // Counted until before the write, for the same reason as at the pause.
+        let before = kernel_invalid(&self.procfs);
         if let Err(e) = settings::write_log_invalid(&self.procfs, &self.ours) {
             tracing::error!(error = %e, "governor: cannot resume logging; trying later");
             self.resume_at = Some(now + self.backoff);
             return;
         }
+        let after = kernel_invalid(&self.procfs);
         let mut at = status.paused_at.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some(then), Some(now)) = (*at, kernel_invalid(&self.procfs)) {
+        if let (Some(then), Some(now)) = (*at, before) {
             status
                 .unclassified
                 .fetch_add(now.saturating_sub(then), Ordering::Relaxed);
@@ -230,7 +245,10 @@ impl Governor {
         self.resume_at = None;
         self.active_since = now;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
-        tracing::info!("conntrack-invalid logging resumed");
+        tracing::info!(
+            in_flight = in_flight(before, after),
+            "conntrack-invalid logging resumed"
+        );
     }
 
     /// Another program set the sysctl: it owns it now, and the governor stops acting.
