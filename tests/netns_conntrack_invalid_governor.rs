@@ -131,3 +131,50 @@ fn a_flood_pauses_logging_counts_what_it_missed_and_logging_resumes() {
     assert_eq!(log.matches("logging paused").count(), 1, "{log}");
     assert_eq!(log.matches("logging resumed").count(), 1, "{log}");
 }
+
+#[test]
+fn a_setting_changed_by_someone_else_during_a_pause_is_theirs() {
+    if !require_root("a_setting_changed_by_someone_else_during_a_pause_is_theirs") {
+        return;
+    }
+    let bed = ConntrackBed::new();
+    bed.set_checksum(true);
+    let state = std::env::temp_dir().join(format!("pp-ctgov2-{}.state", std::process::id()));
+    let state_flag = format!(
+        "--collector.conntrack_invalid.state-file={}",
+        state.display()
+    );
+    let e = Exporter::start(
+        &bed.srv,
+        19521,
+        None,
+        &[
+            "--collector.disable-defaults",
+            "--collector.conntrack_invalid",
+            "--collector.conntrack_invalid.max-rate=100",
+            &state_flag,
+        ],
+    );
+    let log_invalid = || netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid");
+    let segs = (0..1000)
+        .map(|i| tcp_segment(48000 + i, 80, tcp::FIN | tcp::ACK, &[], true))
+        .collect();
+    bed.send_raw(libc::IPPROTO_TCP, segs);
+    wait_for("the governor to pause", Duration::from_secs(5), || {
+        scalar(&e.scrape(), ACTIVE) == 0.0
+    });
+    assert_eq!(log_invalid(), "0");
+    // An operator turns logging on for TCP while the collector has it paused.
+    set_netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid", "6");
+    // The back-off ends: the governor finds the value is not the one it left.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(log_invalid(), "6");
+    // Not paused by the governor any more: the setting is the operator's.
+    assert_eq!(scalar(&e.scrape(), ACTIVE), 1.0);
+    let log = e.stop();
+    assert_eq!(log_invalid(), "6", "{log}");
+    assert!(log.contains("changed by someone else"), "{log}");
+    // The loggers it set are put back all the same, and the state file goes.
+    assert_ne!(netfilter_sysctl(&bed.srv, "nf_log/2"), "nfnetlink_log");
+    assert!(!state.exists());
+}

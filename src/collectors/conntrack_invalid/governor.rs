@@ -75,6 +75,9 @@ fn kernel_invalid(procfs: &Path) -> Option<u64> {
 pub struct Status {
     pub paused: AtomicBool,
     pub pauses: AtomicU64,
+    /// Someone else set nf_conntrack_log_invalid while the collector ran: it is theirs,
+    /// and shutdown leaves it as it is.
+    pub yielded: AtomicBool,
     /// Kernel-counted invalid packets over the pauses that ended.
     unclassified: AtomicU64,
     /// The kernel's count when the current pause began.
@@ -101,7 +104,7 @@ impl Status {
         vec![
             one(
                 "packetpath_conntrack_invalid_logging_active",
-                "Whether conntrack logs invalid packets to the collector now (0 while the governor has paused it).",
+                "0 while the governor has paused conntrack's logging of invalid packets, else 1.",
                 Family::gauge,
                 u64::from(!self.paused.load(Ordering::Relaxed)),
             ),
@@ -135,8 +138,6 @@ pub struct Governor {
     active_since: Instant,
     /// While paused: when to try again.
     resume_at: Option<Instant>,
-    /// Someone else changed the sysctl: it is theirs now, leave it alone.
-    yielded: bool,
 }
 
 impl Governor {
@@ -152,7 +153,6 @@ impl Governor {
             backoff: FIRST_BACKOFF,
             active_since: now,
             resume_at: None,
-            yielded: false,
         }
     }
 
@@ -183,12 +183,12 @@ impl Governor {
     }
 
     fn pause(&mut self, now: Instant, status: &Status) {
-        if self.yielded {
+        if status.yielded.load(Ordering::Relaxed) {
             return;
         }
         match settings::read_log_invalid(&self.procfs) {
             Ok(v) if v == self.ours => {}
-            Ok(v) => return self.yield_to(&v),
+            Ok(v) => return self.yield_to(&v, status),
             Err(e) => {
                 tracing::error!(error = %e, "governor: cannot read nf_conntrack_log_invalid; not pausing");
                 return;
@@ -218,7 +218,7 @@ impl Governor {
     fn resume(&mut self, now: Instant, status: &Status) {
         match settings::read_log_invalid(&self.procfs) {
             Ok(v) if v == self.original => {}
-            Ok(v) => return self.yield_to(&v),
+            Ok(v) => return self.yield_to(&v, status),
             Err(e) => {
                 tracing::error!(error = %e, "governor: cannot read nf_conntrack_log_invalid; trying later");
                 self.resume_at = Some(now + self.backoff);
@@ -252,9 +252,20 @@ impl Governor {
     }
 
     /// Another program set the sysctl: it owns it now, and the governor stops acting.
-    fn yield_to(&mut self, found: &str) {
-        self.yielded = true;
+    fn yield_to(&mut self, found: &str, status: &Status) {
+        status.yielded.store(true, Ordering::Relaxed);
         self.resume_at = None;
+        // A pause under way ends here: what the kernel counts from now on is logged or not
+        // as the other program decided, and is not the governor's to count.
+        let mut at = status.paused_at.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(then), Some(now)) = (*at, kernel_invalid(&self.procfs)) {
+            status
+                .unclassified
+                .fetch_add(now.saturating_sub(then), Ordering::Relaxed);
+        }
+        *at = None;
+        drop(at);
+        status.paused.store(false, Ordering::Relaxed);
         tracing::warn!(
             nf_conntrack_log_invalid = %found,
             "governor: nf_conntrack_log_invalid was changed by someone else; leaving it alone"
@@ -345,7 +356,11 @@ mod tests {
         g.resume_at = Some(Instant::now());
         g.tick(20, &status);
         assert_eq!(settings::read_log_invalid(&dir).unwrap(), "17");
-        assert!(g.yielded);
+        assert!(status.yielded.load(Ordering::Relaxed));
+        assert!(!status.paused.load(Ordering::Relaxed));
+        // No further pause either.
+        g.tick(40, &status);
+        assert_eq!(settings::read_log_invalid(&dir).unwrap(), "17");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

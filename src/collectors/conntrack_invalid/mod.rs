@@ -259,7 +259,7 @@ impl ConntrackInvalid {
     }
 
     fn restore(&self) {
-        let Some(original) = self
+        let Some(mut original) = self
             .shared
             .restore
             .lock()
@@ -268,6 +268,14 @@ impl ConntrackInvalid {
         else {
             return;
         };
+        // Another program set nf_conntrack_log_invalid while the governor had paused
+        // logging: its value stays.
+        if self.shared.governor.yielded.load(Ordering::Relaxed) {
+            if let Ok(theirs) = settings::read_log_invalid(&self.procfs) {
+                tracing::info!(nf_conntrack_log_invalid = %theirs, "leaving nf_conntrack_log_invalid as another program set it");
+                original.log_invalid = theirs;
+            }
+        }
         match original.write(&self.procfs, true) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&self.state_file);
