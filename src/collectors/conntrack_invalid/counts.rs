@@ -78,7 +78,6 @@ impl Counts {
         if !r.from_conntrack {
             return;
         }
-        self.messages.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.classes.get(class_index(r)) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -101,6 +100,9 @@ impl Counts {
                 }
             }
         }
+        // Last, and released: a scrape that reads the message count first sees every
+        // class, zone and device of the messages it counts.
+        self.messages.fetch_add(1, Ordering::Release);
     }
 
     fn track_seq(&self, seq: Option<u32>) {
@@ -153,6 +155,7 @@ impl Counts {
     }
 
     pub fn render(&self) -> Vec<Family> {
+        let messages = self.messages.load(Ordering::Acquire);
         let mut classes = Family::counter(
             CLASS_FAMILY,
             "Packets conntrack logged as invalid, by IP family, protocol, the kernel's reason, Ethernet frame size class and TCP flags.",
@@ -203,7 +206,7 @@ impl Counts {
             single(
                 "packetpath_conntrack_invalid_log_messages_total",
                 "NFLOG messages about invalid packets received from the kernel.",
-                &self.messages,
+                &AtomicU64::new(messages),
             ),
             single(
                 "packetpath_conntrack_invalid_log_overruns_total",
