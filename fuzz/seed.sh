@@ -67,6 +67,12 @@ mkdir -p "$n"
 write_hex "$n/seed-v4-bad-checksum" "$(nflog_msg 2 'nf_ct_proto_6: bad checksum ' 1 "$v4_tcp")"
 write_hex "$n/seed-v6-window" "$(nflog_msg 10 'nf_ct_proto_6: SEQ is over the upper bound (over the window of the receiver)' 2 "$v6_tcp")"
 write_hex "$n/seed-v4-udp" "$(nflog_msg 2 'nf_ct_proto_17: bad checksum ' 3 "$v4_udp")"
+# Captured in the OVS test bed: messages with NFULA_CT (the conntrack zone), one per line.
+i=0
+while read -r line; do
+    i=$((i + 1))
+    write_hex "$n/seed-ovs-ct-zone-$i" "$line"
+done < <(grep -v '^#' tests/fixtures/nflog-ct/ovs-zone7.hex)
 write_hex "$n/seed-batch" "$(nflog_msg 2 'nf_ct_proto_6: invalid tcp flag combination ' 10 "$v4_syn")$(nflog_msg 2 'drop-from-nft ' 11 "$v4_syn")$(nflog_msg 10 'nf_ct_proto_6: truncated packet ' 15 "$v6_frag")$(nlmsg 2 0 "$(zeros 20)")"
 
 # OVSDB: what ovsdb-server writes back, messages back to back (RFC 7047 §4.1.5, §4.1.6).

@@ -80,6 +80,8 @@ pub fn conntrack(data: &[u8]) {
     let _ = conntrack::parse_stats(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = conntrack::parse_proc_stat("nf_conntrack", text);
+        // The conntrack_invalid governor's read of the same file.
+        let _ = conntrack_invalid::governor::parse_invalid(text);
     }
 }
 
@@ -159,10 +161,11 @@ pub fn ethtool(data: &[u8]) {
 }
 
 /// One NFLOG datagram as the conntrack_invalid listener receives it: every message
-/// decoded, classified and counted.
+/// decoded (its conntrack zone from NFULA_CT too), classified and counted.
 pub fn nflog(data: &[u8]) {
     // A small device cap, so the "other device" slot is reached too.
     conntrack_invalid::counts::Counts::new(2).ingest(data);
+    let _ = conntrack_invalid::zone_of(data);
 }
 
 /// What ovsdb-server writes on the socket: back-to-back JSON-RPC messages, split as the

@@ -232,7 +232,8 @@ fn cri_spec(
             .iter()
             .map(|a| a.as_str().unwrap().to_owned()),
     );
-    args.push("--collector.conntrack_invalid".into());
+    // Shipped on: the DaemonSet names the collector that changes host settings.
+    assert!(args.iter().any(|a| a == "--collector.conntrack_invalid"));
     let p = &mut spec["process"];
     p["terminal"] = false.into();
     p["args"] = serde_json::json!(args);

@@ -39,6 +39,13 @@ fn systemd_unit_is_hardened() {
     }
     // conntrack_invalid must be able to write its sysctls back on exit.
     assert!(!unit.contains("ProtectKernelTunables=yes"));
+    // Shipped on, by name (it changes host settings, so it is not on by default).
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
+    assert!(
+        exec.split_whitespace()
+            .any(|a| a == "--collector.conntrack_invalid"),
+        "{exec}"
+    );
 }
 
 #[test]
@@ -122,9 +129,13 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
         .map(|a| a.as_str().unwrap().to_owned())
         .collect();
     let parsed = packetpath_exporter::cli::parse_from(
-        std::iter::once("packetpath-exporter".to_owned()).chain(args),
+        std::iter::once("packetpath-exporter".to_owned()).chain(args.clone()),
     );
     assert!(parsed.is_ok(), "DaemonSet args are rejected by the CLI");
+    assert!(
+        args.iter().any(|a| a == "--collector.conntrack_invalid"),
+        "the DaemonSet runs conntrack_invalid: {args:?}"
+    );
     assert_eq!(
         common::kind(&docs, "Service")["spec"]["ports"][0]["port"],
         9479

@@ -783,7 +783,18 @@ fn messages_lost_while_the_exporter_is_stalled_are_counted_exactly() {
     if !require_root("messages_lost_while_the_exporter_is_stalled_are_counted_exactly") {
         return;
     }
-    let (bed, _state, e) = checksum_bed("loss", 19505);
+    let bed = ConntrackBed::new();
+    bed.set_checksum(true);
+    let _state = StateDir::new("loss");
+    // The flood is the point here: no governor pausing it (see
+    // tests/netns_conntrack_invalid_governor.rs).
+    let e = start(
+        &bed.srv,
+        19505,
+        &_state.file(),
+        "--collector.conntrack_invalid",
+        &["--collector.conntrack_invalid.max-rate=1000000000"],
+    );
     let m0 = e.scrape();
     let nft0 = bed.nft_invalid_drops();
     let finack = tcp_segment(45000, 80, tcp::FIN | tcp::ACK, &[], true);

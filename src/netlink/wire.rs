@@ -357,6 +357,10 @@ impl<'a> Attr<'a> {
         Ok(u16::from_ne_bytes(self.exact(family, name)?))
     }
 
+    pub fn u16_be(&self, family: &'static str, name: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.exact(family, name)?))
+    }
+
     pub fn u32_ne(&self, family: &'static str, name: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_ne_bytes(self.exact(family, name)?))
     }

@@ -13,6 +13,7 @@ use super::CLASS_FAMILY;
 use super::record::{
     FAMILY, IpFamily, Proto, Reason, Record, SizeClass, TcpFlags, parse_record, seq_of,
 };
+use super::zones::ZoneCounts;
 use crate::netlink::wire;
 use crate::render::Family;
 
@@ -21,6 +22,8 @@ pub struct Counts {
     pub(super) classes: Vec<AtomicU64>,
     devices: Mutex<HashMap<u32, u64>>,
     max_devices: usize,
+    /// By conntrack zone and reason, for the per-VM-port counts.
+    pub zones: ZoneCounts,
     pub messages: AtomicU64,
     overruns: AtomicU64,
     pub lost: AtomicU64,
@@ -56,6 +59,7 @@ impl Counts {
             classes: (0..CLASSES).map(|_| AtomicU64::new(0)).collect(),
             devices: Mutex::new(HashMap::new()),
             max_devices,
+            zones: ZoneCounts::default(),
             messages: AtomicU64::new(0),
             overruns: AtomicU64::new(0),
             lost: AtomicU64::new(0),
@@ -74,9 +78,11 @@ impl Counts {
         if !r.from_conntrack {
             return;
         }
-        self.messages.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = self.classes.get(class_index(r)) {
             c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(zone) = r.zone {
+            self.zones.add(zone, r.reason);
         }
         if let Some(dev) = r.indev {
             let mut devices = self.devices.lock().unwrap_or_else(|p| p.into_inner());
@@ -94,6 +100,9 @@ impl Counts {
                 }
             }
         }
+        // Last, and released: a scrape that reads the message count first sees every
+        // class, zone and device of the messages it counts.
+        self.messages.fetch_add(1, Ordering::Release);
     }
 
     fn track_seq(&self, seq: Option<u32>) {
@@ -146,6 +155,7 @@ impl Counts {
     }
 
     pub fn render(&self) -> Vec<Family> {
+        let messages = self.messages.load(Ordering::Acquire);
         let mut classes = Family::counter(
             CLASS_FAMILY,
             "Packets conntrack logged as invalid, by IP family, protocol, the kernel's reason, Ethernet frame size class and TCP flags.",
@@ -196,7 +206,7 @@ impl Counts {
             single(
                 "packetpath_conntrack_invalid_log_messages_total",
                 "NFLOG messages about invalid packets received from the kernel.",
-                &self.messages,
+                &AtomicU64::new(messages),
             ),
             single(
                 "packetpath_conntrack_invalid_log_overruns_total",

@@ -5,18 +5,22 @@
 //! invalid with the reason ("nf_ct_proto_6: bad checksum "). Bound to nfnetlink_log, those
 //! logs arrive as NFLOG group 0 messages carrying the reason, the input device and the
 //! packet's headers. A background thread classifies each one by reason, protocol, frame
-//! size and TCP flags; scrapes only read the counters.
+//! size and TCP flags; scrapes only read the counters. Where the kernel attaches the
+//! packet's conntrack entry (NFULA_CT), its zone names the VM port (`zones.rs`); a
+//! governor pauses logging during floods (`governor.rs`).
 //!
 //! It changes host settings, so it is off by default, binds the group before touching
 //! anything (never stealing it from ulogd or another listener), records what it changed in
 //! a state file, and puts it all back on exit.
 
 pub mod counts;
+pub mod governor;
 mod nflog;
 mod record;
 mod settings;
 #[cfg(test)]
 mod tests;
+mod zones;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use self::counts::Counts;
+use self::governor::{Governor, Status};
 use self::nflog::BindError;
 use self::settings::{Settings, per_namespace};
+use self::zones::Attribution;
 use super::common::{Resources, Scrape};
 use super::{CollectError, Collector, Spec, Worker};
 use crate::metrics;
@@ -34,7 +40,7 @@ use crate::netlink::{Protocol, Transport};
 use crate::render::Family;
 
 pub use self::record::{
-    IpFamily, Proto, Reason, Record, SizeClass, TcpFlags, parse_record, reason_of,
+    IpFamily, Proto, Reason, Record, SizeClass, TcpFlags, parse_record, reason_of, zone_of,
 };
 
 pub const SPEC: Spec = Spec {
@@ -78,6 +84,17 @@ pub struct Options {
         default_value_t = 64
     )]
     pub max_devices: usize,
+
+    /// Log messages per second conntrack_invalid accepts; over it (in a 1 s window) it pauses logging, and resumes after a back-off (10 s doubling to 4 min).
+    #[arg(
+        id = "collector.conntrack_invalid.max-rate",
+        long = "collector.conntrack_invalid.max-rate",
+        alias = "collector.conntrack-invalid.max-rate",
+        value_name = "N",
+        default_value_t = 2000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_rate: u64,
 }
 
 /// The classifier's main family; `diagnose` reads it back.
@@ -108,6 +125,7 @@ struct Shared {
     stop: AtomicBool,
     /// What to write back on exit, once the settings were changed.
     restore: Mutex<Option<Settings>>,
+    governor: Status,
 }
 
 pub struct ConntrackInvalid {
@@ -115,6 +133,9 @@ pub struct ConntrackInvalid {
     procfs: PathBuf,
     state_file: PathBuf,
     listener: Mutex<Option<Worker>>,
+    /// The kernel attaches each packet's conntrack entry, so zones can be counted.
+    zones: bool,
+    attribution: Mutex<Attribution>,
 }
 
 impl ConntrackInvalid {
@@ -125,16 +146,41 @@ impl ConntrackInvalid {
             failure: Mutex::new(None),
             stop: AtomicBool::new(false),
             restore: Mutex::new(None),
+            governor: Status::default(),
         });
-        let me = ConntrackInvalid {
+        let mut me = ConntrackInvalid {
             shared: shared.clone(),
             procfs: r.procfs.clone(),
             state_file,
             listener: Mutex::new(None),
+            zones: false,
+            attribution: Mutex::new(Attribution::default()),
         };
         match me.setup(r.transport.as_ref(), o.protocol) {
-            Ok(sub) => {
-                let worker = Worker::spawn("nflog-listener", move || listen(sub, &shared));
+            Ok((sub, zones)) => {
+                me.zones = zones;
+                if zones {
+                    r.ovsdb.start();
+                } else {
+                    tracing::warn!(
+                        "this kernel does not attach conntrack entries to NFLOG messages (CONFIG_NETFILTER_NETLINK_GLUE_CT): no per-VM-port counts"
+                    );
+                }
+                let original = me
+                    .shared
+                    .restore
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map_or_else(|| "0".to_owned(), |s| s.log_invalid.clone());
+                let governor = Governor::new(
+                    o.max_rate,
+                    r.procfs.clone(),
+                    o.protocol.to_string(),
+                    original,
+                );
+                let worker =
+                    Worker::spawn("nflog-listener", move || listen(sub, &shared, governor));
                 *me.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker);
             }
             Err(why) => me.fail(why),
@@ -150,8 +196,9 @@ impl ConntrackInvalid {
             .unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
-    /// Binds the group, then changes the settings, recording the originals first.
-    fn setup(&self, t: &dyn Transport, protocol: u8) -> Result<Subscription, CollectError> {
+    /// Binds the group, then changes the settings, recording the originals first; says
+    /// whether the messages carry the conntrack zone.
+    fn setup(&self, t: &dyn Transport, protocol: u8) -> Result<(Subscription, bool), CollectError> {
         let mut sub = t
             .subscribe(subscribe::Spec {
                 protocol: Protocol::Netfilter,
@@ -160,12 +207,12 @@ impl ConntrackInvalid {
                 rcvbuf: RCVBUF,
             })
             .map_err(|e| CollectError::new(format!("opening an nfnetlink socket: {e}")))?;
-        nflog::bind_group(&mut sub).map_err(|e| match e {
+        let zones = nflog::bind_group(&mut sub).map_err(|e| match e {
             BindError::Taken => CollectError::taken(e.to_string()),
             _ => CollectError::new(e.to_string()),
         })?;
         self.change_settings(protocol).map_err(CollectError::new)?;
-        Ok(sub)
+        Ok((sub, zones))
     }
 
     /// Records the settings as they are, then changes them.
@@ -212,7 +259,7 @@ impl ConntrackInvalid {
     }
 
     fn restore(&self) {
-        let Some(original) = self
+        let Some(mut original) = self
             .shared
             .restore
             .lock()
@@ -221,6 +268,14 @@ impl ConntrackInvalid {
         else {
             return;
         };
+        // Another program set nf_conntrack_log_invalid while the governor had paused
+        // logging: its value stays.
+        if self.shared.governor.yielded.load(Ordering::Relaxed) {
+            if let Ok(theirs) = settings::read_log_invalid(&self.procfs) {
+                tracing::info!(nf_conntrack_log_invalid = %theirs, "leaving nf_conntrack_log_invalid as another program set it");
+                original.log_invalid = theirs;
+            }
+        }
         match original.write(&self.procfs, true) {
             Ok(()) => {
                 let _ = std::fs::remove_file(&self.state_file);
@@ -234,10 +289,19 @@ impl ConntrackInvalid {
 }
 
 /// The listener: reads datagrams until told to stop; ENOBUFS means the kernel dropped
-/// messages for want of socket buffer, and is counted, never ignored.
-fn listen(mut sub: Subscription, shared: &Shared) {
+/// messages for want of socket buffer, and is counted, never ignored. After each read the
+/// governor weighs the message rate.
+fn listen(mut sub: Subscription, shared: &Shared, mut governor: Governor) {
     while !shared.stop.load(Ordering::Relaxed) {
+        let c = &shared.counts;
+        let sent = || {
+            [&c.messages, &c.lost, &c.errors]
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
         if !sub.wait(STOP_CHECK) {
+            governor.tick(sent(), &shared.governor);
             continue;
         }
         let read = |s: &Subscription| s.received().datagrams + s.received().overruns;
@@ -248,6 +312,7 @@ fn listen(mut sub: Subscription, shared: &Shared) {
             return;
         }
         shared.counts.set_overruns(sub.received().overruns);
+        governor.tick(sent(), &shared.governor);
         // Fewer than MAX_BATCH read: the socket is empty.
         if read(&sub) - before < MAX_BATCH as u64 {
             std::thread::sleep(GATHER);
@@ -269,9 +334,20 @@ impl Collector for ConntrackInvalid {
         }
     }
 
-    fn collect(&self, _: &Scrape) -> Result<Vec<Family>, CollectError> {
+    fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
         self.preflight()?;
-        Ok(self.shared.counts.render())
+        let mut out = self.shared.counts.render();
+        out.extend(self.shared.governor.render(&self.procfs));
+        if self.zones {
+            let ports = scrape.ovsdb().ok();
+            let mut a = self.attribution.lock().unwrap_or_else(|p| p.into_inner());
+            a.update(
+                self.shared.counts.zones.snapshot(),
+                ports.as_ref().map(|p| p.as_slice()),
+            );
+            out.push(a.render());
+        }
+        Ok(out)
     }
 
     fn shutdown(&self) {

@@ -24,7 +24,8 @@ const NFULA_CFG_MODE: u16 = 2;
 const NFULA_CFG_FLAGS: u16 = 6;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
-const NFULNL_CFG_F_SEQ: u16 = 1;
+const NFULNL_CFG_F_SEQ: u16 = 0x0001;
+const NFULNL_CFG_F_CONNTRACK: u16 = 0x0004;
 /// Enough of each packet for an IPv6 header and a full TCP header.
 const COPY_RANGE: u32 = 128;
 
@@ -73,9 +74,10 @@ fn configure(sub: &mut Subscription, attrs: &[(u16, Vec<u8>)]) -> Result<(), Ack
     sub.request(ty, 0, &config_msg(0, 0, attrs), ACK_TIMEOUT, &mut |_| {})
 }
 
-/// Binds NFLOG group 0 to the subscription's socket and sets its copy mode and sequence
-/// numbers.
-pub fn bind_group(sub: &mut Subscription) -> Result<(), BindError> {
+/// Binds NFLOG group 0 to the subscription's socket and sets its copy mode, sequence
+/// numbers and, where the kernel has it, the packet's conntrack entry (NFULA_CT, for its
+/// zone). Returns whether the messages carry the entry.
+pub fn bind_group(sub: &mut Subscription) -> Result<bool, BindError> {
     // No PF_BIND: it would make nfnetlink_log the logger for the family before the group
     // is ours (and even when it is not); the nf_log sysctls do that, recorded.
     match configure(sub, &[(NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND])]) {
@@ -89,9 +91,24 @@ pub fn bind_group(sub: &mut Subscription) -> Result<(), BindError> {
     }
     let mut mode = COPY_RANGE.to_be_bytes().to_vec();
     mode.extend_from_slice(&[NFULNL_COPY_PACKET, 0]);
-    let attrs = [
-        (NFULA_CFG_MODE, mode),
-        (NFULA_CFG_FLAGS, NFULNL_CFG_F_SEQ.to_be_bytes().to_vec()),
-    ];
-    configure(sub, &attrs).map_err(BindError::Configure)
+    let with_flags = |flags: u16| {
+        [
+            (NFULA_CFG_MODE, mode.clone()),
+            (NFULA_CFG_FLAGS, flags.to_be_bytes().to_vec()),
+        ]
+    };
+    // NFULNL_CFG_F_CONNTRACK needs nfnetlink_log's conntrack hook, which
+    // nf_conntrack_netlink provides on kernels built with CONFIG_NETFILTER_NETLINK_GLUE_CT.
+    // EAGAIN: the kernel just loaded the module, ask again; EOPNOTSUPP: no hook, and the
+    // request changed nothing, so the group is set up without it.
+    for _ in 0..2 {
+        match configure(sub, &with_flags(NFULNL_CFG_F_SEQ | NFULNL_CFG_F_CONNTRACK)) {
+            Ok(()) => return Ok(true),
+            Err(AckError::Errno(libc::EAGAIN)) => continue,
+            Err(AckError::Errno(libc::EOPNOTSUPP)) => break,
+            Err(e) => return Err(BindError::Configure(e)),
+        }
+    }
+    configure(sub, &with_flags(NFULNL_CFG_F_SEQ)).map_err(BindError::Configure)?;
+    Ok(false)
 }

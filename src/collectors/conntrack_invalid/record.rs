@@ -15,6 +15,10 @@ pub(super) const NFULA_IFINDEX_INDEV: u16 = 4;
 pub(super) const NFULA_PAYLOAD: u16 = 9;
 pub(super) const NFULA_PREFIX: u16 = 10;
 pub(super) const NFULA_SEQ: u16 = 12;
+/// The packet's conntrack entry, nested ctnetlink attributes (NFULNL_CFG_F_CONNTRACK).
+pub(super) const NFULA_CT: u16 = 18;
+/// Inside NFULA_CT: the entry's zone, be16; absent for zone 0 (nfnetlink_conntrack.h).
+pub(super) const CTA_ZONE: u16 = 18;
 
 macro_rules! label_enum {
     ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
@@ -52,6 +56,10 @@ pub struct Record {
     pub flags: TcpFlags,
     pub indev: Option<u32>,
     pub seq: Option<u32>,
+    /// The conntrack zone of the entry the packet was attached to: `None` without NFULA_CT
+    /// (the flag not set, or no entry yet: ICMP errors are logged before the lookup), 0
+    /// when NFULA_CT has no CTA_ZONE.
+    pub zone: Option<u16>,
     /// Logged by conntrack ("nf_ct_…" prefix). Anything else on group 0 (an iptables or
     /// nftables NFLOG rule, say) only advances the sequence numbers.
     pub from_conntrack: bool,
@@ -168,6 +176,18 @@ pub(super) fn ipv6_upper_layer(p: &[u8], first: u8) -> (u8, Option<usize>) {
     (next, None)
 }
 
+/// CTA_ZONE of the ctnetlink attributes in NFULA_CT; 0 when absent (the kernel leaves the
+/// default zone out).
+pub fn zone_of(ct: &[u8]) -> Result<u16, DecodeError> {
+    for a in wire::attrs(FAMILY, "CTA", ct) {
+        let a = a?;
+        if a.ty == CTA_ZONE {
+            return a.u16_be(FAMILY, "CTA_ZONE");
+        }
+    }
+    Ok(0)
+}
+
 /// NFULA_SEQ of a packet message, read past any other attribute's problems.
 pub(super) fn seq_of(m: &Message) -> Option<u32> {
     if m.ty != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET {
@@ -197,7 +217,7 @@ pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
         None => return Err(short("nfgenmsg", 4)),
     };
     let attrs = m.payload.get(4..).ok_or_else(|| short("nfgenmsg", 4))?;
-    let (mut prefix, mut payload, mut indev, mut seq) = (None, None, None, None);
+    let (mut prefix, mut payload, mut indev, mut seq, mut zone) = (None, None, None, None, None);
     for a in wire::attrs(FAMILY, "NFULA", attrs) {
         let a = a?;
         match a.ty {
@@ -205,6 +225,7 @@ pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
             NFULA_PAYLOAD => payload = Some(a.payload),
             NFULA_IFINDEX_INDEV => indev = Some(a.u32_be(FAMILY, "NFULA_IFINDEX_INDEV")?),
             NFULA_SEQ => seq = Some(a.u32_be(FAMILY, "NFULA_SEQ")?),
+            NFULA_CT => zone = Some(zone_of(a.payload)?),
             _ => {}
         }
     }
@@ -258,6 +279,7 @@ pub fn parse_record(m: &Message) -> Result<Option<Record>, DecodeError> {
         flags,
         indev,
         seq,
+        zone,
         from_conntrack: prefix.starts_with("nf_ct_"),
     }))
 }

@@ -88,3 +88,16 @@ pub fn per_namespace(path: &Path) -> PathBuf {
     let id = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
     PathBuf::from(text.replace("{netns}", &id.to_string()))
 }
+
+fn log_invalid_path(procfs: &Path) -> PathBuf {
+    procfs.join("sys/net/netfilter/nf_conntrack_log_invalid")
+}
+
+/// `nf_conntrack_log_invalid` now (the governor checks it is still what it left).
+pub fn read_log_invalid(procfs: &Path) -> std::io::Result<String> {
+    std::fs::read_to_string(log_invalid_path(procfs)).map(|s| s.trim().to_owned())
+}
+
+pub fn write_log_invalid(procfs: &Path, value: &str) -> std::io::Result<()> {
+    std::fs::write(log_invalid_path(procfs), value)
+}

@@ -187,6 +187,7 @@ fn classifies_a_seed_finack_and_counts_gaps() {
         flags: TcpFlags::Fin,
         indev: Some(7),
         seq: None,
+        zone: None,
         from_conntrack: true,
     };
     assert_eq!(counts.classes[class_index(&r)].load(Ordering::Relaxed), 2);
@@ -262,6 +263,7 @@ fn device_cardinality_is_capped_and_gone_devices_free_their_slot() {
         flags: TcpFlags::None,
         indev: Some(dev),
         seq: None,
+        zone: None,
         from_conntrack: true,
     };
     for dev in 1..=5 {
@@ -329,6 +331,7 @@ fn the_label_space_is_every_combination_exactly_once() {
                             flags,
                             indev: None,
                             seq: None,
+                            zone: None,
                             from_conntrack: true,
                         };
                         let slot = seen.get_mut(class_index(&r)).expect("inside the space");
@@ -340,4 +343,91 @@ fn the_label_space_is_every_combination_exactly_once() {
         }
     }
     assert!(seen.iter().all(|s| *s));
+}
+
+/// The messages captured in the OVS test bed with NFULA_CT (tests/fixtures/nflog-ct).
+fn ovs_zone_fixture() -> Vec<Vec<u8>> {
+    include_str!("../../../tests/fixtures/nflog-ct/ovs-zone7.hex")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            (0..l.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_conntrack_zone_comes_from_nfula_ct() {
+    let msgs = ovs_zone_fixture();
+    let parse = |d: &[u8]| {
+        let m = wire::messages(FAMILY, d).next().unwrap().unwrap();
+        parse_record(&m).unwrap().unwrap()
+    };
+    let r = parse(&msgs[0]);
+    assert_eq!(
+        (
+            r.family, r.proto, r.reason, r.size, r.flags, r.indev, r.zone
+        ),
+        (
+            IpFamily::V4,
+            Proto::Tcp,
+            Reason::BadChecksum,
+            SizeClass::Lt60,
+            TcpFlags::Syn,
+            None,
+            Some(7)
+        )
+    );
+    let r = parse(&msgs[1]);
+    assert_eq!(
+        (r.reason, r.flags, r.zone),
+        (Reason::InvalidState, TcpFlags::Fin, Some(7))
+    );
+    // Counted by zone and reason.
+    let counts = Counts::new(4);
+    for m in &msgs {
+        counts.ingest(m);
+    }
+    let zones = counts.zones.snapshot();
+    assert_eq!(zones.len(), 1);
+    assert_eq!(zones[&7][Reason::BadChecksum as usize], 1);
+    assert_eq!(zones[&7][Reason::InvalidState as usize], 1);
+    // Every truncation is an error or a shorter message, never a panic.
+    for m in &msgs {
+        for end in 0..m.len() {
+            counts.ingest(&m[..end]);
+        }
+    }
+}
+
+#[test]
+fn nfula_ct_without_cta_zone_is_zone_0_and_a_bad_zone_is_an_error() {
+    let ct = |inner: &[u8]| {
+        let mut p = vec![2, 0, 0, 0];
+        wire::push_attr(&mut p, NFULA_PREFIX, b"nf_ct_proto_6: bad checksum \0");
+        wire::push_attr(&mut p, NFULA_PAYLOAD, &finack_v4());
+        wire::push_attr(&mut p, NFULA_CT | 0x8000, inner);
+        let mut m = wire::request(NFNL_SUBSYS_ULOG << 8, 0, 0, &p);
+        m[..4].copy_from_slice(&((16 + p.len()) as u32).to_ne_bytes());
+        m
+    };
+    let zone = |d: &[u8]| {
+        let m = wire::messages(FAMILY, d).next().unwrap().unwrap();
+        parse_record(&m).map(|r| r.unwrap().zone)
+    };
+    let mut status = Vec::new();
+    wire::push_attr(&mut status, 3, &8u32.to_be_bytes());
+    assert_eq!(zone(&ct(&status)), Ok(Some(0)));
+    let mut odd = status.clone();
+    wire::push_attr(&mut odd, CTA_ZONE, &[0, 7, 0]);
+    assert!(zone(&ct(&odd)).is_err());
+    let mut z = status;
+    wire::push_attr(&mut z, CTA_ZONE, &513u16.to_be_bytes());
+    assert_eq!(zone(&ct(&z)), Ok(Some(513)));
+    // No NFULA_CT at all: no zone.
+    let plain = packet_msg(2, b"nf_ct_proto_6: bad checksum \0", &finack_v4(), 1);
+    assert_eq!(zone(&plain), Ok(None));
 }
