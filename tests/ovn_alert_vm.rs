@@ -690,3 +690,26 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
     assert_eq!(ct(B_TAP, None), b_rst as f64, "B's late RSTs");
     eprintln!("{test}: passed in {:.0}s", started.elapsed().as_secs_f64());
 }
+
+/// The lineage on a dump from the bed: B's drop flow counts for B through recirc 0x2
+/// (zone 2); A's pair (recirc 0x4, zone 1) exists with 0 packets.
+#[test]
+fn lineage_attributes_drop_flows_through_their_recirculation() {
+    let dump = include_str!("vm/ovn-dump-flows.txt");
+    let zones = BTreeMap::from([(1, A_TAP.to_string()), (2, B_TAP.to_string())]);
+    let (got, why) = lineage(&dp_flows(dump), &zones);
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ((A_TAP.to_string(), "ct_invalid".to_string()), 0),
+            ((B_TAP.to_string(), "ct_invalid".to_string()), 25),
+        ]),
+        "{why:?}"
+    );
+    assert_eq!(
+        ovs_map(
+            r#"{ct-zone-3f1c2a6e-8b1d-4c3a-9e55-1a2b3c4d5e01="1", ovn-startup-ts="1796494291927"}"#
+        )["ct-zone-3f1c2a6e-8b1d-4c3a-9e55-1a2b3c4d5e01"],
+        "1"
+    );
+}
