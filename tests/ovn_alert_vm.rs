@@ -20,6 +20,8 @@
 //! once the alert has fired (or 10 minutes after the first loss) and appends Prometheus's
 //! view (alert history, the exporter's series) to results.txt as `host/…` blocks.
 //!
+//! `PP_OVN_RULES=FILE` evaluates FILE instead of alerts/packetpath.rules.yml.
+//!
 //! Needs root, qemu (run.sh installs it) and Debian's `prometheus`: without them the test
 //! skips locally and fails under CI=true.
 
@@ -366,12 +368,16 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
     let (metrics_port, progress_port, stop_port, prom_port) =
         (free_port(), free_port(), free_port(), free_port());
 
+    // PP_OVN_RULES: evaluate another rules file instead of the shipped one (to try a rework).
+    let rules = std::env::var_os("PP_OVN_RULES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo("alerts/packetpath.rules.yml"));
     // Prometheus first: it scrapes the exporter from the moment it answers.
     std::fs::write(
         out.join("prom/prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: packetpath\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
-            repo("alerts/packetpath.rules.yml").display()
+            rules.display()
         ),
     )
     .unwrap();
@@ -416,7 +422,7 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
     let mut first_loss: Option<Instant> = None;
     let mut fired: Option<Instant> = None;
     let mut stop_sent = false;
-    let mut history = String::new();
+    let mut history = format!("rules {}\n", rules.display());
     let mut b_named = Vec::new();
     let mut last_states = String::new();
     let status = loop {
