@@ -37,7 +37,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Metrics;
-use vm_results::{DpFlow, Results, conntrack_sum, dp_flows, key_values};
+use vm_results::{DpFlow, Results, conntrack_sum, dp_flows, key_values, sysfs};
 
 const ALERT: &str = "PacketpathTunnelToVMLoss";
 /// The scenario's VM ports (tests/vm/guest/scenario-ovn.sh).
@@ -527,6 +527,17 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
         a_bad + b_rst,
         "conntrack -S invalid = A's bad + B's RSTs"
     );
+
+    // Everything sent arrived on the tunnel, B got its good SYNs and A nothing: the NIC
+    // the host scrapes through is in none of these counts.
+    let sys = r.get("final/sysfs");
+    assert_eq!(
+        sysfs(sys, "genev_sys_6081", "rx_packets"),
+        Some(a_bad + b_rst + plan["b_good_syn"]),
+        "genev_sys_6081 rx_packets"
+    );
+    assert_eq!(sysfs(sys, B_TAP, "tx_packets"), Some(plan["b_good_syn"]));
+    assert_eq!(sysfs(sys, A_TAP, "tx_packets"), Some(0));
 
     // The alert: fired for A, within the limit, and never named B.
     let first_loss = first_loss.expect("the guest never reported A's first loss");
