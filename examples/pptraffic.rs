@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack|rst] [--count N]
-//!               [--bad-checksum] [--interval-ms N]
+//!               [--bad-checksum] [--interval-ms N] [--seq-offset N]
 //! pptraffic churn --src A --dst B --dport N --tuples N [--first N] [--repeat K]
 //!                 [--per-tick N] [--tick-ms N] [--flags syn|finack|ack] [--bad-checksum]
-//! pptraffic tap-reader --dev NAME --count-file PATH
+//! pptraffic tap-reader --dev NAME --count-file PATH [--answer-syn]
 //! pptraffic nflog-zones --seconds N
 //! ```
 //!
@@ -41,9 +41,15 @@
 //! messages of packets tracked by the OVS datapath carry the zone OVS gave them. The
 //! nf_log sysctls (`nf_conntrack_log_invalid`, `nf_log/2`) are the caller's to set.
 //!
+//! `--seq-offset N` adds N to `tcp`'s sequence numbers: with `--answer-syn` on the reader,
+//! `tcp --flags syn` then `tcp --flags ack --seq-offset 1` (same ports) establish a
+//! connection, and `--flags finack --seq-offset 1` is a FIN/ACK inside it.
+//!
 //! `tap-reader` is the "VM": it creates (or attaches to) TAP device `dev`, reads frames
 //! until killed, and after every frame rewrites `count-file` as `frames N` and `bytes N`
-//! lines (written aside and renamed, so a reader never sees half a file). The file exists,
+//! lines (written aside and renamed, so a reader never sees half a file). With `--answer-syn`
+//! it answers every TCP SYN with a SYN/ACK (sequence number 0x2000_0000, the ACK number
+//! `tcp` puts in its ACK segments) written to the TAP. The file exists,
 //! with zeros, as soon as the device does.
 
 use std::io::{Error, Write};
@@ -53,10 +59,10 @@ use std::process::exit;
 
 const USAGE: &str = "usage:
   pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack|rst] [--count N]
-                [--bad-checksum] [--interval-ms N]
+                [--bad-checksum] [--interval-ms N] [--seq-offset N]
   pptraffic churn --src A --dst B --dport N --tuples N [--first N] [--repeat K]
                   [--per-tick N] [--tick-ms N] [--flags syn|finack|ack] [--bad-checksum]
-  pptraffic tap-reader --dev NAME --count-file PATH
+  pptraffic tap-reader --dev NAME --count-file PATH [--answer-syn]
   pptraffic flows --dp NAME --count N [--start N] [--drop-every K]
   pptraffic measure COMMAND [ARG...]
   pptraffic nflog-zones [--seconds N]";
@@ -115,6 +121,7 @@ struct Tcp {
     count: u32,
     bad_checksum: bool,
     interval_ms: u64,
+    seq_offset: u32,
 }
 
 const SYN: u8 = 0x02;
@@ -134,6 +141,7 @@ impl Tcp {
             count: 1,
             bad_checksum: false,
             interval_ms: 0,
+            seq_offset: 0,
         };
         for (name, value) in options(args, &["--bad-checksum"])? {
             match name {
@@ -143,6 +151,7 @@ impl Tcp {
                 "--dport" => dport = Some(parse(name, value)?),
                 "--count" => t.count = parse(name, value)?,
                 "--interval-ms" => t.interval_ms = parse(name, value)?,
+                "--seq-offset" => t.seq_offset = parse(name, value)?,
                 "--bad-checksum" => t.bad_checksum = true,
                 "--flags" => t.flags = parse_flags(value)?,
                 _ => return Err(format!("tcp: unknown option {name}\n{USAGE}")),
@@ -192,6 +201,7 @@ impl Tcp {
             flags: self.flags,
             id: (i as u16).wrapping_add(1),
             bad_checksum: self.bad_checksum,
+            seq_offset: self.seq_offset,
         })
     }
 }
@@ -225,6 +235,8 @@ struct Segment {
     /// IP ID; 0 lets the kernel choose one.
     id: u16,
     bad_checksum: bool,
+    /// Added to the sequence number (1: the segments after a SYN of the same port).
+    seq_offset: u32,
 }
 
 /// IPv4 + TCP headers, no payload; the IP checksum is left to the kernel.
@@ -242,7 +254,9 @@ fn segment(s: &Segment) -> Vec<u8> {
     let t = &mut p[20..];
     t[0..2].copy_from_slice(&s.sport.to_be_bytes());
     t[2..4].copy_from_slice(&s.dport.to_be_bytes());
-    let seq = 0x1000_0000u32.wrapping_add(u32::from(s.dport) << 8);
+    let seq = 0x1000_0000u32
+        .wrapping_add(u32::from(s.dport) << 8)
+        .wrapping_add(s.seq_offset);
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     if s.flags & ACK != 0 {
         t[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
@@ -402,6 +416,7 @@ impl Churn {
                         flags: self.flags,
                         id: (r + 1) as u16,
                         bad_checksum: self.bad_checksum,
+                        seq_offset: 0,
                     });
                     sock.send(self.dst, &packet).map_err(|e| {
                         format!("{e} (after {packets} packets, tuple {})", self.first + i)
@@ -450,13 +465,15 @@ fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
 struct TapReader {
     dev: String,
     count_file: String,
+    answer_syn: bool,
 }
 
 impl TapReader {
     fn parse(args: &[String]) -> Result<TapReader, String> {
-        let (mut dev, mut count_file) = (None, None);
-        for (name, value) in options(args, &[])? {
+        let (mut dev, mut count_file, mut answer_syn) = (None, None, false);
+        for (name, value) in options(args, &["--answer-syn"])? {
             match name {
+                "--answer-syn" => answer_syn = true,
                 "--dev" => dev = value.map(str::to_string),
                 "--count-file" => count_file = value.map(str::to_string),
                 _ => return Err(format!("tap-reader: unknown option {name}\n{USAGE}")),
@@ -470,6 +487,7 @@ impl TapReader {
             dev,
             count_file: count_file
                 .ok_or_else(|| format!("tap-reader: --count-file is required\n{USAGE}"))?,
+            answer_syn,
         })
     }
 
@@ -490,6 +508,15 @@ impl TapReader {
             }
             frames += 1;
             bytes += n as u64;
+            if self.answer_syn
+                && let Some(reply) = syn_ack(&buf[..n as usize])
+            {
+                // SAFETY: valid fd and buffer of the given length.
+                let w = unsafe { libc::write(fd.as_raw_fd(), reply.as_ptr().cast(), reply.len()) };
+                if w < 0 {
+                    return Err(format!("write {}: {}", self.dev, Error::last_os_error()));
+                }
+            }
             self.write_count(frames, bytes)?;
         }
     }
@@ -500,6 +527,60 @@ impl TapReader {
         writeln!(f, "frames {frames}\nbytes {bytes}").map_err(|e| format!("{tmp}: {e}"))?;
         std::fs::rename(&tmp, &self.count_file).map_err(|e| format!("{}: {e}", self.count_file))
     }
+}
+
+/// The VM's answer to a TCP SYN (flags exactly SYN) in an Ethernet frame: a SYN/ACK with
+/// sequence number 0x2000_0000 (so `tcp --flags ack|finack --seq-offset 1` is the next
+/// segment of that connection), right checksums, addresses and ports swapped.
+fn syn_ack(frame: &[u8]) -> Option<Vec<u8>> {
+    if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+        return None;
+    }
+    let ip = &frame[14..];
+    if ip[9] != libc::IPPROTO_TCP as u8 || ip[20 + 13] != SYN {
+        return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let seq = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
+    let mut out = Vec::with_capacity(54);
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&[0x08, 0x00]);
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = libc::IPPROTO_TCP as u8;
+    p[12..16].copy_from_slice(&dst.octets());
+    p[16..20].copy_from_slice(&src.octets());
+    let ipsum = !fold(&p[..20]);
+    p[10..12].copy_from_slice(&ipsum.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&ip[22..24]);
+    t[2..4].copy_from_slice(&ip[20..22]);
+    t[4..8].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = SYN | ACK;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let csum = tcp_checksum(dst, src, &p[20..]);
+    p[36..38].copy_from_slice(&csum.to_be_bytes());
+    out.extend_from_slice(&p);
+    Some(out)
+}
+
+/// The ones' complement sum of `b` (16-bit words), folded.
+fn fold(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 /// Opens /dev/net/tun as TAP `name` without packet information headers: every read is one

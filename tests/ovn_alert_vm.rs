@@ -9,8 +9,9 @@
 //! paths adapted). Debian's Prometheus on this host scrapes it every 15 s through qemu's
 //! user network and evaluates the shipped alerts/packetpath.rules.yml every 15 s.
 //!
-//! Traffic: one short bad-checksum FIN/ACK a minute from the tunnel to VM A (the seed's
-//! trickle), while VM B gets good SYNs and late RSTs (conntrack-invalid) at 0.3/s.
+//! Traffic: one short bad-checksum FIN/ACK a minute from the tunnel to VM A inside a
+//! connection established just before (the seed's trickle), while VM B gets good SYNs and
+//! late RSTs (conntrack-invalid) at 0.3/s.
 //!
 //! Pass: PacketpathTunnelToVMLoss fires within 10 minutes of the first loss, with A's
 //! `instance_id`, `port_id` and `device`, and never names B; the per-VM drop counters equal
@@ -528,16 +529,20 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
         "conntrack -S invalid = A's bad + B's RSTs"
     );
 
-    // Everything sent arrived on the tunnel, B got its good SYNs and A nothing: the NIC
-    // the host scrapes through is in none of these counts.
+    // Everything sent arrived on the tunnel; A got the SYN and ACK of each connection (its
+    // SYN/ACKs left through the tunnel), B its good SYNs: the NIC the host scrapes through
+    // is in none of these counts.
     let sys = r.get("final/sysfs");
+    let a_conn = plan["a_connections"];
+    assert_eq!(a_conn, a_bad, "one connection per bad FIN/ACK");
     assert_eq!(
         sysfs(sys, "genev_sys_6081", "rx_packets"),
-        Some(a_bad + b_rst + plan["b_good_syn"]),
+        Some(2 * a_conn + a_bad + b_rst + plan["b_good_syn"]),
         "genev_sys_6081 rx_packets"
     );
+    assert_eq!(sysfs(sys, "genev_sys_6081", "tx_packets"), Some(a_conn));
     assert_eq!(sysfs(sys, B_TAP, "tx_packets"), Some(plan["b_good_syn"]));
-    assert_eq!(sysfs(sys, A_TAP, "tx_packets"), Some(0));
+    assert_eq!(sysfs(sys, A_TAP, "tx_packets"), Some(2 * a_conn));
 
     // The alert: fired for A, within the limit, and never named B.
     let first_loss = first_loss.expect("the guest never reported A's first loss");

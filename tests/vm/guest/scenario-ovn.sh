@@ -18,9 +18,9 @@
 # key) and the datapath's tunnel key as VNI.
 #
 # Traffic until the host says stop (a connection to guest port 9471) or PP_OVN_TRAFFIC_S:
-#   A: one short FIN/ACK with a bad TCP checksum a minute (nf_conntrack_checksum=1):
-#      conntrack marks it invalid, OVN drops ct.inv. Not inside a connection: the TAP
-#      reader cannot answer a handshake; the checksum fails first either way.
+#   A: one short FIN/ACK with a bad TCP checksum a minute (nf_conntrack_checksum=1), inside
+#      a connection established just before (SYN; A's tap-reader answers SYN/ACK, which
+#      leaves through the tunnel; ACK): conntrack marks it invalid, OVN drops ct.inv.
 #   B: a good SYN every 5 s (new connections, delivered) and a late RST (no connection:
 #      invalid) every 10/3 s, 0.3/s: a healthy node's background.
 # OVS keeps its defaults (10 s max-idle), so A's drop megaflow idles out between packets.
@@ -95,10 +95,11 @@ northbound() {
     nbctl --type=port-group acl-add "$SG_PG" from-lport 1001 "inport == @$SG_PG && ip" drop
 }
 
-# vm_port TAP PORT VM MAC: a TAP held open by a tap-reader (the VM) on br-int, with the
-# external_ids os-vif writes.
+# vm_port TAP PORT VM MAC [READER FLAGS]: a TAP held open by a tap-reader (the VM) on
+# br-int, with the external_ids os-vif writes.
 vm_port() {
-    /bin/pptraffic tap-reader --dev "$1" --count-file "/tmp/$1.count" 2>"/tmp/$1.err" &
+    # shellcheck disable=SC2086 # flags, meant to split
+    /bin/pptraffic tap-reader --dev "$1" --count-file "/tmp/$1.count" ${5:-} 2>"/tmp/$1.err" &
     wait_for 10 test -s "/tmp/$1.count" || fatal "tap reader $1 did not start: $(cat "/tmp/$1.err")"
     /sbin/ip link set "$1" up
     ovs-vsctl --no-wait add-port br-int "$1" -- set Interface "$1" \
@@ -139,7 +140,8 @@ scenario_prepare() {
     # takes it over.
     ovs-vsctl --no-wait --may-exist add-br br-int -- set Bridge br-int fail-mode=secure \
         other_config:disable-in-band=true
-    vm_port "$A_TAP" "$A_PORT" "$A_VM" "$A_MAC"
+    # A answers SYNs, so the remote can open connections to it.
+    vm_port "$A_TAP" "$A_PORT" "$A_VM" "$A_MAC" --answer-syn
     vm_port "$B_TAP" "$B_PORT" "$B_VM" "$B_MAC"
     ovn-controller unix:/run/openvswitch/db.sock --pidfile=$OVN_RUN/ovn-controller.pid \
         --detach --no-chdir --log-file=/var/log/ovn/ovn-controller.log \
@@ -177,10 +179,26 @@ snapshot() {
     emit "$1/dump-flows" ovs-dpctl dump-flows -m
     emit "$1/dpctl-show" ovs-dpctl show -s
     emit "$1/conntrack-S" conntrack -S
+    emit "$1/conntrack-L-A" conntrack -L -d "$A_IP"
     emit "$1/br-int-external-ids" ovs-vsctl get Bridge br-int external_ids
     emit "$1/vm-readers" sh -c "echo $A_TAP; cat /tmp/$A_TAP.count; echo $B_TAP; cat /tmp/$B_TAP.count"
     emit "$1/traffic" cat /tmp/traffic-ovn.log
     emit "$1/sysfs" sysfs_stats
+}
+
+a_frames() { awk '$1 == "frames" { print $2 }' "/tmp/$A_TAP.count"; }
+a_frames_at_least() { [ "$(a_frames)" -ge "$1" ]; }
+
+# a_connect SPORT DPORT: a connection to A: SYN, A's SYN/ACK, ACK; waits until A has read
+# both segments.
+a_connect() {
+    _f=$(a_frames)
+    send "$A_IP" --sport "$1" --dport "$2" --flags syn
+    wait_for 10 a_frames_at_least $((_f + 1)) || fatal "A did not get SYN $1 -> $2"
+    # Time for the SYN/ACK to go through conntrack and out of the tunnel.
+    sleep 0.5
+    send "$A_IP" --sport "$1" --dport "$2" --flags ack --seq-offset 1
+    wait_for 10 a_frames_at_least $((_f + 2)) || fatal "A did not get ACK $1 -> $2"
 }
 
 send() {
@@ -211,8 +229,11 @@ scenario_run() {
     _bk=$(tunnel_key Port_Binding logical_port="$B_PORT")
     [ -n "$_dp" ] && [ -n "$_rk" ] && [ -n "$_ak" ] && [ -n "$_bk" ] \
         || fatal "tunnel keys: datapath '$_dp' remote '$_rk' A '$_ak' B '$_bk'"
+    # The remote sends as $REMOTE_IP from a raw socket but does not own it: A's SYN/ACKs come
+    # back through the tunnel and are dropped there (no forwarding) instead of answered
+    # with a RST by the remote's own TCP.
     /sbin/ip -n remote link add gnv1 address "$GNV1_MAC" type geneve external
-    /sbin/ip -n remote addr add "$REMOTE_IP/24" dev gnv1
+    /sbin/ip -n remote addr add 10.0.0.254/24 dev gnv1
     /sbin/ip -n remote link set gnv1 up
     for _vm in "$A_IP $A_MAC $_ak" "$B_IP $B_MAC $_bk"; do
         set -- $_vm
@@ -227,7 +248,7 @@ $A_TAP $_ak
 $B_TAP $_bk"
     emit ovn/remote-routes /sbin/ip -n remote -d route show
 
-    a_bad=0 b_rst=0 b_good=0
+    a_bad=0 a_conn=0 b_rst=0 b_good=0
     : >/tmp/traffic-ovn.log
     write_progress traffic
     start_exporter
@@ -238,7 +259,10 @@ $B_TAP $_bk"
     while [ ! -s "$STOP" ] && [ $(($(uptime_s) - _start)) -lt "$TRAFFIC_S" ]; do
         _c0=$(cut -d' ' -f1 /proc/uptime)
         if [ $((_cycle % 6)) = 0 ]; then
-            send "$A_IP" --sport 41000 --dport $((20000 + a_bad)) --flags finack --bad-checksum
+            a_connect 41000 $((20000 + a_bad))
+            a_conn=$((a_conn + 1))
+            send "$A_IP" --sport 41000 --dport $((20000 + a_bad)) --flags finack --bad-checksum \
+                --seq-offset 1
             a_bad=$((a_bad + 1))
             [ "$a_bad" != 1 ] || note traffic/first-loss "uptime $(cat /proc/uptime)"
         fi
@@ -261,7 +285,8 @@ $B_TAP $_bk"
         sleep "$(awk -v a="$_c0" -v n="$_now" 'BEGIN { w = a + 10 - n; if (w > 0) printf "%.2f", w; else print 0 }')"
     done
     write_progress stopped
-    note traffic/plan "a_bad_finack $a_bad
+    note traffic/plan "a_connections $a_conn
+a_bad_finack $a_bad
 b_late_rst $b_rst
 b_good_syn $b_good
 stopped_by $([ -s "$STOP" ] && echo host || echo timeout)
@@ -283,7 +308,9 @@ uptime $(cat /proc/uptime)"
     /bin/pptraffic nflog-zones --seconds 8 >/tmp/nflog-zones.out 2>&1 &
     _nl=$!
     sleep 2
-    send "$A_IP" --sport 41001 --dport 29000 --flags finack --bad-checksum
+    a_connect 41001 29000
+    emit nflog/conntrack-L conntrack -L -p tcp --dport 29000
+    send "$A_IP" --sport 41001 --dport 29000 --flags finack --bad-checksum --seq-offset 1
     send "$B_IP" --sport 42001 --dport 39000 --flags rst
     send "$B_IP" --sport 42002 --dport 39001 --flags syn --bad-checksum
     wait "$_nl" || true
