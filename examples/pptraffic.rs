@@ -1,11 +1,12 @@
 //! Traffic with known counts for the OVS test bed (tests/vm/), where no packet tool exists.
 //!
 //! ```text
-//! pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
-//!               [--bad-checksum] [--interval-ms N]
+//! pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack|rst] [--count N]
+//!               [--bad-checksum] [--interval-ms N] [--seq-offset N]
 //! pptraffic churn --src A --dst B --dport N --tuples N [--first N] [--repeat K]
 //!                 [--per-tick N] [--tick-ms N] [--flags syn|finack|ack] [--bad-checksum]
-//! pptraffic tap-reader --dev NAME --count-file PATH
+//! pptraffic tap-reader --dev NAME --count-file PATH [--answer-syn]
+//! pptraffic nflog-zones --seconds N
 //! ```
 //!
 //! `tcp` sends `count` zero-payload TCP segments from a raw socket with headers built here
@@ -33,9 +34,22 @@
 //! `measure` runs a command with its output discarded and prints its wall time and peak
 //! RSS (`wall_ms N`, `maxrss_kb N`, from wait4).
 //!
+//! `nflog-zones` binds NFLOG group 0 with NFULNL_CFG_F_CONNTRACK for `seconds` and prints
+//! one line per logged packet: `prefix`, `indev` (ifindex), the IPv4 `src`/`dst`, TCP
+//! `flags` (hex), whether NFULA_CT came with it (`ct yes|no`) and its CTA_ZONE (`zone N`;
+//! ctnetlink leaves the attribute out for zone 0). It answers whether conntrack-invalid
+//! messages of packets tracked by the OVS datapath carry the zone OVS gave them. The
+//! nf_log sysctls (`nf_conntrack_log_invalid`, `nf_log/2`) are the caller's to set.
+//!
+//! `--seq-offset N` adds N to `tcp`'s sequence numbers: with `--answer-syn` on the reader,
+//! `tcp --flags syn` then `tcp --flags ack --seq-offset 1` (same ports) establish a
+//! connection, and `--flags finack --seq-offset 1` is a FIN/ACK inside it.
+//!
 //! `tap-reader` is the "VM": it creates (or attaches to) TAP device `dev`, reads frames
 //! until killed, and after every frame rewrites `count-file` as `frames N` and `bytes N`
-//! lines (written aside and renamed, so a reader never sees half a file). The file exists,
+//! lines (written aside and renamed, so a reader never sees half a file). With `--answer-syn`
+//! it answers every TCP SYN with a SYN/ACK (sequence number 0x2000_0000, the ACK number
+//! `tcp` puts in its ACK segments) written to the TAP. The file exists,
 //! with zeros, as soon as the device does.
 
 use std::io::{Error, Write};
@@ -44,13 +58,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::exit;
 
 const USAGE: &str = "usage:
-  pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack] [--count N]
-                [--bad-checksum] [--interval-ms N]
+  pptraffic tcp --src A --dst B --sport N --dport N [--flags syn|finack|ack|rst] [--count N]
+                [--bad-checksum] [--interval-ms N] [--seq-offset N]
   pptraffic churn --src A --dst B --dport N --tuples N [--first N] [--repeat K]
                   [--per-tick N] [--tick-ms N] [--flags syn|finack|ack] [--bad-checksum]
-  pptraffic tap-reader --dev NAME --count-file PATH
+  pptraffic tap-reader --dev NAME --count-file PATH [--answer-syn]
   pptraffic flows --dp NAME --count N [--start N] [--drop-every K]
-  pptraffic measure COMMAND [ARG...]";
+  pptraffic measure COMMAND [ARG...]
+  pptraffic nflog-zones [--seconds N]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -60,6 +75,7 @@ fn main() {
         Some("tap-reader") => TapReader::parse(&args[1..]).and_then(|t| t.run()),
         Some("flows") => install_flows(&args[1..]),
         Some("measure") => measure(&args[1..]),
+        Some("nflog-zones") => nflog_zones(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     if let Err(e) = result {
@@ -105,11 +121,13 @@ struct Tcp {
     count: u32,
     bad_checksum: bool,
     interval_ms: u64,
+    seq_offset: u32,
 }
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
 
 impl Tcp {
     fn parse(args: &[String]) -> Result<Tcp, String> {
@@ -123,6 +141,7 @@ impl Tcp {
             count: 1,
             bad_checksum: false,
             interval_ms: 0,
+            seq_offset: 0,
         };
         for (name, value) in options(args, &["--bad-checksum"])? {
             match name {
@@ -132,6 +151,7 @@ impl Tcp {
                 "--dport" => dport = Some(parse(name, value)?),
                 "--count" => t.count = parse(name, value)?,
                 "--interval-ms" => t.interval_ms = parse(name, value)?,
+                "--seq-offset" => t.seq_offset = parse(name, value)?,
                 "--bad-checksum" => t.bad_checksum = true,
                 "--flags" => t.flags = parse_flags(value)?,
                 _ => return Err(format!("tcp: unknown option {name}\n{USAGE}")),
@@ -181,6 +201,7 @@ impl Tcp {
             flags: self.flags,
             id: (i as u16).wrapping_add(1),
             bad_checksum: self.bad_checksum,
+            seq_offset: self.seq_offset,
         })
     }
 }
@@ -190,7 +211,8 @@ fn parse_flags(value: Option<&str>) -> Result<u8, String> {
         "syn" => Ok(SYN),
         "finack" => Ok(FIN | ACK),
         "ack" => Ok(ACK),
-        other => Err(format!("--flags: syn, finack or ack, not {other}")),
+        "rst" => Ok(RST),
+        other => Err(format!("--flags: syn, finack, ack or rst, not {other}")),
     }
 }
 
@@ -198,6 +220,7 @@ fn flags_name(flags: u8) -> &'static str {
     match flags {
         SYN => "syn",
         ACK => "ack",
+        RST => "rst",
         _ => "finack",
     }
 }
@@ -212,6 +235,8 @@ struct Segment {
     /// IP ID; 0 lets the kernel choose one.
     id: u16,
     bad_checksum: bool,
+    /// Added to the sequence number (1: the segments after a SYN of the same port).
+    seq_offset: u32,
 }
 
 /// IPv4 + TCP headers, no payload; the IP checksum is left to the kernel.
@@ -229,7 +254,9 @@ fn segment(s: &Segment) -> Vec<u8> {
     let t = &mut p[20..];
     t[0..2].copy_from_slice(&s.sport.to_be_bytes());
     t[2..4].copy_from_slice(&s.dport.to_be_bytes());
-    let seq = 0x1000_0000u32.wrapping_add(u32::from(s.dport) << 8);
+    let seq = 0x1000_0000u32
+        .wrapping_add(u32::from(s.dport) << 8)
+        .wrapping_add(s.seq_offset);
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     if s.flags & ACK != 0 {
         t[8..12].copy_from_slice(&0x2000_0001u32.to_be_bytes());
@@ -389,6 +416,7 @@ impl Churn {
                         flags: self.flags,
                         id: (r + 1) as u16,
                         bad_checksum: self.bad_checksum,
+                        seq_offset: 0,
                     });
                     sock.send(self.dst, &packet).map_err(|e| {
                         format!("{e} (after {packets} packets, tuple {})", self.first + i)
@@ -437,13 +465,15 @@ fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
 struct TapReader {
     dev: String,
     count_file: String,
+    answer_syn: bool,
 }
 
 impl TapReader {
     fn parse(args: &[String]) -> Result<TapReader, String> {
-        let (mut dev, mut count_file) = (None, None);
-        for (name, value) in options(args, &[])? {
+        let (mut dev, mut count_file, mut answer_syn) = (None, None, false);
+        for (name, value) in options(args, &["--answer-syn"])? {
             match name {
+                "--answer-syn" => answer_syn = true,
                 "--dev" => dev = value.map(str::to_string),
                 "--count-file" => count_file = value.map(str::to_string),
                 _ => return Err(format!("tap-reader: unknown option {name}\n{USAGE}")),
@@ -457,6 +487,7 @@ impl TapReader {
             dev,
             count_file: count_file
                 .ok_or_else(|| format!("tap-reader: --count-file is required\n{USAGE}"))?,
+            answer_syn,
         })
     }
 
@@ -477,6 +508,15 @@ impl TapReader {
             }
             frames += 1;
             bytes += n as u64;
+            if self.answer_syn
+                && let Some(reply) = syn_ack(&buf[..n as usize])
+            {
+                // SAFETY: valid fd and buffer of the given length.
+                let w = unsafe { libc::write(fd.as_raw_fd(), reply.as_ptr().cast(), reply.len()) };
+                if w < 0 {
+                    return Err(format!("write {}: {}", self.dev, Error::last_os_error()));
+                }
+            }
             self.write_count(frames, bytes)?;
         }
     }
@@ -487,6 +527,60 @@ impl TapReader {
         writeln!(f, "frames {frames}\nbytes {bytes}").map_err(|e| format!("{tmp}: {e}"))?;
         std::fs::rename(&tmp, &self.count_file).map_err(|e| format!("{}: {e}", self.count_file))
     }
+}
+
+/// The VM's answer to a TCP SYN (flags exactly SYN) in an Ethernet frame: a SYN/ACK with
+/// sequence number 0x2000_0000 (so `tcp --flags ack|finack --seq-offset 1` is the next
+/// segment of that connection), right checksums, addresses and ports swapped.
+fn syn_ack(frame: &[u8]) -> Option<Vec<u8>> {
+    if frame.len() < 54 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+        return None;
+    }
+    let ip = &frame[14..];
+    if ip[9] != libc::IPPROTO_TCP as u8 || ip[20 + 13] != SYN {
+        return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let seq = u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]]);
+    let mut out = Vec::with_capacity(54);
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&[0x08, 0x00]);
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = libc::IPPROTO_TCP as u8;
+    p[12..16].copy_from_slice(&dst.octets());
+    p[16..20].copy_from_slice(&src.octets());
+    let ipsum = !fold(&p[..20]);
+    p[10..12].copy_from_slice(&ipsum.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&ip[22..24]);
+    t[2..4].copy_from_slice(&ip[20..22]);
+    t[4..8].copy_from_slice(&0x2000_0000u32.to_be_bytes());
+    t[8..12].copy_from_slice(&seq.wrapping_add(1).to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = SYN | ACK;
+    t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let csum = tcp_checksum(dst, src, &p[20..]);
+    p[36..38].copy_from_slice(&csum.to_be_bytes());
+    out.extend_from_slice(&p);
+    Some(out)
+}
+
+/// The ones' complement sum of `b` (16-bit words), folded.
+fn fold(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
 }
 
 /// Opens /dev/net/tun as TAP `name` without packet information headers: every read is one
@@ -640,4 +734,154 @@ fn measure(args: &[String]) -> Result<(), String> {
     println!("maxrss_kb {}", usage.ru_maxrss);
     println!("status {status}");
     Ok(())
+}
+
+/// Netlink attributes `(type without flags, payload)` of `b`.
+fn nl_attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((ty, &b[4..len]));
+        b = &b[((len + 3) & !3).min(b.len())..];
+    }
+    out
+}
+
+/// One NFULNL_MSG_CONFIG request for group 0 with one attribute; waits for its ack.
+fn nflog_config(fd: &OwnedFd, seq: u32, ty: u16, data: &[u8]) -> Result<(), String> {
+    let alen = 4 + data.len();
+    let mut msg = vec![0u8; 16];
+    msg.extend_from_slice(&[0, 0, 0, 0]); // nfgenmsg: AF_UNSPEC, version 0, group 0
+    msg.extend_from_slice(&(alen as u16).to_ne_bytes());
+    msg.extend_from_slice(&ty.to_ne_bytes());
+    msg.extend_from_slice(data);
+    msg.resize((msg.len() + 3) & !3, 0);
+    let total = msg.len() as u32;
+    msg[0..4].copy_from_slice(&total.to_ne_bytes());
+    msg[4..6].copy_from_slice(&((4u16 << 8) | 1).to_ne_bytes()); // NFULNL_MSG_CONFIG
+    msg[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&seq.to_ne_bytes());
+    // SAFETY: valid fd and buffer.
+    if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
+        return Err(format!("nflog config send: {}", Error::last_os_error()));
+    }
+    let mut buf = vec![0u8; 8192];
+    // SAFETY: valid fd and buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 20 {
+        return Err(format!("nflog config ack: {}", Error::last_os_error()));
+    }
+    let errno = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+    if errno != 0 {
+        return Err(format!(
+            "nflog config {ty}: {}",
+            Error::from_raw_os_error(-errno)
+        ));
+    }
+    Ok(())
+}
+
+fn nflog_zones(args: &[String]) -> Result<(), String> {
+    let mut seconds = 10u64;
+    for (name, value) in options(args, &[])? {
+        match name {
+            "--seconds" => seconds = parse(name, value)?,
+            _ => return Err(format!("nflog-zones: unknown option {name}\n{USAGE}")),
+        }
+    }
+    // SAFETY: socket(2) with constant arguments.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if raw < 0 {
+        return Err(format!("netlink socket: {}", Error::last_os_error()));
+    }
+    // SAFETY: raw was just returned by socket(2).
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let tv = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: valid fd, option and length.
+    unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    nflog_config(&fd, 1, 1, &[1])?; // NFULA_CFG_CMD: NFULNL_CFG_CMD_BIND
+    let mut mode = 128u32.to_be_bytes().to_vec();
+    mode.extend_from_slice(&[2, 0]); // NFULNL_COPY_PACKET
+    nflog_config(&fd, 2, 2, &mode)?; // NFULA_CFG_MODE
+    nflog_config(&fd, 3, 6, &4u16.to_be_bytes())?; // NFULA_CFG_FLAGS: NFULNL_CFG_F_CONNTRACK
+    println!("bound NFLOG group 0 with NFULNL_CFG_F_CONNTRACK for {seconds} s");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut buf = vec![0u8; 65536];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: valid fd and buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            continue;
+        }
+        let mut b = &buf[..n as usize];
+        while b.len() >= 16 {
+            let len = (u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize).min(b.len());
+            let ty = u16::from_ne_bytes([b[4], b[5]]);
+            if len < 16 {
+                break;
+            }
+            if ty == 4 << 8 && len > 20 {
+                print_nflog(&b[20..len]);
+            }
+            b = &b[((len + 3) & !3).min(b.len())..];
+        }
+    }
+    Ok(())
+}
+
+fn print_nflog(attrs: &[u8]) {
+    let (mut prefix, mut indev, mut ct, mut zone) = (String::new(), 0u32, "no", 0u16);
+    let mut line = String::new();
+    for (ty, v) in nl_attrs(attrs) {
+        match ty {
+            10 => {
+                prefix = String::from_utf8_lossy(v)
+                    .trim_end_matches('\0')
+                    .to_string()
+            }
+            4 if v.len() >= 4 => indev = u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+            9 if v.len() >= 20 && v[0] >> 4 == 4 => {
+                let hl = usize::from(v[0] & 15) * 4;
+                let src = Ipv4Addr::new(v[12], v[13], v[14], v[15]);
+                let dst = Ipv4Addr::new(v[16], v[17], v[18], v[19]);
+                let flags = if v[9] == 6 && v.len() > hl + 13 {
+                    v[hl + 13]
+                } else {
+                    0
+                };
+                line = format!("src {src} dst {dst} proto {} flags 0x{flags:02x}", v[9]);
+            }
+            18 => {
+                ct = "yes";
+                for (cty, cv) in nl_attrs(v) {
+                    if cty == 18 && cv.len() >= 2 {
+                        zone = u16::from_be_bytes([cv[0], cv[1]]);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    println!("prefix {prefix:?} indev {indev} {line} ct {ct} zone {zone}");
 }

@@ -22,7 +22,9 @@
 # Prints KERNEL=, BASE= and OVERLAY= shell assignments on stdout; progress goes to stderr.
 # Env: PP_VM_RELEASE (bullseye, bookworm or trixie; default bookworm), PP_VM_CACHE (default
 # <repo>/.cache/vm), PP_VM_KERNEL (a linux-image-…-cloud-amd64 package of that release;
-# default the newest apt knows).
+# default the newest apt knows), PP_VM_OVN=1 (the OVN variant of the base: ovn-central,
+# ovn-host, ovn-common and virtio_net for a NIC, cached apart as base-ovn-<key>; its
+# packages are part of the key).
 #
 # Needs apt-get, apt-cache, dpkg, python3 and gzip on the host (and xz for trixie's
 # modules; installed when missing, as root); root only to install qemu or xz-utils, or when
@@ -78,6 +80,19 @@ WANT=(
     soname:libgcc_s.so.1
 )
 TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack libgcc-s1)
+# The OVN variant (scenario ovn): a real chassis (ovn-controller) with its central part
+# (NB and SB databases, ovn-northd) in the guest, and a NIC so a Prometheus on the host
+# can scrape the exporter.
+variant=base
+if [ "${PP_VM_OVN:-}" = 1 ]; then
+    variant=base-ovn
+    MODULES="$MODULES virtio_net"
+    WANT+=(
+        usr/bin/ovn-controller usr/bin/ovn-northd usr/bin/ovn-nbctl usr/bin/ovn-sbctl
+        usr/bin/ovn-appctl usr/share/ovn/ovn-nb.ovsschema usr/share/ovn/ovn-sb.ovsschema
+    )
+    TOP_PACKAGES+=(ovn-host ovn-central ovn-common)
+fi
 
 
 ARGS=("$@")
@@ -183,9 +198,9 @@ versions=$(candidates "$kernel_pkg" "${TOP_PACKAGES[@]}")
 for pkg in "$kernel_pkg" "${TOP_PACKAGES[@]}"; do
     grep -q "^$pkg " <<<"$versions" || die "no candidate version for $pkg"
 done
-key=$( { echo "$RELEASE"; echo "$versions"; cat "$HERE/build-initramfs.sh" "$HERE/elfdeps.py"; } \
+key=$( { echo "$RELEASE $variant"; echo "$versions"; cat "$HERE/build-initramfs.sh" "$HERE/elfdeps.py"; } \
     | sha256sum | cut -c1-16)
-BASE_DIR=$RDIR/base-$key
+BASE_DIR=$RDIR/$variant-$key
 KVER=${kernel_pkg#linux-image-}
 
 # --- base ---------------------------------------------------------------------------------
@@ -356,15 +371,24 @@ build_base() {
     } >"$work/versions.txt"
     rm -rf "$pool"
     mv "$work" "$BASE_DIR"
-    # Keep the cache to one base per release and the packages it was made of (and drop
-    # what the layout before releases left: $PP_VM_CACHE/base-*, $PP_VM_CACHE/debs).
-    local d
+    # Keep the cache to one base per release and variant and the packages they were made
+    # of (and drop what the layout before releases left: $PP_VM_CACHE/base-*,
+    # $PP_VM_CACHE/debs).
+    local d other
     for d in "$RDIR"/base-* "$CACHE"/base-*; do
-        [ "$d" = "$BASE_DIR" ] || rm -rf "$d"
+        case $d in
+            "$BASE_DIR") continue ;;
+            "$RDIR"/base-ovn-*) [ "$variant" = base-ovn ] || continue ;;
+            "$RDIR"/base-*) [ "$variant" = base ] || continue ;;
+        esac
+        rm -rf "$d"
     done
     rm -rf "$CACHE/debs"
+    # Packages the other variant's base lists stay too.
+    other=$(cat "$RDIR"/base-*/debs.txt 2>/dev/null || true)
+    printf '%s\n' "${used_debs[@]}" >"$BASE_DIR/debs.txt"
     for d in "$DEBS"/*.deb; do
-        [[ " ${used_debs[*]} " == *" $d "* ]] || rm -f "$d"
+        [[ " ${used_debs[*]} " == *" $d "* ]] || grep -qxF "$d" <<<"$other" || rm -f "$d"
     done
     log "base: $BASE_DIR ($(du -h "$BASE_DIR/base.cpio.gz" | cut -f1) gzipped)"
 }
@@ -402,6 +426,11 @@ bindir=bin
 mkdir -p "$ov/$bindir" "$ov/guest"
 install -m 0755 "$exporter" "$ov/$bindir/packetpath-exporter"
 install -m 0755 "$pptraffic" "$ov/$bindir/pptraffic"
+# Debug builds carry ~60 MB of DWARF each: the kernel would unpack it under TCG on every
+# boot. Symbols stay (backtraces still name functions).
+if command -v strip >/dev/null; then
+    strip --strip-debug "$ov/$bindir/packetpath-exporter" "$ov/$bindir/pptraffic"
+fi
 install -m 0755 "$HERE/guest/init" "$ov/init"
 for f in "$HERE"/guest/*; do
     [ "$(basename "$f")" = init ] || install -m 0755 "$f" "$ov/guest/"

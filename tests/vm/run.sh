@@ -11,6 +11,10 @@
 #
 # usage: tests/vm/run.sh [--release NAME] [--scenario NAME] [--out DIR] [--timeout SECONDS]
 #                        [--exporter PATH] [--pptraffic PATH] [--no-build]
+#                        [--forward HOSTPORT:GUESTPORT]...
+# --forward gives the guest a NIC on qemu's user network (restrict=on: the guest reaches
+# nothing) that forwards 127.0.0.1:HOSTPORT to the guest's port; without it the guest has
+# no network device. Scenario ovn uses the OVN variant of the base (PP_VM_OVN=1).
 # Without --exporter/--pptraffic, run.sh builds both statically linked (they then run on
 # every release, whatever the guest's glibc) into .cache/static-target, the directory and
 # flags tests/container.rs builds the exporter with.
@@ -18,6 +22,8 @@
 #                           "--collector.ovs --collector.ovs_flows"
 #        PP_VM_RELEASE      default of --release (bookworm)
 #        PP_VM_CACHE, PP_VM_KERNEL  see build-initramfs.sh
+#        PP_EXPORTER_ARGS   the exporter's base args in scenario ovn (default :9479 only)
+#        PP_OVN_TRAFFIC_S   the longest scenario ovn sends traffic (default 660)
 # Exits 0 when the guest wrote `=== DONE ===`; prints where results.txt is either way.
 set -euo pipefail
 
@@ -31,7 +37,7 @@ usage() {
     exit 2
 }
 release=${PP_VM_RELEASE:-bookworm} scenario=seed out="" timeout=240 build=true exporter=""
-pptraffic=""
+pptraffic="" forwards=""
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || case $1 in --no-build) ;; *) usage ;; esac
     case $1 in
@@ -42,6 +48,9 @@ while [ $# -gt 0 ]; do
         --exporter) exporter=$2; shift ;;
         --pptraffic) pptraffic=$2; shift ;;
         --no-build) build=false ;;
+        --forward)
+            [[ $2 =~ ^[0-9]+:[0-9]+$ ]] || usage
+            forwards="$forwards,hostfwd=tcp:127.0.0.1:${2%%:*}-:${2#*:}"; shift ;;
         *) usage ;;
     esac
     shift
@@ -52,6 +61,12 @@ case $release in
 esac
 [ -f "$HERE/guest/scenario-$scenario.sh" ] || { echo "no scenario $scenario" >&2; exit 2; }
 out=${out:-$CACHE/$release/run}
+if [ "$scenario" = ovn ]; then
+    [ "$release" = trixie ] || { echo "scenario ovn needs --release trixie (OVN 25.03)" >&2; exit 2; }
+    export PP_VM_OVN=1
+fi
+nic=(-nic none)
+[ -z "$forwards" ] || nic=(-nic "user,model=virtio-net-pci,restrict=on$forwards")
 
 # Build the binaries no path was given for (a caller such as `cargo test` may pass the
 # debug ones it already has; dynamically linked, they need a guest glibc as new as the
@@ -77,6 +92,9 @@ quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 {
     echo "PP_SCENARIO=$(quote "$scenario")"
     echo "PP_EXPORTER_FLAGS=$(quote "${PP_EXPORTER_FLAGS:-}")"
+    echo "PP_EXPORTER_ARGS=$(quote "${PP_EXPORTER_ARGS:---web.listen-address=:9479}")"
+    echo "PP_OVN_TRAFFIC_S=$(quote "${PP_OVN_TRAFFIC_S:-660}")"
+    echo "PP_NIC=$([ -n "$forwards" ] && echo 1 || echo 0)"
 } >"$out/guest.env"
 
 paths=$(PP_VM_RELEASE=$release PP_VM_CACHE=$CACHE "$HERE/build-initramfs.sh" --exporter "$exporter" --pptraffic "$pptraffic" \
@@ -93,7 +111,7 @@ rc=0
 # Two CPUs, as conntrack statistics are per CPU and a test must sum them.
 timeout -k 10 "$timeout" qemu-system-x86_64 \
     -accel tcg -cpu max -m 1024 -smp 2 \
-    -nodefaults -no-user-config -display none -monitor none -no-reboot -nic none \
+    -nodefaults -no-user-config -display none -monitor none -no-reboot "${nic[@]}" \
     -kernel "$KERNEL" -initrd "$out/initrd.img" \
     -append "console=ttyS0 panic=-1 quiet" \
     -serial "file:$out/console.log" -serial "file:$out/results.txt" \
