@@ -138,8 +138,16 @@ pub struct ConntrackInvalid {
     attribution: Mutex<Attribution>,
 }
 
+/// The device of the one VM port OVSDB gives `zone` now (starting the OVSDB client).
+fn zone_owner(r: &Resources, zone: u16) -> Option<String> {
+    let ports = r.ovsdb.ports().ok()?;
+    let mut owners = ports.iter().filter(|p| p.ct_zone == Some(zone));
+    let one = owners.next()?;
+    owners.next().is_none().then(|| one.device.clone())
+}
+
 impl ConntrackInvalid {
-    pub fn start(r: &Resources, o: &Options) -> Self {
+    pub fn start(r: &Arc<Resources>, o: &Options) -> Self {
         let state_file = per_namespace(&o.state_file);
         let shared = Arc::new(Shared {
             counts: Counts::new(o.max_devices),
@@ -161,6 +169,11 @@ impl ConntrackInvalid {
                 me.zones = zones;
                 if zones {
                     r.ovsdb.start();
+                    let resources = r.clone();
+                    me.shared
+                        .counts
+                        .zones
+                        .set_owner(Box::new(move |zone| zone_owner(&resources, zone)));
                 } else {
                     tracing::warn!(
                         "this kernel does not attach conntrack entries to NFLOG messages (CONFIG_NETFILTER_NETLINK_GLUE_CT): no per-VM-port counts"
@@ -341,8 +354,10 @@ impl Collector for ConntrackInvalid {
         if self.zones {
             let ports = scrape.ovsdb().ok();
             let mut a = self.attribution.lock().unwrap_or_else(|p| p.into_inner());
+            let zones = &self.shared.counts.zones;
             a.update(
-                self.shared.counts.zones.snapshot(),
+                zones.snapshot(),
+                &zones.first_owners(),
                 ports.as_ref().map(|p| p.as_slice()),
             );
             out.push(a.render());

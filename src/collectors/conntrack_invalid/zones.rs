@@ -7,8 +7,9 @@
 //! reused, between collections; one VM's packets must never be credited to another, so a
 //! zone's counts are credited only when the zone mapped to the same port at both
 //! collections, or when it first counted after the previous collection, which found it
-//! mapped to no port. Anything else stays unattributed: the collector's totals still
-//! count it.
+//! mapped to no port. Before the first collection, the port a zone belonged to when it
+//! first counted (asked of OVSDB then, [`Owner`]) stands for the previous collection's.
+//! Anything else stays unattributed: the collector's totals still count it.
 
 #![cfg_attr(
     not(test),
@@ -16,7 +17,7 @@
 )]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use super::record::Reason;
 use crate::collectors::common::ovsdb::VmPort;
@@ -29,17 +30,37 @@ pub type ByReason = [u64; Reason::ALL.len()];
 /// Distinct zones counted at most; packets of further zones are not counted by zone.
 pub const MAX_ZONES: usize = 4096;
 
+/// The device of the one VM port a zone belongs to now, asked when a zone first counts.
+pub type Owner = Box<dyn Fn(u16) -> Option<String> + Send + Sync>;
+
 /// What the listener counted per zone since it started.
 #[derive(Default)]
-pub struct ZoneCounts(Mutex<HashMap<u16, ByReason>>);
+pub struct ZoneCounts {
+    zones: Mutex<HashMap<u16, ByReason>>,
+    /// Each zone's owner when it first counted (None: no OVSDB view, or no single port).
+    first: Mutex<HashMap<u16, Option<String>>>,
+    owner: OnceLock<Owner>,
+}
 
 impl ZoneCounts {
+    /// How to find a zone's port when it first counts.
+    pub fn set_owner(&self, owner: Owner) {
+        let _ = self.owner.set(owner);
+    }
+
     pub fn add(&self, zone: u16, reason: Reason) {
-        let mut zones = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut zones = self.zones.lock().unwrap_or_else(|p| p.into_inner());
         let len = zones.len();
         let counts = match zones.get_mut(&zone) {
             Some(c) => c,
-            None if len < MAX_ZONES => zones.entry(zone).or_default(),
+            None if len < MAX_ZONES => {
+                let owner = self.owner.get().and_then(|o| o(zone));
+                self.first
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(zone, owner);
+                zones.entry(zone).or_default()
+            }
             None => return,
         };
         if let Some(n) = counts.get_mut(reason as usize) {
@@ -48,7 +69,12 @@ impl ZoneCounts {
     }
 
     pub fn snapshot(&self) -> HashMap<u16, ByReason> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.zones.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Each zone's port when it first counted.
+    pub fn first_owners(&self) -> HashMap<u16, Option<String>> {
+        self.first.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -65,6 +91,8 @@ pub struct Attribution {
     /// None before the first collection that read OVSDB, and after one that could not:
     /// what happened meanwhile cannot be placed.
     last: Option<Seen>,
+    /// A collection has read OVSDB (after that, a missing `last` means an outage).
+    started: bool,
     credited: BTreeMap<String, ByReason>,
 }
 
@@ -87,13 +115,34 @@ fn zone_ports(ports: &[VmPort]) -> HashMap<u16, String> {
 
 impl Attribution {
     /// Credits what each zone counted since the previous collection; `ports` is None when
-    /// OVSDB could not be read, and then nothing is credited.
-    pub fn update(&mut self, counts: HashMap<u16, ByReason>, ports: Option<&[VmPort]>) {
+    /// OVSDB could not be read, and then nothing is credited. `first` is each zone's port
+    /// when it first counted, for the first collection.
+    pub fn update(
+        &mut self,
+        counts: HashMap<u16, ByReason>,
+        first: &HashMap<u16, Option<String>>,
+        ports: Option<&[VmPort]>,
+    ) {
         let Some(ports) = ports else {
             self.last = None;
             return;
         };
         let now = zone_ports(ports);
+        if self.last.is_none() && !self.started {
+            // Since the start: a zone whose port is the one it had when it first counted.
+            for (zone, c) in &counts {
+                let Some(device) = now.get(zone) else {
+                    continue;
+                };
+                if first.get(zone) == Some(&Some(device.clone())) {
+                    let sum = self.credited.entry(device.clone()).or_default();
+                    for (s, n) in sum.iter_mut().zip(c) {
+                        *s += n;
+                    }
+                }
+            }
+        }
+        self.started = true;
         if let Some(last) = &self.last {
             for (zone, c) in &counts {
                 let Some(device) = now.get(zone) else {
@@ -188,6 +237,13 @@ mod tests {
             .collect()
     }
 
+    impl Attribution {
+        /// Without owners asked at first count (OVSDB not synchronised yet).
+        fn update_(&mut self, counts: HashMap<u16, ByReason>, ports: Option<&[VmPort]>) {
+            self.update(counts, &HashMap::new(), ports);
+        }
+    }
+
     fn want(v: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
         v.iter().map(|(d, b, s)| (d.to_string(), *b, *s)).collect()
     }
@@ -197,27 +253,60 @@ mod tests {
         let mut a = Attribution::default();
         let ports = [port("tapA", Some(5)), port("tapB", Some(6))];
         // Counted before the first collection: nobody knows whose they were.
-        a.update(counts(&[(5, 3, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 3, 0)]), Some(&ports));
         assert_eq!(credited(&a), want(&[]));
-        a.update(counts(&[(5, 7, 1), (6, 2, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 7, 1), (6, 2, 0)]), Some(&ports));
         // Zone 6 first counted after a collection that found it bound to tapB.
         assert_eq!(credited(&a), want(&[("tapA", 4, 1), ("tapB", 2, 0)]));
-        a.update(counts(&[(5, 7, 1), (6, 2, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 7, 1), (6, 2, 0)]), Some(&ports));
         assert_eq!(credited(&a), want(&[("tapA", 4, 1), ("tapB", 2, 0)]));
+    }
+
+    #[test]
+    fn before_the_first_collection_the_zone_owner_at_first_count_decides() {
+        let mut a = Attribution::default();
+        let ports = [port("tapA", Some(5)), port("tapB", Some(6))];
+        // Zone 5 was tapA's when it first counted; zone 6 was another port's then.
+        let first = HashMap::from([(5, Some("tapA".to_owned())), (6, Some("tapC".to_owned()))]);
+        a.update(counts(&[(5, 3, 1), (6, 2, 0)]), &first, Some(&ports));
+        assert_eq!(credited(&a), want(&[("tapA", 3, 1)]));
+        // After an outage there is no such shortcut: the next collection is a baseline.
+        a.update(counts(&[(5, 4, 1)]), &first, None);
+        a.update(counts(&[(5, 6, 1)]), &first, Some(&ports));
+        assert_eq!(credited(&a), want(&[("tapA", 3, 1)]));
+    }
+
+    #[test]
+    fn zone_owners_are_asked_once_when_a_zone_first_counts() {
+        let z = ZoneCounts::default();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = asked.clone();
+        z.set_owner(Box::new(move |zone| {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (zone == 5).then(|| "tapA".to_owned())
+        }));
+        z.add(5, Reason::BadChecksum);
+        z.add(5, Reason::BadChecksum);
+        z.add(9, Reason::InvalidState);
+        assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(
+            z.first_owners(),
+            HashMap::from([(5, Some("tapA".to_owned())), (9, None)])
+        );
     }
 
     #[test]
     fn a_zone_reassigned_to_another_port_credits_neither() {
         let mut a = Attribution::default();
-        a.update(counts(&[(5, 1, 0)]), Some(&[port("tapA", Some(5))]));
-        a.update(counts(&[(5, 2, 0)]), Some(&[port("tapA", Some(5))]));
+        a.update_(counts(&[(5, 1, 0)]), Some(&[port("tapA", Some(5))]));
+        a.update_(counts(&[(5, 2, 0)]), Some(&[port("tapA", Some(5))]));
         assert_eq!(credited(&a), want(&[("tapA", 1, 0)]));
         // tapA unbound, zone 5 given to tapB: the packets since could be either VM's.
         let b = [port("tapA", None), port("tapB", Some(5))];
-        a.update(counts(&[(5, 9, 0)]), Some(&b));
+        a.update_(counts(&[(5, 9, 0)]), Some(&b));
         assert_eq!(credited(&a), want(&[("tapA", 1, 0)]));
         // From then on zone 5 is tapB's.
-        a.update(counts(&[(5, 10, 2)]), Some(&b));
+        a.update_(counts(&[(5, 10, 2)]), Some(&b));
         assert_eq!(credited(&a), want(&[("tapA", 1, 0), ("tapB", 1, 2)]));
     }
 
@@ -225,14 +314,14 @@ mod tests {
     fn a_reused_zone_that_counted_before_is_not_credited_to_the_new_port() {
         let mut a = Attribution::default();
         // Zone 8 counted while bound to no port known here (a port deleted before).
-        a.update(counts(&[(8, 4, 0)]), Some(&[port("tapA", Some(5))]));
-        a.update(counts(&[(8, 6, 0)]), Some(&[port("tapA", Some(5))]));
+        a.update_(counts(&[(8, 4, 0)]), Some(&[port("tapA", Some(5))]));
+        a.update_(counts(&[(8, 6, 0)]), Some(&[port("tapA", Some(5))]));
         assert_eq!(credited(&a), want(&[]));
         // tapC gets zone 8: what the zone counted until now is not tapC's.
         let c = [port("tapA", Some(5)), port("tapC", Some(8))];
-        a.update(counts(&[(8, 7, 0)]), Some(&c));
+        a.update_(counts(&[(8, 7, 0)]), Some(&c));
         assert_eq!(credited(&a), want(&[]));
-        a.update(counts(&[(8, 9, 0)]), Some(&c));
+        a.update_(counts(&[(8, 9, 0)]), Some(&c));
         assert_eq!(credited(&a), want(&[("tapC", 2, 0)]));
     }
 
@@ -240,15 +329,15 @@ mod tests {
     fn ovsdb_down_credits_nothing_and_the_next_collection_is_a_baseline() {
         let mut a = Attribution::default();
         let ports = [port("tapA", Some(5))];
-        a.update(counts(&[(5, 1, 0)]), Some(&ports));
-        a.update(counts(&[(5, 2, 0)]), Some(&ports));
-        a.update(counts(&[(5, 5, 0)]), None);
+        a.update_(counts(&[(5, 1, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 2, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 5, 0)]), None);
         assert_eq!(credited(&a), want(&[("tapA", 1, 0)]));
         // Back: the mapping during the outage is unknown, so the outage's counts are not
         // credited; the series stay meanwhile.
-        a.update(counts(&[(5, 6, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 6, 0)]), Some(&ports));
         assert_eq!(credited(&a), want(&[("tapA", 1, 0)]));
-        a.update(counts(&[(5, 8, 0)]), Some(&ports));
+        a.update_(counts(&[(5, 8, 0)]), Some(&ports));
         assert_eq!(credited(&a), want(&[("tapA", 3, 0)]));
     }
 
@@ -261,11 +350,11 @@ mod tests {
             port("tapX", Some(7)),
             port("tapY", Some(7)),
         ];
-        a.update(counts(&[(9, 1, 0), (7, 1, 0), (5, 1, 0)]), Some(&ports));
-        a.update(counts(&[(9, 3, 0), (7, 3, 0), (5, 2, 0)]), Some(&ports));
+        a.update_(counts(&[(9, 1, 0), (7, 1, 0), (5, 1, 0)]), Some(&ports));
+        a.update_(counts(&[(9, 3, 0), (7, 3, 0), (5, 2, 0)]), Some(&ports));
         assert_eq!(credited(&a), want(&[("tapA", 1, 0)]));
         // tapA deleted: its series end.
-        a.update(counts(&[(5, 3, 0)]), Some(&ports[1..]));
+        a.update_(counts(&[(5, 3, 0)]), Some(&ports[1..]));
         assert_eq!(credited(&a), want(&[]));
     }
 
@@ -287,8 +376,8 @@ mod tests {
     fn every_reason_of_a_credited_port_is_exported() {
         let mut a = Attribution::default();
         let ports = [port("tapA", Some(5)), port("tapB", Some(6))];
-        a.update(counts(&[]), Some(&ports));
-        a.update(counts(&[(5, 2, 0)]), Some(&ports));
+        a.update_(counts(&[]), Some(&ports));
+        a.update_(counts(&[(5, 2, 0)]), Some(&ports));
         let mut out = Vec::new();
         crate::render::encode_text(vec![a.render()], &mut out);
         let text = String::from_utf8(out).unwrap();
