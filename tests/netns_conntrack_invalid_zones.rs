@@ -13,50 +13,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ovsdb::{self, Db};
-use common::{ConntrackBed, Exporter, Metrics, Netns, require_root, tcp, tcp_segment, wait_for};
-use neli::consts::socket::{Msg, NlFamily};
-use neli::socket::NlSocket;
-use neli::utils::Groups;
+use common::{ConntrackBed, Exporter, Metrics, require_root, tcp, tcp_segment, wait_for};
 use packetpath_exporter::metrics::VM_PORT_CONNTRACK_INVALID_PACKETS as VM_PORT;
-use packetpath_exporter::netlink::wire;
 
 const MESSAGES: &str = "packetpath_conntrack_invalid_log_messages_total";
-
-/// Whether this kernel accepts NFULNL_CFG_F_CONNTRACK on an NFLOG group, asked in `ns`.
-fn kernel_attaches_conntrack(ns: &Netns) -> bool {
-    let sock = ns.enter(|| {
-        NlSocket::connect(NlFamily::Netfilter, None, Groups::empty()).expect("nfnetlink socket")
-    });
-    packetpath_exporter::netlink::set_recv_timeout(&sock, Duration::from_millis(200))
-        .expect("SO_RCVTIMEO");
-    let config = |seq: u32, attr: u16, data: &[u8]| -> i32 {
-        let mut p = vec![0u8, 0, 0, 0];
-        wire::push_attr(&mut p, attr, data);
-        let msg = wire::request((4 << 8) | 1, wire::NLM_F_REQUEST | 0x4, seq, &p);
-        sock.send(&msg, Msg::empty()).expect("send");
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut buf = vec![0u8; 8192];
-        while Instant::now() < deadline {
-            let Ok((n, _)) = sock.recv(&mut buf[..], Msg::empty()) else {
-                continue;
-            };
-            for m in wire::messages("nfnetlink_log", &buf[..n]).flatten() {
-                if m.seq == seq && m.ty == wire::NLMSG_ERROR {
-                    return i32::from_ne_bytes(m.payload[..4].try_into().unwrap());
-                }
-            }
-        }
-        panic!("no answer to NFLOG config {seq}");
-    };
-    // NFULA_CFG_CMD bind group 0, then NFULA_CFG_FLAGS = NFULNL_CFG_F_CONNTRACK.
-    assert_eq!(config(1, 1, &[1]), 0, "binding NFLOG group 0");
-    let rc = config(2, 6, &4u16.to_be_bytes());
-    assert!(rc == 0 || rc == -libc::EOPNOTSUPP, "flags: {rc}");
-    rc == 0
-}
 
 /// The bed: the client reaches the server over c0/s0 (zone 7) and c1/s1 (zone 9).
 fn zoned_bed() -> ConntrackBed {
@@ -127,7 +90,7 @@ fn invalid_packets_are_credited_to_the_vm_port_of_their_zone() {
         ]);
     };
     zones("7", "9");
-    let supported = kernel_attaches_conntrack(&bed.srv);
+    let supported = common::nflog::kernel_attaches_conntrack(&bed.srv);
     let state = state_file("zones");
     let socket = format!("--collector.ovsdb.socket={}", db.socket());
     let state_flag = format!(

@@ -726,6 +726,7 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// TCP flag bits for [`tcp_segment`].
+pub mod nflog;
 pub mod ovsdb;
 
 pub mod tcp {

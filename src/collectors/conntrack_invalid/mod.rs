@@ -15,7 +15,7 @@
 
 pub mod counts;
 pub mod governor;
-mod nflog;
+pub mod nflog;
 mod record;
 mod settings;
 #[cfg(test)]

@@ -13,19 +13,19 @@
 
 use std::time::Duration;
 
-use super::record::NFNL_SUBSYS_ULOG;
+pub use super::record::NFNL_SUBSYS_ULOG;
 use crate::netlink::subscribe::{AckError, Subscription};
 use crate::netlink::wire;
 
-const NFULNL_MSG_CONFIG: u16 = 1;
+pub const NFULNL_MSG_CONFIG: u16 = 1;
 
-const NFULA_CFG_CMD: u16 = 1;
-const NFULA_CFG_MODE: u16 = 2;
-const NFULA_CFG_FLAGS: u16 = 6;
-const NFULNL_CFG_CMD_BIND: u8 = 1;
-const NFULNL_COPY_PACKET: u8 = 2;
-const NFULNL_CFG_F_SEQ: u16 = 0x0001;
-const NFULNL_CFG_F_CONNTRACK: u16 = 0x0004;
+pub const NFULA_CFG_CMD: u16 = 1;
+pub const NFULA_CFG_MODE: u16 = 2;
+pub const NFULA_CFG_FLAGS: u16 = 6;
+pub const NFULNL_CFG_CMD_BIND: u8 = 1;
+pub const NFULNL_COPY_PACKET: u8 = 2;
+pub const NFULNL_CFG_F_SEQ: u16 = 0x0001;
+pub const NFULNL_CFG_F_CONNTRACK: u16 = 0x0004;
 /// Enough of each packet for an IPv6 header and a full TCP header.
 const COPY_RANGE: u32 = 128;
 

@@ -9,7 +9,7 @@
 use crate::netlink::wire::{self, DecodeError, Message};
 
 pub(super) const FAMILY: &str = "nfnetlink_log";
-pub(super) const NFNL_SUBSYS_ULOG: u16 = 4;
+pub const NFNL_SUBSYS_ULOG: u16 = 4;
 pub(super) const NFULNL_MSG_PACKET: u16 = 0;
 pub(super) const NFULA_IFINDEX_INDEV: u16 = 4;
 pub(super) const NFULA_PAYLOAD: u16 = 9;
