@@ -48,6 +48,8 @@ for tool in ip nft curl taskset awk perf pgrep; do
 done
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=bench/lib/conntrack-bed.sh
+. "$repo/bench/lib/conntrack-bed.sh"
 echo "==> cargo build --release (exporter and pptraffic)"
 cargo build --release --quiet --bin packetpath-exporter --example pptraffic
 BIN=$repo/target/release/packetpath-exporter
@@ -71,33 +73,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$SRV"
-ip netns add "$CLI"
-for ns in "$SRV" "$CLI"; do
-    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-    ip -n "$ns" link set lo up
-done
-ip -n "$CLI" link add c0 type veth peer name s0 netns "$SRV"
-ip -n "$CLI" addr add 10.201.0.1/30 dev c0
-ip -n "$CLI" link set c0 up
-ip -n "$SRV" addr add 10.201.0.2/30 dev s0
-ip -n "$SRV" link set s0 up
+conntrack_bed
 # Sources 10.202.x.y (pptraffic churn moves on to the next address every 64,512 tuples).
 ip -n "$SRV" route add 10.202.0.0/16 dev s0
-ip netns exec "$SRV" nft -f - <<'EOF'
-table inet pp {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state invalid counter drop
-    }
-}
-EOF
-ip netns exec "$SRV" sysctl -qw net.netfilter.nf_conntrack_checksum=1
 
-in_srv() { ip netns exec "$SRV" "$@"; }
-nft_invalid() {
-    in_srv nft list chain inet pp input | awk '{for (i = 1; i < NF; i++) if ($i == "packets") {print $(i + 1); exit}}'
-}
 metric() { in_srv curl -sf "http://127.0.0.1:$PORT/metrics" | awk -v n="$1" '$1 == n {v = $2} END {printf "%d", v + 0}'; }
 ksoftirqd=$(pgrep -x "ksoftirqd/$SENDER_CPU") || die "no ksoftirqd/$SENDER_CPU"
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

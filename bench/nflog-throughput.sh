@@ -69,6 +69,8 @@ if [[ $PEER == 1 ]] && ! command -v tcpdump >/dev/null; then
 fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# shellcheck source=bench/lib/conntrack-bed.sh
+. "$repo/bench/lib/conntrack-bed.sh"
 
 echo "==> cargo build --release (exporter and pptraffic)"
 cargo build --release --quiet
@@ -110,31 +112,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # --- namespaces, like tests/common ConntrackBed --------------------------------------------
-ip netns add "$SRV"
-ip netns add "$CLI"
-for ns in "$SRV" "$CLI"; do
-    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-    ip -n "$ns" link set lo up
-done
-ip -n "$CLI" link add c0 type veth peer name s0 netns "$SRV"
-ip -n "$CLI" addr add 10.201.0.1/30 dev c0
-ip -n "$CLI" link set c0 up
-ip -n "$SRV" addr add 10.201.0.2/30 dev s0
-ip -n "$SRV" link set s0 up
-ip netns exec "$SRV" nft -f - <<'EOF'
-table inet pp {
-    chain input {
-        type filter hook input priority 0; policy accept;
-        ct state invalid counter drop
-    }
-}
-EOF
-ip netns exec "$SRV" sysctl -qw net.netfilter.nf_conntrack_checksum=1
+conntrack_bed
 
-in_srv() { ip netns exec "$SRV" "$@"; }
-nft_invalid() {
-    in_srv nft list chain inet pp input | awk '{for (i = 1; i < NF; i++) if ($i == "packets") {print $(i + 1); exit}}'
-}
 scrape() { in_srv curl -sf "http://127.0.0.1:$PORT/metrics"; }
 # metric NAME: its value in the last scrape ($work/m), 0 when absent.
 metric() { awk -v n="$1" '$1 == n {v = $2} END {printf "%d", v + 0}' "$work/m"; }
