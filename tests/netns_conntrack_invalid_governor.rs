@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{ConntrackBed, Exporter, Metrics, netfilter_sysctl, require_root, tcp, tcp_segment};
@@ -19,6 +20,29 @@ fn scalar(m: &Metrics, name: &str) -> f64 {
     m.value(name, &[])
 }
 
+/// The exporter in the server namespace on `port` with only conntrack_invalid, at most
+/// 100 log messages a second, its state in a temporary file named after `tag` (returned
+/// with it).
+fn start_governed(bed: &ConntrackBed, port: u16, tag: &str) -> (Exporter, PathBuf) {
+    let state = std::env::temp_dir().join(format!("{tag}-{}.state", std::process::id()));
+    let state_flag = format!(
+        "--collector.conntrack_invalid.state-file={}",
+        state.display()
+    );
+    let e = Exporter::start(
+        &bed.srv,
+        port,
+        None,
+        &[
+            "--collector.disable-defaults",
+            "--collector.conntrack_invalid",
+            "--collector.conntrack_invalid.max-rate=100",
+            &state_flag,
+        ],
+    );
+    (e, state)
+}
+
 #[test]
 fn a_flood_pauses_logging_counts_what_it_missed_and_logging_resumes() {
     if !require_root("a_flood_pauses_logging_counts_what_it_missed_and_logging_resumes") {
@@ -28,22 +52,7 @@ fn a_flood_pauses_logging_counts_what_it_missed_and_logging_resumes() {
     bed.set_checksum(true);
     // Someone logs UDP's invalid packets already: that is what a pause puts back.
     set_netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid", "17");
-    let state = std::env::temp_dir().join(format!("pp-ctgov-{}.state", std::process::id()));
-    let state_flag = format!(
-        "--collector.conntrack_invalid.state-file={}",
-        state.display()
-    );
-    let e = Exporter::start(
-        &bed.srv,
-        19520,
-        None,
-        &[
-            "--collector.disable-defaults",
-            "--collector.conntrack_invalid",
-            "--collector.conntrack_invalid.max-rate=100",
-            &state_flag,
-        ],
-    );
+    let (e, _state) = start_governed(&bed, 19520, "pp-ctgov");
     let log_invalid = || netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid");
     assert_eq!(log_invalid(), "255");
     let m0 = e.scrape();
@@ -139,22 +148,7 @@ fn a_setting_changed_by_someone_else_during_a_pause_is_theirs() {
     }
     let bed = ConntrackBed::new();
     bed.set_checksum(true);
-    let state = std::env::temp_dir().join(format!("pp-ctgov2-{}.state", std::process::id()));
-    let state_flag = format!(
-        "--collector.conntrack_invalid.state-file={}",
-        state.display()
-    );
-    let e = Exporter::start(
-        &bed.srv,
-        19521,
-        None,
-        &[
-            "--collector.disable-defaults",
-            "--collector.conntrack_invalid",
-            "--collector.conntrack_invalid.max-rate=100",
-            &state_flag,
-        ],
-    );
+    let (e, state) = start_governed(&bed, 19521, "pp-ctgov2");
     let log_invalid = || netfilter_sysctl(&bed.srv, "nf_conntrack_log_invalid");
     let segs = (0..1000)
         .map(|i| tcp_segment(48000 + i, 80, tcp::FIN | tcp::ACK, &[], true))
