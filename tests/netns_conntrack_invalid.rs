@@ -406,14 +406,7 @@ fn devices_past_the_cap_count_as_other_until_a_slot_frees() {
     let bed = ConntrackBed::new();
     bed.set_checksum(true);
     // A second link into the server, on its own subnet: c1 -> s1.
-    common::sh(&format!(
-        "ip -n {} link add c1 type veth peer name s1 netns {}",
-        bed.cli.name, bed.srv.name
-    ));
-    bed.cli
-        .exec("ip addr add 10.201.1.1/30 dev c1 && ip link set c1 up");
-    bed.srv
-        .exec("ip addr add 10.201.1.2/30 dev s1 && ip link set s1 up");
+    bed.add_second_link();
     let state = StateDir::new("devcap");
     let e = start(
         &bed.srv,

@@ -25,14 +25,7 @@ const MESSAGES: &str = "packetpath_conntrack_invalid_log_messages_total";
 fn zoned_bed() -> ConntrackBed {
     let bed = ConntrackBed::new();
     bed.set_checksum(true);
-    common::sh(&format!(
-        "ip -n {} link add c1 type veth peer name s1 netns {}",
-        bed.cli.name, bed.srv.name
-    ));
-    bed.cli
-        .exec("ip addr add 10.201.1.1/30 dev c1 && ip link set c1 up");
-    bed.srv
-        .exec("ip addr add 10.201.1.2/30 dev s1 && ip link set s1 up");
+    bed.add_second_link();
     // Before conntrack (priority -200), as OVS's ct(zone=N) template.
     bed.srv.exec(
         "nft add table inet ppz && nft add chain inet ppz pre '{ type filter hook prerouting priority -300; }' && nft add rule inet ppz pre iifname s0 ct zone set 7 && nft add rule inet ppz pre iifname s1 ct zone set 9",

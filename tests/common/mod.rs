@@ -633,6 +633,19 @@ impl ConntrackBed {
         }
     }
 
+    /// A second link into the server, on its own subnet: c1 (10.201.1.1/30) in the
+    /// client, s1 (10.201.1.2/30) in the server.
+    pub fn add_second_link(&self) {
+        sh(&format!(
+            "ip -n {} link add c1 type veth peer name s1 netns {}",
+            self.cli.name, self.srv.name
+        ));
+        self.cli
+            .exec("ip addr add 10.201.1.1/30 dev c1 && ip link set c1 up");
+        self.srv
+            .exec("ip addr add 10.201.1.2/30 dev s1 && ip link set s1 up");
+    }
+
     pub fn set_checksum(&self, on: bool) {
         self.srv.exec(&format!(
             "sysctl -qw net.netfilter.nf_conntrack_checksum={}",
