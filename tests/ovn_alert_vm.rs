@@ -140,17 +140,6 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 struct Prom {
     port: u16,
 }
@@ -160,7 +149,7 @@ impl Prom {
         serde_json::from_slice(&http_get(self.port, path)?).ok()
     }
     fn query(&self, q: &str) -> Vec<serde_json::Value> {
-        self.api(&format!("/api/v1/query?query={}", encode(q)))
+        self.api(&format!("/api/v1/query?query={}", common::url_encode(q)))
             .and_then(|v| v["data"]["result"].as_array().cloned())
             .unwrap_or_default()
     }

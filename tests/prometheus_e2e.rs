@@ -120,7 +120,7 @@ impl Prometheus {
     }
 
     fn query(&self, q: &str) -> serde_json::Value {
-        self.api(&format!("/api/v1/query?query={}", encode(q)))
+        self.api(&format!("/api/v1/query?query={}", common::url_encode(q)))
     }
 
     /// Alert name → state ("pending", "firing") for alerts now active.
@@ -153,17 +153,6 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[eol + 2 + size + 2..];
     }
     out
-}
-
-fn encode(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Runs `f` on a thread of its own in the client namespace.

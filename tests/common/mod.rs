@@ -306,6 +306,18 @@ impl Netns {
     }
 }
 
+/// Percent-encodes `q` for a URL's query string (all but RFC 3986's unreserved bytes).
+pub fn url_encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A minimal HTTP/1.1 GET over loopback inside a namespace.
 pub fn http_get_in(ns: &str, port: u16, path: &str, headers: &[&str]) -> Option<(String, Vec<u8>)> {
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
