@@ -631,16 +631,23 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
             .is_some(),
         "no packetpath_vm_port_inbound_drop_packets_total series"
     );
+    // The exporter's reasons compared with each of the lineage's (named first): its
+    // "explicit" is the exporter's explicit and no_action together.
+    let reason_groups = [
+        &["ct_invalid"][..],
+        &["controller"],
+        &["explicit", "no_action"],
+    ];
+    // The lineage's packets for VM port `dev` ("" for unattributed) and a group's first reason.
+    let lineage_packets = |dev: &str, reason: &str| -> f64 {
+        expected
+            .get(&(dev.to_string(), reason.to_string()))
+            .copied()
+            .unwrap_or(0) as f64
+    };
     for dev in [A_TAP, B_TAP] {
-        for reasons in [
-            &["ct_invalid"][..],
-            &["controller"],
-            &["explicit", "no_action"],
-        ] {
-            let want = expected
-                .get(&(dev.to_string(), reasons[0].to_string()))
-                .copied()
-                .unwrap_or(0) as f64;
+        for reasons in reason_groups {
+            let want = lineage_packets(dev, reasons[0]);
             let got: f64 = reasons
                 .iter()
                 .flat_map(|reason| {
@@ -660,15 +667,8 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
             );
         }
     }
-    for reasons in [
-        &["ct_invalid"][..],
-        &["controller"],
-        &["explicit", "no_action"],
-    ] {
-        let want = expected
-            .get(&(String::new(), reasons[0].to_string()))
-            .copied()
-            .unwrap_or(0) as f64;
+    for reasons in reason_groups {
+        let want = lineage_packets("", reasons[0]);
         let got: f64 = reasons
             .iter()
             .filter_map(|reason| {
