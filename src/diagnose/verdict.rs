@@ -601,6 +601,11 @@ mod tests {
     const TAP1: &str = "packetpath_vm_port_info{device=\"tap1\",port_id=\"p1\",instance_id=\"i1\",mac=\"\",status=\"active\"} 1\n\
         packetpath_interface_receive_packets_total{device=\"tap1\",role=\"vm\"} 0\n";
 
+    /// An exposition with VM ports tap0 and tap1 and `series` after them.
+    fn two_vm_ports(series: &[String]) -> String {
+        format!("{TAP0}{TAP1}{}", series.concat())
+    }
+
     fn bad_checksums(v: u64) -> String {
         format!(
             "packetpath_conntrack_invalid_packets_total{{family=\"ipv4\",protocol=\"tcp\",reason=\"bad_checksum\",size_class=\"lt60\",tcp_flags=\"fin\"}} {v}\n"
@@ -622,23 +627,21 @@ mod tests {
     #[test]
     fn the_verdict_names_every_vm_port_whose_zone_had_the_bad_checksums() {
         // Two VM ports with bad checksums in their zones, all of them counted by the flow.
-        let before = format!(
-            "{TAP0}{TAP1}{}{}{}{}{}",
+        let before = two_vm_ports(&[
             bad_checksums(0),
             drop_series("ct_invalid", 0),
             inbound("tap0", "ct_invalid", 0),
             inbound("tap1", "ct_invalid", 0),
             zone("tap1", "bad_checksum", 1),
-        );
-        let after = format!(
-            "{TAP0}{TAP1}{}{}{}{}{}{}",
+        ]);
+        let after = two_vm_ports(&[
             bad_checksums(5),
             drop_series("ct_invalid", 5),
             inbound("tap0", "ct_invalid", 3),
             inbound("tap1", "ct_invalid", 2),
             zone("tap0", "bad_checksum", 3),
             zone("tap1", "bad_checksum", 3),
-        );
+        ]);
         let r = report(&before, &after, true);
         assert_eq!(
             r.verdict.summary,
@@ -654,14 +657,13 @@ mod tests {
         );
 
         // One VM port: the verdict the OVS test bed reads.
-        let after = format!(
-            "{TAP0}{TAP1}{}{}{}{}{}",
+        let after = two_vm_ports(&[
             bad_checksums(5),
             drop_series("ct_invalid", 5),
             inbound("tap0", "ct_invalid", 5),
             inbound("tap1", "ct_invalid", 0),
             zone("tap0", "bad_checksum", 5),
-        );
+        ]);
         let r = report(&before, &after, true);
         assert!(
             r.verdict.summary.ends_with(
@@ -673,16 +675,8 @@ mod tests {
 
         // Without per-VM series, two VM ports: none can be named.
         let r = report(
-            &format!(
-                "{TAP0}{TAP1}{}{}",
-                bad_checksums(0),
-                drop_series("ct_invalid", 0)
-            ),
-            &format!(
-                "{TAP0}{TAP1}{}{}",
-                bad_checksums(5),
-                drop_series("ct_invalid", 5)
-            ),
+            &two_vm_ports(&[bad_checksums(0), drop_series("ct_invalid", 0)]),
+            &two_vm_ports(&[bad_checksums(5), drop_series("ct_invalid", 5)]),
             true,
         );
         assert!(!r.vm_attribution);
@@ -697,19 +691,17 @@ mod tests {
 
     #[test]
     fn ct_invalid_drops_name_the_vm_ports_they_were_heading_to() {
-        let before = format!(
-            "{TAP0}{TAP1}{}{}{}",
+        let before = two_vm_ports(&[
             drop_series("ct_invalid", 0),
             inbound("tap0", "ct_invalid", 0),
             inbound("tap1", "ct_invalid", 0),
-        );
-        let after = format!(
-            "{TAP0}{TAP1}{}{}{}{}",
+        ]);
+        let after = two_vm_ports(&[
             drop_series("ct_invalid", 7),
             inbound("tap0", "ct_invalid", 2),
             inbound("tap1", "ct_invalid", 5),
             zone("tap1", "invalid_state", 5),
-        );
+        ]);
         let r = report(&before, &after, true);
         assert_eq!(
             r.verdict.summary,
