@@ -116,18 +116,7 @@ scenario_prepare() {
     : >"$PROGRESS"
 
     # Underlay between the chassis, neighbours fixed so no ARP is ever sent.
-    /sbin/ip netns add remote
-    /sbin/ip netns exec remote sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
-        net.ipv6.conf.default.disable_ipv6=1
-    /sbin/ip -n remote link set lo up
-    /sbin/ip link add ul0 address "$UL_HOST_MAC" type veth \
-        peer name ul1 address "$UL_REMOTE_MAC" netns remote
-    /sbin/ip addr add "$CH1_IP/24" dev ul0
-    /sbin/ip link set ul0 up
-    /sbin/ip neigh replace "$CH2_IP" lladdr "$UL_REMOTE_MAC" dev ul0 nud permanent
-    /sbin/ip -n remote addr add "$CH2_IP/24" dev ul1
-    /sbin/ip -n remote link set ul1 up
-    /sbin/ip -n remote neigh replace "$CH1_IP" lladdr "$UL_HOST_MAC" dev ul1 nud permanent
+    underlay_up "$CH1_IP" "$CH2_IP"
 
     _t0=$(cat /proc/uptime)
     ovn_central

@@ -22,23 +22,30 @@ SPORT=40000
 VM_PORT_ID=519d7cc4-7593-4944-af80-6a8a9b4f4e9a
 VM_UUID=0c1e6a4e-6d0e-4b59-9f0a-7a3c2f1d2e3f
 
-# topology_up: both namespaces, the underlay, the remote geneve device, the VM's TAP held
-# by a pptraffic tap-reader, and br-int with its geneve and TAP ports (in the database;
-# ovs-vswitchd creates them when it starts).
-topology_up() {
-    # Underlay: a veth pair between the namespaces, neighbours fixed so no ARP is ever sent.
+# underlay_up HOST_IP REMOTE_IP: netns remote (IPv6 off, lo up) and a veth pair to it,
+# ul0 here (HOST_IP/24, $UL_HOST_MAC) and ul1 there (REMOTE_IP/24, $UL_REMOTE_MAC), each
+# side's neighbour fixed so no ARP is ever sent.
+underlay_up() {
     /sbin/ip netns add remote
     /sbin/ip netns exec remote sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
         net.ipv6.conf.default.disable_ipv6=1
     /sbin/ip -n remote link set lo up
     /sbin/ip link add ul0 address "$UL_HOST_MAC" type veth \
         peer name ul1 address "$UL_REMOTE_MAC" netns remote
-    /sbin/ip addr add "$UL_HOST/24" dev ul0
+    /sbin/ip addr add "$1/24" dev ul0
     /sbin/ip link set ul0 up
-    /sbin/ip neigh replace "$UL_REMOTE" lladdr "$UL_REMOTE_MAC" dev ul0 nud permanent
-    /sbin/ip -n remote addr add "$UL_REMOTE/24" dev ul1
+    /sbin/ip neigh replace "$2" lladdr "$UL_REMOTE_MAC" dev ul0 nud permanent
+    /sbin/ip -n remote addr add "$2/24" dev ul1
     /sbin/ip -n remote link set ul1 up
-    /sbin/ip -n remote neigh replace "$UL_HOST" lladdr "$UL_HOST_MAC" dev ul1 nud permanent
+    /sbin/ip -n remote neigh replace "$1" lladdr "$UL_HOST_MAC" dev ul1 nud permanent
+}
+
+# topology_up: both namespaces, the underlay, the remote geneve device, the VM's TAP held
+# by a pptraffic tap-reader, and br-int with its geneve and TAP ports (in the database;
+# ovs-vswitchd creates them when it starts).
+topology_up() {
+    # Underlay: a veth pair between the namespaces, neighbours fixed so no ARP is ever sent.
+    underlay_up "$UL_HOST" "$UL_REMOTE"
 
     # The other hypervisor: a plain kernel geneve device.
     /sbin/ip -n remote link add gnv1 address "$GNV1_MAC" type geneve id 100 remote "$UL_HOST"
