@@ -218,7 +218,13 @@ impl Accounting {
     }
 
     fn remove(&mut self, key: (u32, u128)) {
-        let old = self.flows.remove(&key).and_then(|o| o.lineage);
+        if let Some(r) = self.flows.remove(&key) {
+            self.forget_lineage(key, r.lineage);
+        }
+    }
+
+    /// Unlinks a lineage a flow no longer holds, and releases it.
+    fn forget_lineage(&mut self, key: (u32, u128), old: Option<u32>) {
         if let Some(l) = self.lineages.get(old) {
             self.attribution.link(key.0, key.1, &l, false);
         }
@@ -227,27 +233,18 @@ impl Accounting {
         }
     }
 
-    /// Keeps the flows `keep` says, and the links of those only.
+    /// Keeps the flows `keep` says; the others' links go with them.
     fn retain(&mut self, mut keep: impl FnMut(&(u32, u128), &Record) -> bool) {
         let mut gone = Vec::new();
         self.flows.retain(|k, r| {
             let kept = keep(k, r);
             if !kept {
-                gone.push(r.lineage);
+                gone.push((*k, r.lineage));
             }
             kept
         });
-        if gone.is_empty() {
-            return;
-        }
-        for o in gone.into_iter().flatten() {
-            self.lineages.release(o);
-        }
-        self.attribution.unlink_all();
-        for (k, r) in &self.flows {
-            if let Some(l) = self.lineages.get(r.lineage) {
-                self.attribution.link(k.0, k.1, &l, true);
-            }
+        for (k, old) in gone {
+            self.forget_lineage(k, old);
         }
     }
 

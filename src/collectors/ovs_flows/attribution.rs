@@ -193,11 +193,6 @@ impl Attribution {
         }
     }
 
-    /// Forgets every link, before they are made again from the flows that remain.
-    pub fn unlink_all(&mut self) {
-        self.edges.clear();
-    }
-
     /// Zones of the packets that come back with recirculation id `x`; each id is looked
     /// at once (`seen`), so loops and shared ancestors cost nothing more.
     fn zones_of(
