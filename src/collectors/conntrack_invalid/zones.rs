@@ -169,8 +169,10 @@ impl Attribution {
             }
         }
         // A port gone ends its series.
+        let present: std::collections::HashSet<&str> =
+            ports.iter().map(|p| p.device.as_str()).collect();
         self.credited
-            .retain(|device, _| ports.iter().any(|p| &p.device == device));
+            .retain(|device, _| present.contains(device.as_str()));
         self.last = Some(Seen { ports: now, counts });
     }
 

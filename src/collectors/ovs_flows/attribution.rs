@@ -157,8 +157,9 @@ impl Attribution {
                 self.by_mac.entry(mac).or_default().push(i);
             }
         }
+        let (interned, current) = (&self.interned, &self.current);
         self.totals
-            .retain(|(d, _, _), _| wanted.iter().any(|p| &p.device == d));
+            .retain(|(d, _, _), _| interned.get(d).is_some_and(|i| current.contains(i)));
         for p in wanted {
             for reason in DropReason::ALL {
                 self.totals
