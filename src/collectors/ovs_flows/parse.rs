@@ -28,8 +28,6 @@ pub const OVS_FLOW_ATTR_ACTIONS: u16 = 2;
 pub const OVS_FLOW_ATTR_STATS: u16 = 3;
 pub const OVS_FLOW_ATTR_MASK: u16 = 7;
 pub const OVS_FLOW_ATTR_UFID: u16 = 9;
-pub const OVS_FLOW_ATTR_UFID_FLAGS: u16 = 10;
-pub const OVS_UFID_F_OMIT_MASK: u32 = 1 << 1;
 
 pub const OVS_KEY_ATTR_IN_PORT: u16 = 3;
 /// struct ovs_key_ethernet: eth_src[6], eth_dst[6].

@@ -1,6 +1,7 @@
 //! A small OVSDB client (RFC 7047, JSON-RPC over the database's unix socket): one
-//! `monitor` of the Interface table's identity columns and the Bridge table's external_ids, `update` notifications applied as
-//! they come, the server's `echo` answered. A scrape reads the cache and never queries
+//! `monitor` of the Interface table's identity columns and the Bridge table's
+//! external_ids, `update` notifications applied as they come, the server's `echo`
+//! answered. A scrape reads the cache and never queries
 //! the database. When the server goes away the client reconnects with backoff and
 //! synchronises in full again.
 
