@@ -38,4 +38,15 @@ pub const VM_PORT_INBOUND_DROP_UNATTRIBUTED_BYTES: &str =
 pub const VM_PORT_CONNTRACK_INVALID_PACKETS: &str =
     "packetpath_vm_port_conntrack_invalid_packets_total";
 
+/// Packets the kernel dropped, by device, role and the kernel's reason (`drops`).
+pub const KERNEL_DROP_PACKETS: &str = "packetpath_kernel_drop_packets_total";
+/// Packets a device's hardware dropped, as its driver reported them (`drops`).
+pub const KERNEL_HARDWARE_DROP_PACKETS: &str = "packetpath_kernel_hardware_drop_packets_total";
+/// Drop reports the kernel could not queue for the exporter (`drops`).
+pub const KERNEL_DROP_REPORTS_LOST: &str = "packetpath_kernel_drop_reports_lost_total";
+/// Times the exporter's socket overflowed and lost drop reports (`drops`).
+pub const KERNEL_DROP_SOCKET_OVERRUNS: &str = "packetpath_kernel_drop_socket_overruns_total";
+/// Whether the exporter's drop monitor session is running (`drops`).
+pub const KERNEL_DROP_MONITOR_ACTIVE: &str = "packetpath_kernel_drop_monitor_active";
+
 pub const SCRAPE_COLLECTOR_SUCCESS: &str = "packetpath_scrape_collector_success";
