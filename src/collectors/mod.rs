@@ -9,6 +9,7 @@
 pub mod common;
 pub mod conntrack;
 pub mod conntrack_invalid;
+pub mod drops;
 pub mod interfaces;
 pub mod offload;
 pub mod ovs;
