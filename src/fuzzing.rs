@@ -159,7 +159,7 @@ pub fn net_dm(data: &[u8]) {
     for m in wire::messages(drops::alert::FAMILY, data) {
         let Ok(m) = m else { break };
         if let Ok(wire::Control::Data(m)) = wire::control(drops::alert::FAMILY, m) {
-            let _ = drops::alert::parse_alert(m.payload);
+            let _ = drops::alert::parse(m.payload);
         }
     }
 }

@@ -146,6 +146,7 @@ pub const REGISTRY: &[Spec] = &[
     ovs_flows::SPEC,
     ovsdb::SPEC,
     offload::SPEC,
+    drops::SPEC,
 ];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {
