@@ -154,12 +154,16 @@ pub fn ovs_flow(data: &[u8]) {
     }
 }
 
-/// The drop monitor's messages, one datagram as the listener receives it.
+/// The drop monitor's messages, one datagram as the listener receives it, counted as the
+/// listener counts them.
 pub fn net_dm(data: &[u8]) {
+    let mut pending = drops::counts::Pending::default();
     for m in wire::messages(drops::alert::FAMILY, data) {
         let Ok(m) = m else { break };
         if let Ok(wire::Control::Data(m)) = wire::control(drops::alert::FAMILY, m) {
-            let _ = drops::alert::parse(m.payload);
+            if let Ok(drops::alert::Message::Alert(a)) = drops::alert::parse(m.payload) {
+                pending.add(drops::counts::Raw::of(&a));
+            }
         }
     }
 }
