@@ -98,6 +98,7 @@ impl Pending {
 
 /// What a scrape resolves raw reports with.
 pub struct Context<'a> {
+    devices: &'a Devices,
     links: HashMap<u32, (&'a Link, Role)>,
     /// VM ports by the MAC of the guest's interface (OVSDB `attached-mac`).
     vm_by_mac: HashMap<[u8; 6], &'a str>,
@@ -116,8 +117,9 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 impl<'a> Context<'a> {
-    pub fn new(links: &'a [Link], ports: &'a [VmPort], devices: &Devices) -> Context<'a> {
+    pub fn new(links: &'a [Link], ports: &'a [VmPort], devices: &'a Devices) -> Context<'a> {
         Context {
+            devices,
             links: links
                 .iter()
                 .map(|l| {
@@ -138,8 +140,18 @@ impl<'a> Context<'a> {
     }
 
     /// The device and role a report is credited to: the VM port the frame was heading
-    /// to, else the device it last arrived on when that is surely this namespace's.
+    /// to, else the device it last arrived on when that is surely this namespace's; a
+    /// device the device filters leave out is `other` (its role kept).
     pub fn resolve(&self, r: &Raw) -> (String, &'static str) {
+        let (device, role) = self.resolve_unfiltered(r);
+        if device.is_empty() || self.devices.wants(&device) {
+            (device, role)
+        } else {
+            (OTHER.to_owned(), role)
+        }
+    }
+
+    fn resolve_unfiltered(&self, r: &Raw) -> (String, &'static str) {
         if let Some(port) = r.dst.and_then(|d| self.vm_by_mac.get(&d)) {
             return ((*port).to_owned(), Role::Vm.as_str());
         }
@@ -165,7 +177,9 @@ impl<'a> Context<'a> {
     fn path_devices(&self) -> impl Iterator<Item = (&'a str, &'static str)> + '_ {
         self.links
             .values()
-            .filter(|(_, role)| matches!(role, Role::Vm | Role::Tunnel))
+            .filter(|(l, role)| {
+                matches!(role, Role::Vm | Role::Tunnel) && self.devices.wants(&l.name)
+            })
             .map(|(l, role)| (l.name.as_str(), role.as_str()))
     }
 }
@@ -202,12 +216,16 @@ impl Totals {
             let (mut device, role) = match (&raw.origin, &raw.device) {
                 // A hardware drop names its device; its index is this namespace's.
                 (Origin::Hardware, Some(name)) => {
-                    let (_, role) = cx.resolve(&raw);
-                    (name.clone(), role)
+                    let (_, role) = cx.resolve_unfiltered(&raw);
+                    if cx.devices.wants(name) {
+                        (name.clone(), role)
+                    } else {
+                        (OTHER.to_owned(), role)
+                    }
                 }
                 _ => cx.resolve(&raw),
             };
-            let capped = !matches!(role, "vm" | "tunnel") && !device.is_empty();
+            let capped = !matches!(role, "vm" | "tunnel") && !device.is_empty() && device != OTHER;
             if capped && !self.devices.contains(&device) {
                 if self.devices.len() < max_devices {
                     self.devices.insert(device.clone());

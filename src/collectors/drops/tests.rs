@@ -5,6 +5,7 @@ use crate::collectors::common::devices::Devices;
 use crate::collectors::common::links::Link;
 use crate::collectors::common::ovsdb::VmPort;
 
+static NO_FILTER: std::sync::LazyLock<Devices> = std::sync::LazyLock::new(Devices::default);
 const VM_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
 const ETH0_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 9];
 
@@ -86,7 +87,7 @@ fn value(t: &Totals, labels: &str) -> f64 {
 #[test]
 fn a_frame_for_a_vm_is_the_vm_ports_and_the_rest_the_ingress_devices() {
     let (links, ports) = (links(), ports());
-    let cx = Context::new(&links, &ports, &Devices::default());
+    let cx = Context::new(&links, &ports, &NO_FILTER);
     let mut p = Pending::default();
     // Arrived on the tunnel, heading to tap0's guest: tap0's.
     for _ in 0..3 {
@@ -146,7 +147,7 @@ fn a_frame_for_a_vm_is_the_vm_ports_and_the_rest_the_ingress_devices() {
 #[test]
 fn without_reasons_the_function_stands_in_and_nothing_is_pre_created() {
     let (links, ports) = (links(), ports());
-    let cx = Context::new(&links, &ports, &Devices::default());
+    let cx = Context::new(&links, &ports, &NO_FILTER);
     let mut p = Pending::default();
     p.add(Raw::of(&Alert {
         origin: Origin::Software,
@@ -169,9 +170,29 @@ fn without_reasons_the_function_stands_in_and_nothing_is_pre_created() {
 }
 
 #[test]
+fn devices_the_filters_leave_out_are_other() {
+    let (links, ports) = (links(), ports());
+    let devices = Devices {
+        exclude: Some(regex::Regex::new("^tap").unwrap()),
+        ..Devices::default()
+    };
+    let cx = Context::new(&links, &ports, &devices);
+    let mut p = Pending::default();
+    p.add(raw(7, Some(VM_MAC), "FULL_RING"));
+    let mut t = Totals::default();
+    t.credit(p, &cx, 64, true);
+    assert_eq!(
+        value(&t, r#"device="other",role="vm",reason="FULL_RING""#),
+        1.0
+    );
+    // Only the tunnel's series are pre-created.
+    assert_eq!(series(&t, 0).len(), 5 + 1);
+}
+
+#[test]
 fn hardware_drops_are_said_apart() {
     let (links, ports) = (links(), ports());
-    let cx = Context::new(&links, &ports, &Devices::default());
+    let cx = Context::new(&links, &ports, &NO_FILTER);
     let mut p = Pending::default();
     p.add(Raw::of(&Alert {
         origin: Origin::Hardware,
@@ -201,7 +222,7 @@ fn devices_and_causes_are_capped_and_counts_kept() {
         links.push(link(i, &format!("eth{i}"), None));
     }
     let ports = ports();
-    let cx = Context::new(&links, &ports, &Devices::default());
+    let cx = Context::new(&links, &ports, &NO_FILTER);
     let mut p = Pending::default();
     for i in 100..110 {
         p.add(raw(i, None, "NO_SOCKET"));
