@@ -19,8 +19,12 @@
 //! at rate b, from the start: late RSTs of forgotten connections from the tunnel to tap1,
 //! invalid for out_of_window in its zone and dropped as ct_invalid heading to it, at b a
 //! second, every drop counted by the datapath (the worst case for staying quiet), and
-//! nothing with a bad checksum. Scrapes are 15 s apart,
-//! as Prometheus' default.
+//! nothing with a bad checksum. The kernel's drop monitor (a 6.6+ kernel, where a drop
+//! flow's drop is a kernel drop) reports the drops the datapath counts as
+//! OVS_DROP_EXPLICIT on tap1, the port they were heading to, and has its loss reasons'
+//! other series at 0; a packet the slow path handles is consumed with its upcall, no kernel
+//! drop (unless ovs-vswitchd executes an explicit drop action for it, which the model does
+//! not assume). Scrapes are 15 s apart, as Prometheus' default.
 
 mod common;
 
@@ -29,10 +33,11 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-const ALERTS: [&str; 5] = [
+const ALERTS: [&str; 6] = [
     "PacketpathTunnelToVMLoss",
     "PacketpathConntrackBadChecksum",
     "PacketpathOVSDropFlowsFromTunnel",
+    "PacketpathKernelDropsOnVMPath",
     "PacketpathConntrackInvalidSpike",
     "PacketpathChecksumValidationDroppingTunnelTraffic",
 ];
@@ -165,7 +170,23 @@ fn node(out: &mut String, instance: &str, invalid: f64, bad_checksum: bool, samp
                 format!("0x{samples}")
             },
         );
+        for reason in ["FULL_RING", "DEV_READY", "NETFILTER_DROP"] {
+            series(
+                out,
+                "packetpath_kernel_drop_packets_total",
+                instance,
+                &format!("device=\"{device}\",role=\"vm\",reason=\"{reason}\""),
+                &format!("0x{samples}"),
+            );
+        }
     }
+    series(
+        out,
+        "packetpath_kernel_drop_packets_total",
+        instance,
+        "device=\"tap1\",role=\"vm\",reason=\"OVS_DROP_EXPLICIT\"",
+        &counter(samples, true, counted),
+    );
     series(
         out,
         "packetpath_vm_port_conntrack_invalid_packets_total",

@@ -366,16 +366,18 @@ fn fixture(name: &str) -> String {
 /// and the verdict names the one whose conntrack zone had the bad checksums. The text is
 /// tests/golden/diagnose-vms.txt (`UPDATE_GOLDEN=1` rewrites it), the measured interval
 /// written as <interval>.
-#[test]
-fn every_vm_port_that_lost_packets_is_named() {
-    let port = serve_in_turn(vec![fixture("before.txt"), fixture("after.txt")]);
+/// diagnose --from on the fixtures `before` and `after`, as text with the URL and the
+/// measured interval masked, against tests/golden/`golden` (`UPDATE_GOLDEN=1` rewrites
+/// it); the exit status must be `code`.
+fn golden_text(before: &str, after: &str, golden: &str, code: i32) {
+    let port = serve_in_turn(vec![fixture(before), fixture(after)]);
     let url = format!("http://127.0.0.1:{port}/metrics");
     let out = Command::new(BIN)
         .args(["diagnose", "--from", &url, "--interval", "1s"])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).replace(&url, "<url>");
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert_eq!(out.status.code(), Some(code), "{text}");
     let interval = text
         .split("two samples ")
         .nth(1)
@@ -383,12 +385,18 @@ fn every_vm_port_that_lost_packets_is_named() {
         .expect("the interval in the heading")
         .to_owned();
     let text = text.replace(&format!(" {interval}"), " <interval>");
-    let golden =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/diagnose-vms.txt");
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(golden);
     if std::env::var("UPDATE_GOLDEN").is_ok() {
         std::fs::write(&golden, &text).unwrap();
     }
     assert_eq!(text, std::fs::read_to_string(&golden).unwrap());
+}
+
+#[test]
+fn every_vm_port_that_lost_packets_is_named() {
+    golden_text("before.txt", "after.txt", "diagnose-vms.txt", 1);
 
     // The same as JSON: one entry per VM port, the unattributed drop apart.
     let port = serve_in_turn(vec![fixture("before.txt"), fixture("after.txt")]);
@@ -465,4 +473,19 @@ fn every_vm_port_that_lost_packets_is_named() {
     assert_eq!(vms[0]["port_id"], "519d7cc4-7593-4944-af80-6a8a9b4f4e9a");
     assert_eq!(v["unattributed_drops"][0]["packets"], 1);
     assert_eq!(v["vm_attribution"], true);
+}
+
+/// diagnose --from on a node with the drops collector (tests/fixtures/diagnose/drops-*):
+/// the kernel's drops on the tunnel and VM ports, those that lose VM traffic first, the
+/// monitor's lost reports, and a verdict from the busiest loss reason (a guest that does
+/// not read its queue); a drop flow's OVS_DROP_EXPLICIT is a warning, NOT_SPECIFIED and
+/// the uplink's NO_SOCKET background. The text is tests/golden/diagnose-drops.txt.
+#[test]
+fn kernel_drops_on_the_vm_path_are_listed_and_judged() {
+    golden_text(
+        "drops-before.txt",
+        "drops-after.txt",
+        "diagnose-drops.txt",
+        1,
+    );
 }

@@ -121,7 +121,7 @@ fn every_alert_has_severity_runbook_and_unit_tests() {
     let tests = std::fs::read_to_string(path("alerts/tests/packetpath.test.yml")).unwrap();
     let readme = std::fs::read_to_string(path("README.md")).unwrap();
     let names = alerts();
-    assert_eq!(names.len(), 12);
+    assert_eq!(names.len(), 13);
     for (i, block) in rules.split("- alert: ").skip(1).enumerate() {
         let name = &names[i];
         assert!(name.starts_with("Packetpath"), "{name}");
@@ -150,7 +150,7 @@ fn every_alert_has_severity_runbook_and_unit_tests() {
 #[test]
 fn rules_pass_promtool_check_and_unit_tests() {
     if let Some(out) = promtool(&["check", "rules", &path("alerts/packetpath.rules.yml")]) {
-        assert!(out.contains("SUCCESS: 22 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 25 rules found"), "{out}");
     }
     for tests in [
         "alerts/tests/packetpath.test.yml",

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 
 use super::exposition::Sample;
+use super::kernel_drops::KernelDrops;
 use crate::collectors::conntrack_invalid::CLASS_FAMILY;
 use crate::metrics;
 
@@ -39,7 +40,11 @@ pub struct Port {
 }
 
 /// `tap0 (instance 0c1e…, port 519d…)` when the identity is known.
-fn identity(device: &str, instance_id: &Option<String>, port_id: &Option<String>) -> String {
+pub(super) fn identity(
+    device: &str,
+    instance_id: &Option<String>,
+    port_id: &Option<String>,
+) -> String {
     match (instance_id, port_id) {
         (Some(i), Some(p)) if !i.is_empty() || !p.is_empty() => {
             format!("{device} (instance {i}, port {p})")
@@ -232,12 +237,15 @@ pub struct Report {
     pub vm_losses: Vec<VmLoss>,
     /// Datapath drops that resolve to no single VM port.
     pub unattributed_drops: Vec<InboundDrop>,
+    /// The kernel's drops on tunnel devices and VM ports; None without the drops collector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_drops: Option<KernelDrops>,
     pub findings: Vec<Finding>,
     pub verdict: Verdict,
 }
 
 /// Counter increases between two samples, by series.
-struct Deltas<'a> {
+pub(super) struct Deltas<'a> {
     before: HashMap<(&'a str, &'a BTreeMap<String, String>), f64>,
     families: HashSet<&'a str>,
     after: &'a [Sample],
@@ -260,14 +268,14 @@ impl<'a> Deltas<'a> {
     /// there before; a family that was not (its collector failed in the first sample) has
     /// no increase to tell, and is left out rather than counted for its whole life. A
     /// decrease is a counter reset: the second value is the increase.
-    fn of(&self, name: &'a str) -> impl Iterator<Item = (&'a Sample, u64)> + '_ {
+    pub(super) fn of(&self, name: &'a str) -> impl Iterator<Item = (&'a Sample, u64)> + '_ {
         self.of_lazy(name, name)
     }
 
     /// As [`Deltas::of`], for a family whose series appear with their first packet: it
     /// may be missing from the first sample although its collector ran, which `proxy`, a
     /// family the same collector always exports, tells.
-    fn of_lazy(
+    pub(super) fn of_lazy(
         &self,
         name: &'a str,
         proxy: &'a str,
@@ -296,8 +304,37 @@ impl<'a> Deltas<'a> {
     }
 }
 
-fn gauges<'a>(after: &'a [Sample], name: &'a str) -> impl Iterator<Item = &'a Sample> {
+pub(super) fn gauges<'a>(after: &'a [Sample], name: &'a str) -> impl Iterator<Item = &'a Sample> {
     after.iter().filter(move |s| s.name == name)
+}
+
+/// VM ports' identities (instance, Neutron port) from the `ovsdb` collector, by device.
+pub(super) struct VmIdentity(HashMap<String, (String, String)>);
+
+impl VmIdentity {
+    fn new(after: &[Sample]) -> Self {
+        VmIdentity(
+            gauges(after, metrics::VM_PORT_INFO)
+                .map(|s| {
+                    (
+                        s.label("device").to_owned(),
+                        (
+                            s.label("instance_id").to_owned(),
+                            s.label("port_id").to_owned(),
+                        ),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// (instance_id, port_id) of a device, when the ovsdb collector knows it.
+    pub(super) fn of(&self, device: &str) -> (Option<String>, Option<String>) {
+        match self.0.get(device) {
+            Some((i, p)) => (Some(i.clone()), Some(p.clone())),
+            None => (None, None),
+        }
+    }
 }
 
 /// What the caller knows about the conntrack_invalid classifier that the samples do not
@@ -310,7 +347,7 @@ pub struct Context {
     pub classifying: bool,
 }
 
-fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
+fn ports(d: &Deltas, ids: &VmIdentity, role: &str) -> Vec<Port> {
     let mut by_device: BTreeMap<String, Port> = BTreeMap::new();
     for (s, inc) in d.of(metrics::INTERFACE_RECEIVE_PACKETS) {
         if s.label("role") != role {
@@ -351,18 +388,15 @@ fn ports(d: &Deltas, after: &[Sample], role: &str) -> Vec<Port> {
             }
         }
     }
-    for s in gauges(after, metrics::VM_PORT_INFO) {
-        if let Some(p) = by_device.get_mut(s.label("device")) {
-            p.instance_id = Some(s.label("instance_id").to_owned());
-            p.port_id = Some(s.label("port_id").to_owned());
-        }
+    for p in by_device.values_mut() {
+        (p.instance_id, p.port_id) = ids.of(&p.device);
     }
     by_device.into_values().collect()
 }
 
 /// The VM ports that lost packets on their way in, and the drops no single port accounts
 /// for, from the per-VM series of `ovs_flows` and `conntrack_invalid`.
-fn vm_losses(d: &Deltas, after: &[Sample]) -> (Vec<VmLoss>, Vec<InboundDrop>) {
+fn vm_losses(d: &Deltas, ids: &VmIdentity) -> (Vec<VmLoss>, Vec<InboundDrop>) {
     let mut by_device: BTreeMap<String, VmLoss> = BTreeMap::new();
     for (s, inc) in d.of_lazy(
         metrics::VM_PORT_INBOUND_DROP_PACKETS,
@@ -390,11 +424,8 @@ fn vm_losses(d: &Deltas, after: &[Sample]) -> (Vec<VmLoss>, Vec<InboundDrop>) {
                 packets: inc,
             });
     }
-    for s in gauges(after, metrics::VM_PORT_INFO) {
-        if let Some(v) = by_device.get_mut(s.label("device")) {
-            v.instance_id = Some(s.label("instance_id").to_owned());
-            v.port_id = Some(s.label("port_id").to_owned());
-        }
+    for v in by_device.values_mut() {
+        (v.instance_id, v.port_id) = ids.of(&v.device);
     }
     let mut vms: Vec<VmLoss> = by_device.into_values().collect();
     for v in &mut vms {
@@ -452,8 +483,9 @@ fn sources(after: &[Sample]) -> Vec<SourceState> {
 
 pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
     let d = Deltas::new(before, after);
-    let tunnels = ports(&d, after, "tunnel");
-    let vm_ports = ports(&d, after, "vm");
+    let ids = VmIdentity::new(after);
+    let tunnels = ports(&d, &ids, "tunnel");
+    let vm_ports = ports(&d, &ids, "vm");
     let mut drops: Vec<FlowDrop> = d
         .of(metrics::OVS_DROP_FLOW_PACKETS)
         .filter(|(_, inc)| *inc > 0)
@@ -519,7 +551,8 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
         s.name == metrics::VM_PORT_INBOUND_DROP_PACKETS
             || s.name == metrics::VM_PORT_CONNTRACK_INVALID_PACKETS
     });
-    let (vm_losses, unattributed_drops) = vm_losses(&d, after);
+    let (vm_losses, unattributed_drops) = vm_losses(&d, &ids);
+    let kernel_drops = super::kernel_drops::collect(&d, after, &ids, ctx.interval_seconds);
 
     let mut report = Report {
         source: ctx.source,
@@ -534,6 +567,7 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
         vm_attribution,
         vm_losses,
         unattributed_drops,
+        kernel_drops,
         findings: Vec::new(),
         verdict: Verdict {
             loss: false,

@@ -9,6 +9,7 @@
 pub mod analysis;
 pub mod client;
 pub mod exposition;
+pub mod kernel_drops;
 pub mod output;
 pub mod verdict;
 

@@ -274,6 +274,8 @@ pub fn text(r: &Report, style: &Style) -> String {
     }
     o.push('\n');
 
+    kernel_drops(&mut o, r, style, &iv);
+
     o.push_str(&style.paint(BOLD, "Conntrack"));
     o.push('\n');
     let c = &r.conntrack;
@@ -380,6 +382,54 @@ pub fn text(r: &Report, style: &Style) -> String {
         wrap(&mut o, "  Likely fix: ", fix, style.width);
     }
     o
+}
+
+/// The kernel's drops on the tunnel and VM ports, the busiest first, and the monitor's
+/// health.
+fn kernel_drops(o: &mut String, r: &Report, style: &Style, iv: &str) {
+    o.push_str(&style.paint(
+        BOLD,
+        &format!("Kernel drops on the tunnel and VM ports, packets in {iv}"),
+    ));
+    o.push('\n');
+    let Some(k) = &r.kernel_drops else {
+        wrap(
+            o,
+            "  ",
+            "(not counted: this source has no drops collector)",
+            style.width,
+        );
+        o.push('\n');
+        return;
+    };
+    let rows: Vec<Vec<String>> = k
+        .top
+        .iter()
+        .map(|d| {
+            vec![
+                d.display(),
+                d.role.clone(),
+                d.reason.clone(),
+                d.packets.to_string(),
+            ]
+        })
+        .collect();
+    table(o, style, &["DEVICE", "ROLE", "REASON", "PACKETS"], &rows);
+    let mut notes = Vec::new();
+    if k.more > 0 {
+        notes.push(format!("{} more device and reason pairs", k.more));
+    }
+    notes.push(match k.monitor_active {
+        Some(true) => "drop monitor running".to_owned(),
+        Some(false) => "drop monitor NOT running".to_owned(),
+        None => "drop monitor state unknown".to_owned(),
+    });
+    notes.push(format!(
+        "{} reports lost, {} socket overruns",
+        k.reports_lost, k.socket_overruns
+    ));
+    wrap(o, "  ", &format!("({})", notes.join("; ")), style.width);
+    o.push('\n');
 }
 
 pub fn json(r: &Report) -> String {
