@@ -293,11 +293,11 @@ mod tests {
     fn bad_input_is_one_line() {
         assert_eq!(
             usage(&["--collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops)"
         );
         assert_eq!(
             usage(&["--no-collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops)"
         );
         let re = usage(&["--collector.interfaces.device-include", "(tap"]);
         assert!(
