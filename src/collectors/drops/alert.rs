@@ -88,6 +88,44 @@ pub struct Alert {
     pub orig_len: Option<u32>,
     /// The frame's Ethernet destination, the first six bytes of the payload.
     pub dst: Option<[u8; 6]>,
+    /// The UDP destination port when the frame is an IPv4 or IPv6 UDP datagram (an
+    /// encapsulated packet on the underlay has its tunnel's port there).
+    pub udp_dport: Option<u16>,
+}
+
+const ETH_HLEN: usize = 14;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const VLAN_HLEN: usize = 4;
+const IPV6_HLEN: usize = 40;
+const IPPROTO_UDP: u8 = 17;
+
+/// The UDP destination port of an Ethernet frame carrying IPv4 or IPv6 (no extension
+/// headers) UDP, behind at most one VLAN tag; `None` for anything else or a frame cut
+/// short.
+pub fn udp_dport(frame: &[u8]) -> Option<u16> {
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(u16::from_be_bytes)
+    };
+    let mut l3 = ETH_HLEN;
+    let mut proto = be16(ETH_HLEN - 2)?;
+    if proto == ETH_P_8021Q {
+        proto = be16(ETH_HLEN + VLAN_HLEN - 2)?;
+        l3 += VLAN_HLEN;
+    }
+    let l4 = match proto {
+        ETH_P_IP => {
+            let ihl = usize::from(frame.get(l3)? & 0x0f) * 4;
+            (*frame.get(l3 + 9)? == IPPROTO_UDP && ihl >= 20).then_some(l3 + ihl)?
+        }
+        ETH_P_IPV6 => (*frame.get(l3 + 6)? == IPPROTO_UDP).then_some(l3 + IPV6_HLEN)?,
+        _ => return None,
+    };
+    be16(l4 + 2)
 }
 
 /// A message of the family, decoded.
@@ -188,6 +226,7 @@ pub fn parse_alert(payload: &[u8]) -> Result<Option<Alert>, DecodeError> {
         cause: Cause::Unknown,
         orig_len: None,
         dst: None,
+        udp_dport: None,
     };
     let (mut reason, mut symbol, mut trap) = (None, None, None);
     for a in wire::attrs(FAMILY, "NET_DM_ATTR", attrs) {
@@ -219,7 +258,8 @@ pub fn parse_alert(payload: &[u8]) -> Result<Option<Alert>, DecodeError> {
                 alert.orig_len = Some(a.u32_ne(FAMILY, "NET_DM_ATTR_ORIG_LEN")?)
             }
             NET_DM_ATTR_PAYLOAD => {
-                alert.dst = a.payload.get(..6).and_then(|d| <[u8; 6]>::try_from(d).ok())
+                alert.dst = a.payload.get(..6).and_then(|d| <[u8; 6]>::try_from(d).ok());
+                alert.udp_dport = udp_dport(a.payload);
             }
             // PC, timestamp, protocol, flow action cookies.
             _ => {}
@@ -282,6 +322,7 @@ mod tests {
                 cause: Cause::Reason("FULL_RING".into()),
                 orig_len: Some(54),
                 dst: Some([0xfa, 0x16, 0x3e, 0, 0, 1]),
+                udp_dport: None,
             })
         );
     }
@@ -324,6 +365,40 @@ mod tests {
                 ),
             ],
         )
+    }
+
+    #[test]
+    fn the_udp_port_of_ipv4_ipv6_and_tagged_frames() {
+        let eth = |proto: u16| {
+            let mut f = vec![0u8; 12];
+            f.extend(proto.to_be_bytes());
+            f
+        };
+        let udp = |dport: u16| [[0x30, 0x39].as_slice(), &dport.to_be_bytes(), &[0; 4]].concat();
+        // IPv4 with 4 bytes of options (IHL 6).
+        let mut v4 = eth(ETH_P_IP);
+        v4.extend([0x46, 0, 0, 0, 0, 0, 0, 0, 64, IPPROTO_UDP]);
+        v4.extend([0; 14]);
+        v4.extend(udp(6081));
+        assert_eq!(udp_dport(&v4), Some(6081));
+        // TCP is not UDP.
+        let mut tcp = v4.clone();
+        tcp[ETH_HLEN + 9] = 6;
+        assert_eq!(udp_dport(&tcp), None);
+        // IPv6 behind a VLAN tag.
+        let mut v6 = eth(ETH_P_8021Q);
+        v6.extend([0, 7]);
+        v6.extend(ETH_P_IPV6.to_be_bytes());
+        let mut ip6 = vec![0x60, 0, 0, 0, 0, 16, IPPROTO_UDP, 64];
+        ip6.extend([0; 32]);
+        v6.extend(ip6);
+        v6.extend(udp(4789));
+        assert_eq!(udp_dport(&v6), Some(4789));
+        // Cut anywhere short of the port: nothing, never a panic.
+        for n in 0..v6.len() - 6 {
+            assert_eq!(udp_dport(&v6[..n]), None, "{n}");
+        }
+        assert_eq!(udp_dport(&eth(0x0806)), None);
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub const ROLE_OTHER_NETNS: &str = "other_netns";
 /// The device label of devices past the cap, and of causes past theirs.
 pub const OTHER: &str = "other";
 
+/// The UDP ports OVS's tunnels use by default, and the link kind of each: a frame to
+/// one of them on the underlay is tunnel traffic.
+pub const TUNNEL_PORTS: &[(u16, &str)] = &[(6081, "geneve"), (4789, "vxlan")];
+
 /// A report as the kernel gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Raw {
@@ -52,6 +56,8 @@ pub struct Raw {
     pub ifindex: u32,
     /// The frame's destination when unicast.
     pub dst: Option<[u8; 6]>,
+    /// The kind of tunnel whose UDP port the frame is sent to (encapsulated traffic).
+    pub tunnel: Option<&'static str>,
     /// A hardware drop's device, as the driver named it.
     pub device: Option<String>,
     pub cause: Cause,
@@ -64,6 +70,12 @@ impl Raw {
             ifindex: a.ifindex.unwrap_or(0),
             // The group bit: broadcast and multicast name no one port.
             dst: a.dst.filter(|d| d[0] & 1 == 0),
+            tunnel: a.udp_dport.and_then(|p| {
+                TUNNEL_PORTS
+                    .iter()
+                    .find(|(port, _)| *port == p)
+                    .map(|(_, kind)| *kind)
+            }),
             device: a.device.clone(),
             cause: a.cause.clone(),
         }
@@ -83,6 +95,7 @@ impl Pending {
             if self.counts.len() >= 2 * PENDING_KEYS && !self.counts.contains_key(&key) {
                 key.ifindex = FORGOTTEN;
                 key.device = None;
+                key.tunnel = None;
             }
         }
         *self.counts.entry(key).or_default() += 1;
@@ -104,6 +117,8 @@ pub struct Context<'a> {
     vm_by_mac: HashMap<[u8; 6], &'a str>,
     /// Ifindexes that a veth of this namespace says its peer has in another namespace.
     foreign: HashSet<u32>,
+    /// The first tunnel device of each link kind.
+    tunnels: HashMap<&'a str, &'a str>,
 }
 
 /// `aa:bb:cc:dd:ee:ff`, as OVSDB writes it.
@@ -136,6 +151,14 @@ impl<'a> Context<'a> {
                 .filter(|l| l.link_netnsid.is_some())
                 .filter_map(|l| l.link)
                 .collect(),
+            tunnels: links.iter().rev().fold(HashMap::new(), |mut m, l| {
+                if let Some(kind) = l.kind.as_deref() {
+                    if devices.role(&l.name, Some(kind)) == Role::Tunnel {
+                        m.insert(kind, l.name.as_str());
+                    }
+                }
+                m
+            }),
         }
     }
 
@@ -158,10 +181,17 @@ impl<'a> Context<'a> {
         if r.ifindex == FORGOTTEN {
             return (OTHER.to_owned(), Role::Other.as_str());
         }
+        let ingress = self.links.get(&r.ifindex);
+        // Encapsulated traffic, arrived on (or leaving by) the underlay: the tunnel's.
+        if let Some(tunnel) = r.tunnel.and_then(|k| self.tunnels.get(k)) {
+            if ingress.is_none_or(|(_, role)| *role != Role::Vm) {
+                return ((*tunnel).to_owned(), Role::Tunnel.as_str());
+            }
+        }
         if r.ifindex == 0 {
             return (String::new(), ROLE_LOCAL);
         }
-        match self.links.get(&r.ifindex) {
+        match ingress {
             // A peer in another namespace has this index too: only a frame sent to this
             // device's own address is surely this device's.
             Some((l, role))

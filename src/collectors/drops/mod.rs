@@ -4,7 +4,7 @@
 //!
 //! A background thread runs one monitoring session in packet mode: the kernel sends one
 //! alert per dropped packet with the device it last arrived on, the reason (Linux 5.18+;
-//! the dropping function before) and the frame's first bytes, cut to the destination MAC
+//! the dropping function before) and the frame's first bytes, cut after its UDP header
 //! ([`TRUNC_LEN`]). The thread counts alerts as the kernel gave them (`counts.rs`); each
 //! scrape credits them to the VM port the frame was heading to or the device it came in
 //! on, with the scrape's links and VM ports. The kernel's own count of alerts it could
@@ -76,9 +76,10 @@ pub struct Options {
 }
 
 /// Bytes of each dropped frame the kernel copies into its alert: the Ethernet destination,
-/// which names the VM port a frame was heading to. Device and reason are attributes of
-/// their own and need no payload.
-pub const TRUNC_LEN: u32 = 6;
+/// which names the VM port a frame was heading to, and through the UDP header (behind a
+/// VLAN tag and the largest IPv4 header, or IPv6's), whose port tells encapsulated traffic
+/// on the underlay. Device and reason are attributes of their own and need no payload.
+pub const TRUNC_LEN: u32 = 88;
 
 /// Datagrams read per wake-up at most.
 const MAX_BATCH: usize = 1024;

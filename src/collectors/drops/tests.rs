@@ -57,6 +57,7 @@ fn raw(ifindex: u32, dst: Option<[u8; 6]>, reason: &str) -> Raw {
         cause: Cause::Reason(reason.into()),
         orig_len: None,
         dst,
+        udp_dport: None,
     })
 }
 
@@ -156,6 +157,7 @@ fn without_reasons_the_function_stands_in_and_nothing_is_pre_created() {
         cause: Cause::Function("tun_net_xmit".into()),
         orig_len: None,
         dst: Some(VM_MAC),
+        udp_dport: None,
     }));
     let mut t = Totals::default();
     t.credit(p, &cx, 64, false);
@@ -166,6 +168,48 @@ fn without_reasons_the_function_stands_in_and_nothing_is_pre_created() {
                 .to_owned(),
             1.0
         )]
+    );
+}
+
+#[test]
+fn encapsulated_traffic_on_the_underlay_is_the_tunnels() {
+    let (links, ports) = (links(), ports());
+    let cx = Context::new(&links, &ports, &NO_FILTER);
+    let geneve = |ifindex: u32, port: u16| {
+        Raw::of(&Alert {
+            origin: Origin::Software,
+            ifindex: Some(ifindex),
+            device: None,
+            cause: Cause::Reason("NETFILTER_DROP".into()),
+            orig_len: None,
+            dst: Some(ETH0_MAC),
+            udp_dport: Some(port),
+        })
+    };
+    let mut p = Pending::default();
+    // A firewall on eth0 drops Geneve: tunnel traffic lost.
+    p.add(geneve(2, 6081));
+    p.add(geneve(2, 6081));
+    // Another UDP port is eth0's own.
+    p.add(geneve(2, 53));
+    // A VM's own datagram to port 6081 stays the VM port's.
+    p.add(geneve(8, 6081));
+    let mut t = Totals::default();
+    t.credit(p, &cx, 64, true);
+    assert_eq!(
+        value(
+            &t,
+            r#"device="genev_sys_6081",role="tunnel",reason="NETFILTER_DROP""#
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(&t, r#"device="eth0",role="other",reason="NETFILTER_DROP""#),
+        1.0
+    );
+    assert_eq!(
+        value(&t, r#"device="tap0",role="vm",reason="NETFILTER_DROP""#),
+        1.0
     );
 }
 
@@ -201,6 +245,7 @@ fn hardware_drops_are_said_apart() {
         cause: Cause::Trap("ingress_vlan_filter".into()),
         orig_len: None,
         dst: None,
+        udp_dport: None,
     }));
     let mut t = Totals::default();
     t.credit(p, &cx, 64, false);
