@@ -75,6 +75,19 @@ while read -r line; do
 done < <(grep -v '^#' tests/fixtures/nflog-ct/ovs-zone7.hex)
 write_hex "$n/seed-batch" "$(nflog_msg 2 'nf_ct_proto_6: invalid tcp flag combination ' 10 "$v4_syn")$(nflog_msg 2 'drop-from-nft ' 11 "$v4_syn")$(nflog_msg 10 'nf_ct_proto_6: truncated packet ' 15 "$v6_frag")$(nlmsg 2 0 "$(zeros 20)")"
 
+# NET_DM (the drop monitor): a packet alert as 6.12 sends it (origin, PC, reason, symbol,
+# in_port with the ifindex, timestamp, original length, protocol, the first 6 bytes), one
+# as 5.10 sends it (no reason), and the statistics reply. Family id 0x1d (dynamic).
+d=$out/net_dm
+mkdir -p "$d"
+genl() { printf '%02x020000%s' "$1" "$2"; } # CMD HEX: genlmsghdr (version 2), attributes
+dm_alert() { # REASON_HEX (empty: none)
+    genl 5 "$(nla 14 0000)$(nla 2 "$(zeros 8)")$1$(nla 3 "$(text 'tun_net_xmit+0x1f4/0x5a0')00")$(nla 4 "$(nla 0 "$(le32 7)")")$(nla 5 "$(zeros 8)")$(nla 10 "$(le32 54)")$(nla 6 0008)$(nla 7 fa163e000001)"
+}
+write_hex "$d/seed-alert-6.12" "$(nlmsg 29 0 "$(dm_alert "$(nla 23 "$(text FULL_RING)00")")")"
+write_hex "$d/seed-alerts-5.10" "$(nlmsg 29 0 "$(dm_alert '')")$(nlmsg 29 0 "$(dm_alert '')")"
+write_hex "$d/seed-stats" "$(nlmsg 29 3 "$(genl 9 "$(nla 12 "$(nla 0 "$(zeros 8)")")$(nla 13 "$(nla 0 "$(zeros 8)")")")")"
+
 # OVSDB: what ovsdb-server writes back, messages back to back (RFC 7047 §4.1.5, §4.1.6).
 j=$out/ovsdb
 mkdir -p "$j"

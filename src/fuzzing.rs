@@ -12,7 +12,7 @@ use crate::collectors::common::links as interfaces;
 use crate::collectors::common::ovs;
 use crate::collectors::common::ovsdb::client::split_messages;
 use crate::collectors::common::ovsdb::table::Table;
-use crate::collectors::{conntrack, conntrack_invalid, offload, ovs_flows};
+use crate::collectors::{conntrack, conntrack_invalid, drops, offload, ovs_flows};
 use crate::diagnose::exposition;
 use crate::netlink::{genl, wire};
 use crate::roles::Role;
@@ -151,6 +151,20 @@ pub fn ovs_flow(data: &[u8]) {
             acct.end_dump(f.dp_ifindex, true);
         }
         acct.end_collect();
+    }
+}
+
+/// The drop monitor's messages, one datagram as the listener receives it, counted as the
+/// listener counts them.
+pub fn net_dm(data: &[u8]) {
+    let mut pending = drops::counts::Pending::default();
+    for m in wire::messages(drops::alert::FAMILY, data) {
+        let Ok(m) = m else { break };
+        if let Ok(wire::Control::Data(m)) = wire::control(drops::alert::FAMILY, m) {
+            if let Ok(drops::alert::Message::Alert(a)) = drops::alert::parse(m.payload) {
+                pending.add(drops::counts::Raw::of(&a));
+            }
+        }
     }
 }
 

@@ -20,8 +20,8 @@ fn systemd_unit_is_hardened() {
     let unit = std::fs::read_to_string(repo(UNIT)).unwrap();
     for line in [
         "DynamicUser=yes",
-        "AmbientCapabilities=CAP_NET_ADMIN",
-        "CapabilityBoundingSet=CAP_NET_ADMIN",
+        "AmbientCapabilities=CAP_NET_ADMIN CAP_SYS_ADMIN",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -41,11 +41,9 @@ fn systemd_unit_is_hardened() {
     assert!(!unit.contains("ProtectKernelTunables=yes"));
     // Shipped on, by name (it changes host settings, so it is not on by default).
     let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).unwrap();
-    assert!(
-        exec.split_whitespace()
-            .any(|a| a == "--collector.conntrack_invalid"),
-        "{exec}"
-    );
+    for on in ["--collector.conntrack_invalid", "--collector.drops"] {
+        assert!(exec.split_whitespace().any(|a| a == on), "{exec}");
+    }
 }
 
 #[test]
@@ -89,10 +87,14 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+    // SYS_ADMIN: the kernel asks it of whoever receives the drop monitor's alerts.
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN", "SYS_ADMIN"])
+    );
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
-    // Root with every capability but NET_ADMIN dropped: the CRI gives a non-root container
+    // Root with every capability but NET_ADMIN and SYS_ADMIN dropped: the CRI gives a non-root container
     // no ambient capabilities (tests/container.rs runs both under the CRI's rules).
     assert_eq!(sc["runAsUser"], 0);
     assert_eq!(sc["runAsNonRoot"], false);
@@ -132,10 +134,12 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
         std::iter::once("packetpath-exporter".to_owned()).chain(args.clone()),
     );
     assert!(parsed.is_ok(), "DaemonSet args are rejected by the CLI");
-    assert!(
-        args.iter().any(|a| a == "--collector.conntrack_invalid"),
-        "the DaemonSet runs conntrack_invalid: {args:?}"
-    );
+    for on in ["--collector.conntrack_invalid", "--collector.drops"] {
+        assert!(
+            args.iter().any(|a| a == on),
+            "the DaemonSet runs {on}: {args:?}"
+        );
+    }
     assert_eq!(
         common::kind(&docs, "Service")["spec"]["ports"][0]["port"],
         9479

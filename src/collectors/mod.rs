@@ -9,6 +9,7 @@
 pub mod common;
 pub mod conntrack;
 pub mod conntrack_invalid;
+pub mod drops;
 pub mod interfaces;
 pub mod offload;
 pub mod ovs;
@@ -145,6 +146,7 @@ pub const REGISTRY: &[Spec] = &[
     ovs_flows::SPEC,
     ovsdb::SPEC,
     offload::SPEC,
+    drops::SPEC,
 ];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {

@@ -14,6 +14,7 @@ const CTRL_CMD_GETFAMILY: u8 = 3;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 const CTRL_ATTR_FAMILY_NAME: u16 = 2;
 const CTRL_ATTR_VERSION: u16 = 3;
+const CTRL_ATTR_MAXATTR: u16 = 5;
 const CTRL_ATTR_MCAST_GROUPS: u16 = 7;
 const CTRL_ATTR_MCAST_GRP_NAME: u16 = 1;
 const CTRL_ATTR_MCAST_GRP_ID: u16 = 2;
@@ -26,6 +27,8 @@ const FAMILY: &str = "nlctrl";
 pub struct Family {
     pub id: u16,
     pub version: u32,
+    /// The highest attribute number the family knows (newer kernels add attributes).
+    pub maxattr: u32,
 }
 
 /// A dump of every registered family. Asking for one family by name would make the
@@ -47,7 +50,7 @@ pub fn parse_families(buf: &[u8]) -> Result<Vec<(String, Family)>, DecodeError> 
     let mut out = Vec::new();
     for m in wire::data_messages(FAMILY, buf, true)? {
         let (_, attrs) = split(FAMILY, m.payload)?;
-        let (mut id, mut version, mut name) = (None, 0, None);
+        let (mut id, mut version, mut maxattr, mut name) = (None, 0, 0, None);
         for a in wire::attrs(FAMILY, "CTRL_ATTR", attrs) {
             let a = a?;
             match a.ty {
@@ -66,11 +69,19 @@ pub fn parse_families(buf: &[u8]) -> Result<Vec<(String, Family)>, DecodeError> 
                     name = Some(a.string(FAMILY, "CTRL_ATTR_FAMILY_NAME")?.to_owned())
                 }
                 CTRL_ATTR_VERSION => version = a.u32_ne(FAMILY, "CTRL_ATTR_VERSION")?,
+                CTRL_ATTR_MAXATTR => maxattr = a.u32_ne(FAMILY, "CTRL_ATTR_MAXATTR")?,
                 _ => {}
             }
         }
         if let (Some(name), Some(id)) = (name, id) {
-            out.push((name, Family { id, version }));
+            out.push((
+                name,
+                Family {
+                    id,
+                    version,
+                    maxattr,
+                },
+            ));
         }
     }
     Ok(out)
@@ -191,7 +202,14 @@ mod tests {
         let got = parse_families(&buf).unwrap();
         assert_eq!(
             got[1],
-            ("ovs_datapath".to_owned(), Family { id: 30, version: 2 })
+            (
+                "ovs_datapath".to_owned(),
+                Family {
+                    id: 30,
+                    version: 2,
+                    maxattr: 0
+                }
+            )
         );
         assert_eq!(got.len(), 2);
         assert!(parse_families(&buf[..buf.len() - 20]).is_err());

@@ -15,6 +15,7 @@ const FAMILY: &str = "rtnetlink";
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
 const IFINFOMSG_LEN: usize = 16;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_STATS: u16 = 7;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
@@ -23,6 +24,7 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_OPERSTATE: u16 = 16;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_STATS64: u16 = 23;
+const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_INFO_KIND: u16 = 1;
 
 /// The counters of `struct rtnl_link_stats64` that the exporter uses.
@@ -66,15 +68,19 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Link {
     pub index: i32,
     pub name: String,
     pub kind: Option<String>,
     pub master: Option<u32>,
-    /// IFLA_LINK: a VLAN's parent, a veth's peer. It may name a device in another
-    /// namespace (IFLA_LINK_NETNSID, not read), so only stacked kinds' values are used.
+    /// IFLA_LINK: a VLAN's parent, a veth's peer. It names a device in another namespace
+    /// when [`Link::link_netnsid`] is set.
     pub link: Option<u32>,
+    /// IFLA_LINK_NETNSID: the namespace (as this one numbers it) that `link` is in.
+    pub link_netnsid: Option<i32>,
+    /// IFLA_ADDRESS: the device's hardware address, when it is a 6-byte MAC.
+    pub mac: Option<[u8; 6]>,
     pub operstate: u8,
     pub mtu: Option<u32>,
     pub stats: Option<Stats>,
@@ -190,6 +196,8 @@ fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
         kind: None,
         master: None,
         link: None,
+        link_netnsid: None,
+        mac: None,
         operstate: 0,
         mtu: None,
         stats: None,
@@ -202,6 +210,10 @@ fn parse_link(p: &[u8]) -> Result<Link, DecodeError> {
             IFLA_MTU => link.mtu = Some(a.u32_ne(FAMILY, "IFLA_MTU")?),
             IFLA_MASTER => link.master = Some(a.u32_ne(FAMILY, "IFLA_MASTER")?),
             IFLA_LINK => link.link = Some(a.u32_ne(FAMILY, "IFLA_LINK")?),
+            IFLA_LINK_NETNSID => {
+                link.link_netnsid = Some(a.u32_ne(FAMILY, "IFLA_LINK_NETNSID")? as i32)
+            }
+            IFLA_ADDRESS => link.mac = <[u8; 6]>::try_from(a.payload).ok(),
             IFLA_OPERSTATE => link.operstate = a.u8(FAMILY, "IFLA_OPERSTATE")?,
             IFLA_STATS64 => link.stats = Some(Stats::decode(a.payload, 8)),
             IFLA_STATS => legacy_stats = Some(Stats::decode(a.payload, 4)),

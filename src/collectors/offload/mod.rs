@@ -297,10 +297,8 @@ fn test_link(index: i32, name: &str, kind: Option<&str>, master: Option<u32>) ->
         name: name.into(),
         kind: kind.map(Into::into),
         master,
-        link: None,
         operstate: 6,
-        mtu: None,
-        stats: None,
+        ..Link::default()
     }
 }
 
