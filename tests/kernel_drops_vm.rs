@@ -170,13 +170,13 @@ impl Kernel {
 /// - NOT_SPECIFIED (6.1, 6.12), and on 5.10 every function not counted one by one
 ///   (`all`): netlink messages freed unread (OVS's upcalls and dumps, the exporter's own
 ///   sockets) have no MAC header, and the drop monitor skips those in packet mode;
-/// - QUEUE_PURGE / SOCKET_CLOSE (6.12), `function:skb_queue_purge` (5.10): what the
+/// - QUEUE_PURGE (6.12), `function:sk_stream_kill_queues` (5.10): what the
 ///   scrapes' own TCP connections over `lo` still hold when they close, dropped after the
 ///   scrape that would have to count it.
 fn unseen(reason: &str) -> bool {
     matches!(
         reason,
-        "NOT_SPECIFIED" | "QUEUE_PURGE" | "SOCKET_CLOSE" | "all" | "function:skb_queue_purge"
+        "NOT_SPECIFIED" | "QUEUE_PURGE" | "all" | "function:sk_stream_kill_queues"
     )
 }
 

@@ -59,7 +59,7 @@ FLOOD=100000
 # and neighbours that may stand in for them on another build).
 KFUNCS="tun_net_xmit nf_hook_slow tcp_v4_rcv kfree_skb_list __dev_queue_xmit \
 __dev_xmit_skb do_output ovs_vport_send do_execute_actions ovs_dp_process_packet \
-skb_queue_purge __skb_queue_purge sch_direct_xmit dev_hard_start_xmit"
+skb_queue_purge __skb_queue_purge sk_stream_kill_queues sch_direct_xmit dev_hard_start_xmit"
 
 # --- topology ----------------------------------------------------------------------------
 
