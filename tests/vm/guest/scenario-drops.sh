@@ -247,11 +247,11 @@ stacks_arm() {
 # scrape BLOCK [URL]: (Busybox 1.35's wget -T crashes; busybox timeout bounds it instead.)
 scrape() { emit "$1" timeout 60 wget -q -O - "${2:-$METRICS_URL}"; }
 
-# drops_seen [URL]: the drop series and reports lost, summed (0 when there are none). Not
+# drops_seen: the drop series and reports lost, summed (0 when there are none). Not
 # lo's: every scrape's own connection drops what it holds when it closes (QUEUE_PURGE), so
 # a sum with lo's would never stop moving.
 drops_seen() {
-    timeout 60 wget -q -O - "${1:-$METRICS_URL}" 2>/dev/null | awk '
+    timeout 60 wget -q -O - "$METRICS_URL" 2>/dev/null | awk '
         /device="lo"/ { next }
         /^packetpath_kernel_drop_packets_total[{ ]/ || /^packetpath_kernel_drop_reports_lost_total[{ ]/ { n += $NF }
         END { printf "%.0f\n", n }'
