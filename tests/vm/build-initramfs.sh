@@ -67,6 +67,9 @@ esac
 
 # Modules the guest loads; the build adds their dependencies from modules.dep.
 MODULES="openvswitch geneve veth tun nf_conntrack_netlink nfnetlink_log"
+# Modules in the base that /init does not load: the scenario that needs one modprobes it
+# (scenario drops: drop_monitor, which no other scenario should find loaded, and nf_tables).
+SCENARIO_MODULES="drop_monitor nf_tables"
 # Files the guest runs or reads; elfdeps.py adds the shared libraries they load.
 WANT=(
     bin/busybox
@@ -76,10 +79,11 @@ WANT=(
     "$vswitchd"
     usr/bin/ovs-vsctl usr/bin/ovs-appctl usr/bin/ovs-ofctl usr/bin/ovs-dpctl
     usr/share/openvswitch/vswitch.ovsschema
+    usr/sbin/nft
     # Rust binaries of this crate unwind through libgcc_s; nothing above needs it.
     soname:libgcc_s.so.1
 )
-TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack libgcc-s1)
+TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack nftables libgcc-s1)
 # The OVN variant (scenario ovn): a real chassis (ovn-controller) with its central part
 # (NB and SB databases, ovn-northd) in the guest, and a NIC so a Prometheus on the host
 # can scrape the exporter.
@@ -323,7 +327,7 @@ build_base() {
     find "$kpool/lib/modules/$KVER" -name '*.ko.xz' -print0 | xargs -0 -r xz -d
     "$bb" depmod -b "$kpool" "$KVER"
     local mods
-    mods=$(awk -v want="$MODULES" '
+    mods=$(awk -v want="$MODULES $SCENARIO_MODULES" '
         { key = $1; sub(/:$/, "", key); deps[key] = ""
           for (i = 2; i <= NF; i++) deps[key] = deps[key] " " $i
           n = key; sub(/.*\//, "", n); sub(/\.ko$/, "", n); bypath[n] = key }
