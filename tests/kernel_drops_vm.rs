@@ -13,6 +13,9 @@
 //!   6.1 (OVS's plain kfree_skb), `function:do_execute_actions` on 5.10, on that VM port;
 //! - `netfilter`: an nftables input rule on the underlay: NETFILTER_DROP
 //!   (`function:nf_hook_slow`) on `ul0`, role `other`;
+//! - `tunnel_fw`: the same firewall dropping Geneve (UDP 6081) on the underlay:
+//!   NETFILTER_DROP on the tunnel device (`genev_sys_6081`, role `tunnel`), although the
+//!   packets arrived on `ul0`: encapsulated traffic is the tunnel's;
 //! - `ovs_drop`: an OpenFlow drop rule: OVS_DROP_EXPLICIT on 6.12, and no drop at all on
 //!   5.10 and 6.1, where the datapath frees the packet with `consume_skb`;
 //! - `netns`: SYNs to a closed port in another namespace: NO_SOCKET there (`role="other_netns"`)
@@ -28,6 +31,9 @@
 //! alerts (netlink messages freed unread), and the scrapes' own TCP connections over `lo`
 //! drop what a closing socket still held, after the scrape that would count them.
 //!
+//! - `capture`: an exporter with the collector alone records its netlink traffic; replayed
+//!   here through the exporter's replay transport, it counts what the live one counted.
+//!
 //! `PP_DROPS_RELEASES` (comma-separated) picks the releases; default all three.
 //! `PP_DROPS_RESULTS=PATH` checks an existing results.txt instead of booting.
 
@@ -37,6 +43,7 @@ mod vm_results;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use common::Metrics;
 use vm_results::{Results, key_values, sysfs};
@@ -301,6 +308,17 @@ fn check(label: &str, r: &Results) {
                 );
             }
         }
+        // The cardinality budget: what a VM port that dropped nothing costs, as README says.
+        let per_port = setup
+            .select(DROPS, &[("device", "tap2")])
+            .filter(|(_, v)| *v == 0.0)
+            .count();
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        assert!(
+            readme.contains(&format!("`drops` adds **{per_port} series** per VM port")),
+            "{rel}: README states another drops budget than the {per_port} series of real output"
+        );
     }
 
     // full_ring: the ring holds tx_queue_len frames, the rest are dropped, for tap0.
@@ -364,6 +382,17 @@ fn check(label: &str, r: &Results) {
     let sent = plan(r, "netfilter")["sent"] as i64;
     assert_eq!(kr.get(&nf).copied(), Some(sent), "{rel}: kernel {kr:?}");
     assert_eq!(on(&rise, &nf, "ul0", "other"), sent, "{rel}: {rise:?}");
+
+    // tunnel_fw: the host's firewall drops Geneve on the underlay: encapsulated traffic,
+    // counted for the tunnel device although it arrived on ul0.
+    let (kr, rise) = standard(&k, r, "tunnel_fw");
+    let sent = plan(r, "tunnel_fw")["sent"] as i64;
+    assert_eq!(kr.get(&nf).copied(), Some(sent), "{rel}: kernel {kr:?}");
+    assert_eq!(
+        on(&rise, &nf, "genev_sys_6081", "tunnel"),
+        sent,
+        "{rel}: {rise:?}"
+    );
 
     // ovs_drop: a drop on 6.12, consume_skb (no drop) before.
     let (kr, rise) = standard(&k, r, "ovs_drop");
@@ -515,6 +544,87 @@ fn check(label: &str, r: &Results) {
     let next = metrics(r, "exit/metrics-next");
     assert_eq!(next.value(SUCCESS, &[("collector", "drops")]), 1.0, "{rel}");
     assert_eq!(next.value(ACTIVE, &[]), 1.0, "{rel}");
+
+    replay_capture(&rel, r);
+}
+
+/// The capture phase's recording (what netlink gave an exporter running the drops
+/// collector alone), replayed through the exporter's own replay transport on this host:
+/// the same code, from the recorded bytes, counts what the live exporter counted.
+fn replay_capture(rel: &str, r: &Results) {
+    let live = metrics(r, "capture/metrics");
+    let dir = std::env::temp_dir().join(format!("pp-drops-replay-{rel}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in r.names() {
+        let Some(file) = name.strip_prefix("capture/") else {
+            continue;
+        };
+        if !(file.ends_with(".bin") || file.ends_with(".stream")) {
+            continue;
+        }
+        let bytes: Vec<u8> = r
+            .get(name)
+            .split_whitespace()
+            .map(|h| u8::from_str_radix(h, 16).unwrap_or_else(|_| panic!("{rel}: {name}: {h}")))
+            .collect();
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    assert!(
+        dir.join("net_dm_alerts.stream").exists(),
+        "{rel}: no recording of the alerts: {:?}",
+        r.names()
+    );
+    let state = dir.join("drop-monitor.state");
+    let cli = packetpath_exporter::cli::parse_from([
+        "packetpath-exporter".to_owned(),
+        "--collector.disable-defaults".into(),
+        "--collector.drops".into(),
+        "--collector.ovsdb.socket=/nonexistent/db.sock".into(),
+        format!("--collector.drops.state-file={}", state.display()),
+        format!("--debug.netlink-replay-dir={}", dir.display()),
+    ])
+    .unwrap_or_else(|_| panic!("flags rejected"));
+    let (collectors, resources) = cli.build().unwrap();
+    let scraper =
+        packetpath_exporter::scrape::Scraper::new(collectors, resources, Duration::from_secs(5));
+    assert!(
+        std::fs::read_to_string(&state)
+            .unwrap_or_default()
+            .contains("mode 1"),
+        "{rel}: the replayed session is recorded in its state file"
+    );
+    // The series the live exporter had, lo's aside (its scrapes' own connections).
+    let want: Vec<(String, f64)> = live
+        .select(DROPS, &[])
+        .filter(|(l, _)| l["device"] != "lo")
+        .map(|(l, v)| (format!("{l:?}"), v))
+        .collect();
+    assert!(want.iter().any(|(_, v)| *v > 0.0), "{rel}: {want:?}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The listener reads the whole recording at once; its first periodic check, 2 s in,
+    // finds the recording's end and ends the session, so the scrapes come before.
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    let got = loop {
+        let text = String::from_utf8(rt.block_on(scraper.scrape()).to_vec()).unwrap();
+        let m = Metrics::parse(&text);
+        let got: Vec<(String, f64)> = m
+            .select(DROPS, &[])
+            .filter(|(l, _)| l["device"] != "lo")
+            .map(|(l, v)| (format!("{l:?}"), v))
+            .collect();
+        if got == want || std::time::Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(got, want, "{rel}: replayed against live");
+    scraper.shutdown();
+    assert!(!state.exists(), "{rel}: state file left after shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

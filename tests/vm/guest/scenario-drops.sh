@@ -24,6 +24,8 @@
 #   dev_ready  50 to B, a TAP no process holds: DEV_READY on 6.12
 #   netfilter  40 SYNs from remote to the host's 192.168.100.2:7000-7039, dropped by an nftables
 #              input rule on ul0: NETFILTER_DROP (5.10: nf_hook_slow), device ul0
+#   tunnel_fw  25 to A while an nftables input rule drops Geneve (UDP 6081) on ul0:
+#              NETFILTER_DROP of encapsulated packets, counted for genev_sys_6081 (tunnel)
 #   ovs_drop   30 to C, which an OpenFlow rule drops: OVS_DROP_* on 6.12 only; on 5.10/6.1 the
 #              datapath's empty action list frees the packet with consume_skb (no drop)
 #   netns      20 SYNs from the host to a closed port in remote: NO_SOCKET in remote (ul1's
@@ -35,6 +37,10 @@
 #   restart    the first exporter killed (-9), a fresh one started: it stops the orphaned
 #              session and starts its own; 1,000 FULL_RING + 40 NETFILTER_DROP counted
 #   exit       SIGTERM: the state file goes, and a new instance can start monitoring
+#   capture    an exporter with the drops collector alone records what netlink gives it
+#              (--debug.netlink-capture-dir) over 5 drops to B, 4 firewalled SYNs and 3
+#              firewalled Geneve packets, stopped with SIGTERM; blocks capture/<file> hold
+#              each file in hex (od), for tests/listener_replay.rs's fixtures
 
 # shellcheck source=topology.sh
 . /guest/topology.sh
@@ -372,6 +378,21 @@ dst tap1"
 dst ul0"
     emit netfilter/nft nft list ruleset
 
+    begin_phase tunnel_fw
+    cat >/tmp/pp-gnv.nft <<EOF
+table inet ppgnv {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname "ul0" udp dport 6081 drop
+    }
+}
+EOF
+    emit tunnel_fw/nft-add nft -f /tmp/pp-gnv.nft
+    to_vm "$A_IP" 2000 25
+    emit tunnel_fw/nft-del nft delete table inet ppgnv
+    end_phase "sent 25
+dst genev_sys_6081"
+
     begin_phase ovs_drop
     to_vm "$C_IP" 1000 30
     end_phase "sent 30
@@ -430,4 +451,25 @@ sent_host 40"
     emit exit/next-log cat /tmp/exporter-9481.log
     emit exporter-log cat /tmp/exporter.log
     emit lsmod lsmod
+
+    phase=capture
+    mkdir -p /tmp/cap
+    /bin/packetpath-exporter --web.listen-address=127.0.0.1:9482 --collector.disable-defaults \
+        --collector.drops --collector.ovsdb.socket=/nonexistent/db.sock \
+        --debug.netlink-capture-dir=/tmp/cap 2>/tmp/exporter-9482.log &
+    _cap=$!
+    wait_for 15 wget -q -O /dev/null http://127.0.0.1:9482/-/healthy \
+        || note capture/not-serving "$(cat /tmp/exporter-9482.log)"
+    to_vm "$B_IP" 3000 5
+    to_host 4
+    nft -f /tmp/pp-gnv.nft
+    to_vm "$A_IP" 3100 3
+    nft delete table inet ppgnv
+    sleep 2
+    scrape capture/metrics http://127.0.0.1:9482/metrics
+    emit capture/term stop_pid "$_cap" TERM
+    emit capture/log cat /tmp/exporter-9482.log
+    for _f in /tmp/cap/*; do
+        emit "capture/$(basename "$_f")" od -An -v -tx1 "$_f"
+    done
 }
