@@ -66,7 +66,7 @@ case $RELEASE in
 esac
 
 # Modules the guest loads; the build adds their dependencies from modules.dep.
-MODULES="openvswitch geneve veth tun nf_conntrack_netlink nfnetlink_log"
+MODULES="openvswitch geneve veth tun nf_conntrack_netlink nfnetlink_log drop_monitor"
 # Files the guest runs or reads; elfdeps.py adds the shared libraries they load.
 WANT=(
     bin/busybox
@@ -76,10 +76,13 @@ WANT=(
     "$vswitchd"
     usr/bin/ovs-vsctl usr/bin/ovs-appctl usr/bin/ovs-ofctl usr/bin/ovs-dpctl
     usr/share/openvswitch/vswitch.ovsschema
+    # The peer the drops benchmark compares the exporter with.
+    usr/bin/dropwatch
     # Rust binaries of this crate unwind through libgcc_s; nothing above needs it.
     soname:libgcc_s.so.1
 )
-TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack libgcc-s1)
+TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack libgcc-s1
+    dropwatch)
 # The OVN variant (scenario ovn): a real chassis (ovn-controller) with its central part
 # (NB and SB databases, ovn-northd) in the guest, and a NIC so a Prometheus on the host
 # can scrape the exporter.
