@@ -165,8 +165,9 @@ phase_run() {
         echo "wall_cs $((_t1 - _t0))"
         echo "cpu0_ticks $((_c1 - _c0))"
         awk '$1 == "user" || $1 == "sys" { s += $2 } END { printf "sender_s %.2f\n", s }' /tmp/sender.time
-        awk 'NR == FNR { b[$1 " " $2] = $3; next }
-            { d = $3 - (($1 " " $2) in b ? b[$1 " " $2] : 0)
+        # By pid: a kworker's comm changes with the workqueue it last ran work for.
+        awk 'NR == FNR { b[$1] = $3; next }
+            { d = $3 - ($1 in b ? b[$1] : 0)
               if ($2 == "ksoftirqd/0") si += d; else kw += d }
             END { printf "softirqd_ns %.0f\nkworker_ns %.0f\n", si, kw }' /tmp/threads0 /tmp/threads1
         sed -n 's/^late_ticks /late_ticks /p; s/^packets /sender_packets /p' /tmp/churn.out
