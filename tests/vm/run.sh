@@ -24,6 +24,8 @@
 #        PP_VM_CACHE, PP_VM_KERNEL  see build-initramfs.sh
 #        PP_EXPORTER_ARGS   the exporter's base args in scenario ovn (default :9479 only)
 #        PP_OVN_TRAFFIC_S   the longest scenario ovn sends traffic (default 660)
+#        PP_DROPS_RATES, PP_DROPS_ROUNDS, PP_DROPS_SECONDS, PP_DROPS_MODES
+#                           scenario drops-bench (see guest/scenario-drops-bench.sh)
 # Exits 0 when the guest wrote `=== DONE ===`; prints where results.txt is either way.
 set -euo pipefail
 
@@ -94,6 +96,9 @@ quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
     echo "PP_EXPORTER_FLAGS=$(quote "${PP_EXPORTER_FLAGS:-}")"
     echo "PP_EXPORTER_ARGS=$(quote "${PP_EXPORTER_ARGS:---web.listen-address=:9479}")"
     echo "PP_OVN_TRAFFIC_S=$(quote "${PP_OVN_TRAFFIC_S:-660}")"
+    for v in PP_DROPS_RATES PP_DROPS_ROUNDS PP_DROPS_SECONDS PP_DROPS_MODES; do
+        [ -z "${!v:-}" ] || echo "$v=$(quote "${!v}")"
+    done
     echo "PP_NIC=$([ -n "$forwards" ] && echo 1 || echo 0)"
 } >"$out/guest.env"
 
