@@ -55,24 +55,11 @@ const ACTIVE: &str = "packetpath_kernel_drop_monitor_active";
 const SUCCESS: &str = "packetpath_scrape_collector_success";
 
 fn run_bed(release: &str) -> Option<Results> {
-    let out = std::env::temp_dir().join(format!("pp-drops-{release}-{}", std::process::id()));
-    let results = common::boot_ovs_bed(&format!("drops on {release}"), &out, |cmd| {
-        cmd.args([
-            "--release",
-            release,
-            "--scenario",
-            "drops",
-            "--timeout",
-            "400",
-        ]);
-    })?;
-    Some(Results::read(&results))
+    common::boot_release("drops", release, 400).map(|p| Results::read(&p))
 }
 
 fn metrics(r: &Results, block: &str) -> Metrics {
-    let text = r.get(block);
-    common::promtool_check(text);
-    Metrics::parse(text)
+    common::checked_metrics(r.get(block))
 }
 
 /// The kernel's count: `reason count` lines (`function:NAME count` and `all count` on 5.10).
@@ -190,6 +177,10 @@ fn unseen(reason: &str) -> bool {
     )
 }
 
+/// Counts by reason (the kernel's), and by (reason, device, role) (the exporter's).
+type ByReason = BTreeMap<String, i64>;
+type BySeries = BTreeMap<(String, String, String), i64>;
+
 /// Every reason the kernel or the exporter counted in `phase` (but [`unseen`] ones) rose
 /// by the same amount in both. Returns the exporter's rise by series.
 fn phase_agrees(
@@ -198,10 +189,7 @@ fn phase_agrees(
     phase: &str,
     before: &str,
     after: &str,
-) -> (
-    BTreeMap<String, i64>,
-    BTreeMap<(String, String, String), i64>,
-) {
+) -> (ByReason, BySeries) {
     let kr = kernel_rise(r, phase);
     let mb = metrics(r, before);
     let ma = metrics(r, after);
@@ -245,14 +233,7 @@ fn phase_agrees(
     (kr, rise)
 }
 
-fn standard(
-    k: &Kernel,
-    r: &Results,
-    phase: &str,
-) -> (
-    BTreeMap<String, i64>,
-    BTreeMap<(String, String, String), i64>,
-) {
+fn standard(k: &Kernel, r: &Results, phase: &str) -> (ByReason, BySeries) {
     phase_agrees(
         k,
         r,

@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Metrics;
 use vm_results::{DpFlow, Results, conntrack_sum, dp_flows, key_values, sysfs};
 
 const ALERT: &str = "PacketpathTunnelToVMLoss";
@@ -569,9 +568,7 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
     );
 
     // The exporter at the end (traffic stopped) against the datapath's own flows.
-    let text = r.get("final/metrics");
-    common::promtool_check(text);
-    let m = Metrics::parse(text);
+    let m = common::checked_metrics(r.get("final/metrics"));
     let (info, one) = m
         .select("packetpath_vm_port_info", &[("device", A_TAP)])
         .next()

@@ -31,25 +31,11 @@ use vm_results::{Results, conntrack_sum, dp_flows, key_values};
 const TUNNEL: (&str, &str) = ("in_port", "genev_sys_6081");
 
 fn run_bed(release: &str) -> Option<Results> {
-    let out = std::env::temp_dir().join(format!("pp-churn-{release}-{}", std::process::id()));
-    // The bed's own static build of the exporter and pptraffic serves every release.
-    let results = common::boot_ovs_bed(&format!("churn on {release}"), &out, |cmd| {
-        cmd.args([
-            "--release",
-            release,
-            "--scenario",
-            "churn",
-            "--timeout",
-            "900",
-        ]);
-    })?;
-    Some(Results::read(&results))
+    common::boot_release("churn", release, 900).map(|p| Results::read(&p))
 }
 
 fn metrics(r: &Results, block: &str) -> Metrics {
-    let text = r.get(block);
-    common::promtool_check(text);
-    Metrics::parse(text)
+    common::checked_metrics(r.get(block))
 }
 
 /// Drops from the tunnel port with one of `reasons`.

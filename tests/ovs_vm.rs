@@ -42,9 +42,7 @@ fn run_bed() -> Option<Results> {
 }
 
 fn metrics(r: &Results, phase: &str) -> Metrics {
-    let text = r.get(&format!("{phase}/metrics"));
-    common::promtool_check(text);
-    Metrics::parse(text)
+    common::checked_metrics(r.get(&format!("{phase}/metrics")))
 }
 
 /// The one `+inv` drop flow of a dump: (packets, bytes).

@@ -40,6 +40,23 @@ pub fn boot_ovs_bed(
     Some(results)
 }
 
+/// Boots the bed with `scenario` on `release`, killed after `timeout` seconds, into a
+/// directory of its own; its results.txt.
+pub fn boot_release(scenario: &str, release: &str, timeout: u32) -> Option<std::path::PathBuf> {
+    let out = std::env::temp_dir().join(format!("pp-{scenario}-{release}-{}", std::process::id()));
+    // The bed's own static build of the exporter and pptraffic serves every release.
+    boot_ovs_bed(&format!("{scenario} on {release}"), &out, |cmd| {
+        cmd.args(["--release", release, "--scenario", scenario])
+            .args(["--timeout", &timeout.to_string()]);
+    })
+}
+
+/// An exposition the bed handed back, checked by promtool, parsed.
+pub fn checked_metrics(text: &str) -> Metrics {
+    promtool_check(text);
+    Metrics::parse(text)
+}
+
 /// True when the test may run. Without root it skips locally but fails under CI=true,
 /// so a CI machine that lost its privileges cannot pass silently.
 pub fn require_root(test: &str) -> bool {
