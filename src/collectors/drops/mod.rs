@@ -238,8 +238,8 @@ fn supervise(plan: Plan, shared: &Shared, mut session: Option<Session>) {
                 }
                 Some(why) => {
                     // The session is no longer this exporter's: nothing of ours to stop.
+                    // (The scrapes log why, once.)
                     let _ = std::fs::remove_file(&plan.state_file);
-                    tracing::warn!(reason = %why, "kernel drop monitor session ended");
                     shared.set_failure(Some(why));
                 }
             }

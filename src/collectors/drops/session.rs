@@ -174,7 +174,7 @@ impl Session {
             })
             .map_err(|e| match e.errno() {
                 Some(libc::EPERM) => CollectError::new(
-                    "joining the drop monitor's alert group needs CAP_SYS_ADMIN (kernels since the 2023 fix, Debian's 5.10, 6.1 and 6.12 among them); give the exporter CAP_SYS_ADMIN or turn --collector.drops off",
+                    "permission denied joining the drop monitor's alert group: the drops collector needs CAP_SYS_ADMIN to receive alerts (kernels since a 2023 fix, Debian's 5.10, 6.1 and 6.12 among them) and CAP_NET_ADMIN to start the monitor; grant both, or turn --collector.drops off",
                 ),
                 _ => CollectError::new(format!("joining the drop monitor's alert group: {e}")),
             })?;
