@@ -24,7 +24,9 @@
 //! - `neighbour`: a second exporter with the collector changes nothing (success 0), its
 //!   exit leaves the first counting; `restart`: after `kill -9` a fresh exporter stops the
 //!   orphaned session and counts again; `exit`: SIGTERM stops monitoring and removes the
-//!   state file.
+//!   state file; `competitor`: dropwatch stops the monitor under the exporter and the module
+//!   is unloaded and loaded again: success 0 meanwhile, then a new session counts exactly
+//!   (`recovered`).
 //!
 //! Drops the exporter cannot see are left out of the equality, each for a stated reason
 //! (see [`unseen`]): packets without a MAC header never reach the drop monitor's packet
@@ -176,6 +178,37 @@ fn unseen(reason: &str) -> bool {
         reason,
         "NOT_SPECIFIED" | "QUEUE_PURGE" | "all" | "function:sk_stream_kill_queues"
     )
+}
+
+/// A phase that sent frames to a TAP no process holds: every one dropped for that VM port.
+/// 6.1's OVS frees them with a plain kfree_skb (NOT_SPECIFIED, which the scrapes' close
+/// drops share: the kernel's count is at least the frames, the exporter's on tap1 exactly
+/// them).
+fn to_tap_nobody_holds(k: &Kernel, r: &Results, phase: &str) {
+    let rel = &k.release;
+    let (kr, rise) = standard(k, r, phase);
+    let sent = plan(r, phase)["sent"] as i64;
+    if k.ovs_plain_kfree {
+        let ns = kr.get("NOT_SPECIFIED").copied().unwrap_or(0);
+        assert!(ns >= sent, "{rel} {phase}: kernel {kr:?}");
+        assert_eq!(
+            on(&rise, "NOT_SPECIFIED", "tap1", "vm"),
+            sent,
+            "{rel} {phase}: {rise:?}"
+        );
+    } else {
+        let dev_ready = k.reason("DEV_READY", "do_execute_actions");
+        assert_eq!(
+            kr.get(&dev_ready).copied(),
+            Some(sent),
+            "{rel} {phase}: kernel {kr:?}"
+        );
+        assert_eq!(
+            on(&rise, &dev_ready, "tap1", "vm"),
+            sent,
+            "{rel} {phase}: {rise:?}"
+        );
+    }
 }
 
 /// Counts by reason (the kernel's), and by (reason, device, role) (the exporter's).
@@ -335,28 +368,7 @@ fn check(label: &str, r: &Results) {
         "{rel}: tap0's own tx_dropped"
     );
 
-    // dev_ready: every frame for a TAP no process holds. 6.1's OVS frees it with a plain
-    // kfree_skb (NOT_SPECIFIED, which the scrapes' close drops share: the kernel's count
-    // is at least the frames, the exporter's on tap1 exactly them).
-    let (kr, rise) = standard(&k, r, "dev_ready");
-    let sent = plan(r, "dev_ready")["sent"] as i64;
-    if k.ovs_plain_kfree {
-        let ns = kr.get("NOT_SPECIFIED").copied().unwrap_or(0);
-        assert!(ns >= sent, "{rel}: kernel {kr:?}");
-        assert_eq!(
-            on(&rise, "NOT_SPECIFIED", "tap1", "vm"),
-            sent,
-            "{rel}: {rise:?}"
-        );
-    } else {
-        let dev_ready = k.reason("DEV_READY", "do_execute_actions");
-        assert_eq!(
-            kr.get(&dev_ready).copied(),
-            Some(sent),
-            "{rel}: kernel {kr:?}"
-        );
-        assert_eq!(on(&rise, &dev_ready, "tap1", "vm"), sent, "{rel}: {rise:?}");
-    }
+    to_tap_nobody_holds(&k, r, "dev_ready");
 
     // netfilter: the host's own firewall, on the underlay device.
     let (kr, rise) = standard(&k, r, "netfilter");
@@ -511,6 +523,34 @@ fn check(label: &str, r: &Results) {
         p["sent_host"] as i64,
         "{rel}: {rise:?}"
     );
+
+    // competitor: the module is in use while the exporter monitors; dropwatch's start is
+    // refused and changes nothing; its stop ends the exporter's session (success 0), the
+    // module goes (success 0, said how to load it) and comes back: a new session counts.
+    let rc = |block: &str| r.get(block).lines().last().unwrap_or("").to_owned();
+    assert_ne!(
+        rc("competitor/rmmod-in-use"),
+        "rc 0",
+        "{rel}: unloaded while monitoring"
+    );
+    let drops_ok = |block: &str| metrics(r, block).value(SUCCESS, &[("collector", "drops")]);
+    assert_eq!(drops_ok("competitor/metrics-dropwatch-start"), 1.0, "{rel}");
+    assert_eq!(drops_ok("competitor/metrics-stopped"), 0.0, "{rel}");
+    assert_eq!(
+        rc("competitor/rmmod"),
+        "rc 0",
+        "{rel}: {}",
+        r.get("competitor/rmmod")
+    );
+    assert_eq!(drops_ok("competitor/metrics-unloaded"), 0.0, "{rel}");
+    let log = r.get("competitor/exporter-log");
+    assert!(
+        log.contains("another program stopped the kernel's drop monitor")
+            && log.contains("modprobe drop_monitor"),
+        "{rel}: {log}"
+    );
+    assert_eq!(drops_ok("recovered/metrics-before"), 1.0, "{rel}");
+    to_tap_nobody_holds(&k, r, "recovered");
 
     // exit: SIGTERM stops the session and removes the state file; a next one starts.
     assert!(

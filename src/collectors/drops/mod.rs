@@ -286,7 +286,10 @@ fn run(s: &mut Session, shared: &Shared) -> Option<CollectError> {
             continue;
         }
         checked = Instant::now();
-        match s.running(ingest) {
+        match s
+            .running(ingest)
+            .and_then(|any| Ok(any && s.software_running(ingest)?))
+        {
             Ok(true) => {}
             Ok(false) => {
                 return Some(CollectError::new(

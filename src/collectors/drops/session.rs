@@ -255,6 +255,24 @@ impl Session {
         Ok(())
     }
 
+    /// Whether software monitoring still runs, when something does: a START of software
+    /// monitoring alone is refused with EAGAIN while it runs and changes nothing. Another
+    /// program's plain STOP ends software monitoring only, leaving the hardware half on, so
+    /// "something runs" does not say it. Should the START succeed (it was stopped), this
+    /// session stops everything at once: it is not the exporter's to restart.
+    pub fn software_running(&mut self, on: &mut dyn FnMut(Message)) -> Result<bool, CollectError> {
+        let mut sw = Vec::new();
+        wire::push_attr(&mut sw, NET_DM_ATTR_SW_DROPS, &[]);
+        match self.request(NET_DM_CMD_START, &sw, on) {
+            Err(AckError::Errno(libc::EAGAIN)) => Ok(true),
+            Ok(()) => {
+                let _ = self.stop(on);
+                Ok(false)
+            }
+            Err(e) => Err(refused("asking the drop monitor's state", &e)),
+        }
+    }
+
     /// Stops monitoring (software and hardware: no flag means software alone).
     pub fn stop(&mut self, on: &mut dyn FnMut(Message)) -> Result<(), AckError> {
         let mut both = Vec::new();

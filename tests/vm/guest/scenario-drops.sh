@@ -36,6 +36,11 @@
 #              nothing; 500 drops, the second stopped (SIGTERM), 500 more: the first counts all
 #   restart    the first exporter killed (-9), a fresh one started: it stops the orphaned
 #              session and starts its own; 1,000 FULL_RING + 40 NETFILTER_DROP counted
+#   competitor while the exporter monitors: drop_monitor cannot be unloaded (in use);
+#              dropwatch's `start` is refused and changes nothing; dropwatch's `stop` stops
+#              the monitor under the exporter (success 0), the module is unloaded (success 0,
+#              "modprobe drop_monitor" logged) and loaded again: the exporter starts a new
+#              session by itself (phase `recovered`: 20 frames to B counted on tap1)
 #   exit       SIGTERM: the state file goes, and a new instance can start monitoring
 #   capture    an exporter with the drops collector alone records what netlink gives it
 #              (--debug.netlink-capture-dir) over 5 drops to B, 4 firewalled SYNs and 3
@@ -296,6 +301,11 @@ stop_pid() {
     echo "exit status $_rc"
 }
 
+# drops_success VALUE: the first exporter's drops collector reports success VALUE.
+drops_success() {
+    timeout 30 wget -q -O - "$METRICS_URL" | grep -qx "packetpath_scrape_collector_success{collector=\"drops\"} $1"
+}
+
 state_file() { ls -la "$STATE_DIR" 2>&1; for _f in "$STATE_DIR"/*; do [ -f "$_f" ] && { echo "--- $_f"; cat "$_f"; echo; }; done; true; }
 
 # --- traffic -----------------------------------------------------------------------------
@@ -441,6 +451,37 @@ dst tap0"
     end_phase "sent_a 1000
 sent_host 40"
     emit restart/exporter-log cat "$EXPORTER_LOG"
+
+    phase=competitor
+    emit competitor/rmmod-in-use sh -c 'rmmod drop_monitor; echo "rc $?"'
+    rm -f /tmp/dw.in
+    mkfifo /tmp/dw.in
+    (dropwatch -l kas </tmp/dw.in >/tmp/dw.out 2>&1) &
+    _dw_pipe=$!
+    exec 5>/tmp/dw.in
+    printf 'start\n' >&5
+    sleep 2
+    scrape competitor/metrics-dropwatch-start
+    printf 'stop\n' >&5
+    wait_for 10 drops_success 0 || note competitor/not-noticed "$(tail -n 5 "$EXPORTER_LOG")"
+    scrape competitor/metrics-stopped
+    printf 'exit\n' >&5
+    exec 5>&-
+    wait_for 10 sh -c '! pidof dropwatch' || kill -KILL "$(pidof dropwatch)" 2>/dev/null
+    wait "$_dw_pipe" || true
+    emit competitor/dropwatch-out cat /tmp/dw.out
+    emit competitor/rmmod sh -c 'rmmod drop_monitor; echo "rc $?"'
+    # The exporter tries again 10 s after it lost its session, and finds no module; a
+    # scrape logs why.
+    wait_for 20 sh -c "wget -q -O /dev/null $METRICS_URL; grep -q 'modprobe drop_monitor' $EXPORTER_LOG"
+    scrape competitor/metrics-unloaded
+    emit competitor/exporter-log cat "$EXPORTER_LOG"
+    modprobe drop_monitor || fatal "modprobe drop_monitor failed"
+    wait_for 20 drops_success 1 || note competitor/not-recovered "$(tail -n 5 "$EXPORTER_LOG")"
+    begin_phase recovered
+    to_vm "$B_IP" 4000 20
+    end_phase "sent 20
+dst tap1"
 
     phase=exit
     emit exit/term stop_pid "$EXPORTER_PID" TERM
