@@ -569,6 +569,14 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
 
     // The exporter at the end (traffic stopped) against the datapath's own flows.
     let m = common::checked_metrics(r.get("final/metrics"));
+    // Every collector the DaemonSet names ran, the drop monitor's among them.
+    for c in ["conntrack_invalid", "drops", "ovs_flows", "ovsdb"] {
+        assert_eq!(
+            m.value("packetpath_scrape_collector_success", &[("collector", c)]),
+            1.0,
+            "{c} in the shipped configuration"
+        );
+    }
     let (info, one) = m
         .select("packetpath_vm_port_info", &[("device", A_TAP)])
         .next()

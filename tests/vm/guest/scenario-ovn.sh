@@ -112,6 +112,8 @@ scenario_prepare() {
     ovs-vsctl --no-wait remove Open_vSwitch . other_config max-idle
     # Conntrack verifies TCP checksums (the default, set anyway: the incident needs it).
     sysctl -qw net.netfilter.nf_conntrack_checksum=1
+    # The DaemonSet runs the drops collector, and says to load drop_monitor at boot.
+    modprobe drop_monitor || fatal "modprobe drop_monitor failed"
     mkdir -p /run/packetpath-exporter /tmp/www
     : >"$PROGRESS"
 
