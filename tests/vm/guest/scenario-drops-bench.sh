@@ -14,7 +14,7 @@
 # For each rate, each round, three phases of PP_DROPS_SECONDS in turn:
 #   off        no monitor
 #   on         the exporter with --collector.drops alone (defaults: queue-len 1000)
-#   dropwatch  dropwatch -l kas, alertmode packet, trunc 6, queue 1000 (the same session
+#   dropwatch  dropwatch -l kas, alertmode packet, trunc 88, queue 1000 (the same session
 #              the exporter asks for), its output counted by a grep on CPU 1
 # A block per phase, `<rate>/r<round>/<mode>`, of `key value` lines (see phase_run).
 # Settings (run.sh passes them): PP_DROPS_RATES (default "1000 10000 100000"),
@@ -105,7 +105,7 @@ dropwatch_up() {
     (dropwatch -l kas </tmp/dw.in 2>/tmp/dw.err | grep -c '^drop reason: TCP_CSUM' >/tmp/dw.count) &
     DROPS_DW_PIPE=$!
     exec 4>/tmp/dw.in
-    printf 'set alertmode packet\nset trunc 6\nset queue 1000\nstart\n' >&4
+    printf 'set alertmode packet\nset trunc 88\nset queue 1000\nstart\n' >&4
     wait_for 10 pidof dropwatch || fatal "dropwatch did not start: $(cat /tmp/dw.err)"
     DROPS_DW=$(pidof dropwatch)
     # Its stdout goes to the counting grep: give the start request time to be answered.
