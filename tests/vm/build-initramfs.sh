@@ -81,13 +81,16 @@ WANT=(
     usr/bin/ovs-vsctl usr/bin/ovs-appctl usr/bin/ovs-ofctl usr/bin/ovs-dpctl
     usr/share/openvswitch/vswitch.ovsschema
     usr/sbin/nft
-    # The peer the drops benchmark compares the exporter with.
-    usr/bin/dropwatch
     # Rust binaries of this crate unwind through libgcc_s; nothing above needs it.
     soname:libgcc_s.so.1
 )
-TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack nftables libgcc-s1
-    dropwatch)
+TOP_PACKAGES=(busybox-static openvswitch-switch openvswitch-common iproute2 conntrack nftables libgcc-s1)
+# dropwatch: the peer of the drops benchmark, and the competitor of the drops scenario.
+# Debian has it from bookworm on; bullseye's scenario does without.
+if [ "$RELEASE" != bullseye ]; then
+    WANT+=(usr/bin/dropwatch)
+    TOP_PACKAGES+=(dropwatch)
+fi
 # The OVN variant (scenario ovn): a real chassis (ovn-controller) with its central part
 # (NB and SB databases, ovn-northd) in the guest, and a NIC so a Prometheus on the host
 # can scrape the exporter.
