@@ -423,28 +423,19 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         }
         exprs.push(e);
     }
-    let zoneless: Vec<String> = recorded
-        .iter()
-        .filter(|(_, i)| {
-            exprs
-                .get(*i)
-                .is_some_and(|e| e.contains(VM_PORT_CONNTRACK_INVALID_PACKETS))
-        })
-        .map(|(r, _)| r.clone())
-        .chain([VM_PORT_CONNTRACK_INVALID_PACKETS.to_owned()])
-        .collect();
+    // A series and the recording rules built on it: (rule or series name) prefixes.
+    let built_on = |series: &str| -> Vec<String> {
+        recorded
+            .iter()
+            .filter(|(_, i)| exprs.get(*i).is_some_and(|e| e.contains(series)))
+            .map(|(r, _)| r.clone())
+            .chain([series.to_owned()])
+            .collect()
+    };
+    let zoneless = built_on(VM_PORT_CONNTRACK_INVALID_PACKETS);
     // The kernel's drop monitor exists only in the host's network namespace, and this
     // test's exporter runs in one of its own: no kernel-drop series here.
-    let hostns_only: Vec<String> = recorded
-        .iter()
-        .filter(|(_, i)| {
-            exprs
-                .get(*i)
-                .is_some_and(|e| e.contains(KERNEL_DROP_PREFIX))
-        })
-        .map(|(r, _)| r.clone())
-        .chain([KERNEL_DROP_PREFIX.to_owned()])
-        .collect();
+    let hostns_only = built_on(KERNEL_DROP_PREFIX);
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo("dashboards/packetpath.json")).unwrap())
             .unwrap();
