@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
+use super::DROPS;
 use super::common::Metrics;
 use super::vm_results::Results;
-
-const DROPS: &str = "packetpath_kernel_drop_packets_total";
 
 /// The capture phase's recording (what netlink gave an exporter running the drops
 /// collector alone), replayed through the exporter's own replay transport on this host:

@@ -39,8 +39,6 @@ pub struct Session {
     pub family: u16,
     /// The kernel sends drop reasons (Linux 5.18+).
     pub reasons: bool,
-    /// Whether the monitor running now was started by this session.
-    pub started: bool,
     /// The kernel's count of alerts it could not queue, when last read.
     pub baseline: u64,
 }
@@ -145,10 +143,6 @@ pub fn write_state(path: &Path, s: &State) -> Result<(), CollectError> {
     })
 }
 
-fn errno_text(e: &AckError) -> String {
-    e.to_string()
-}
-
 impl Session {
     /// Finds the family, joins its alert group. Nothing on the host changes.
     pub fn open(t: &dyn Transport) -> Result<Session, CollectError> {
@@ -182,7 +176,6 @@ impl Session {
             sub,
             family: family.id,
             reasons: family.maxattr >= u32::from(NET_DM_ATTR_REASON),
-            started: false,
             baseline: 0,
         })
     }
@@ -239,20 +232,13 @@ impl Session {
     /// hardware monitoring. EAGAIN: someone started it first.
     pub fn start(&mut self, config: &Config, on: &mut dyn FnMut(Message)) -> Result<(), AckError> {
         self.request(NET_DM_CMD_CONFIG, &config.attrs(), on)?;
-        let mut both = Vec::new();
-        wire::push_attr(&mut both, NET_DM_ATTR_SW_DROPS, &[]);
-        wire::push_attr(&mut both, NET_DM_ATTR_HW_DROPS, &[]);
-        match self.request(NET_DM_CMD_START, &both, on) {
+        match self.request(NET_DM_CMD_START, &halves(true), on) {
+            // No devlink (EOPNOTSUPP): software drops alone.
             Err(AckError::Errno(e)) if e != libc::EAGAIN => {
-                // No devlink (EOPNOTSUPP): software drops alone.
-                let mut sw = Vec::new();
-                wire::push_attr(&mut sw, NET_DM_ATTR_SW_DROPS, &[]);
-                self.request(NET_DM_CMD_START, &sw, on)?;
+                self.request(NET_DM_CMD_START, &halves(false), on)
             }
-            r => r?,
+            r => r,
         }
-        self.started = true;
-        Ok(())
     }
 
     /// Whether software monitoring still runs, when something does: a START of software
@@ -261,9 +247,7 @@ impl Session {
     /// "something runs" does not say it. Should the START succeed (it was stopped), this
     /// session stops everything at once: it is not the exporter's to restart.
     pub fn software_running(&mut self, on: &mut dyn FnMut(Message)) -> Result<bool, CollectError> {
-        let mut sw = Vec::new();
-        wire::push_attr(&mut sw, NET_DM_ATTR_SW_DROPS, &[]);
-        match self.request(NET_DM_CMD_START, &sw, on) {
+        match self.request(NET_DM_CMD_START, &halves(false), on) {
             Err(AckError::Errno(libc::EAGAIN)) => Ok(true),
             Ok(()) => {
                 let _ = self.stop(on);
@@ -275,13 +259,18 @@ impl Session {
 
     /// Stops monitoring (software and hardware: no flag means software alone).
     pub fn stop(&mut self, on: &mut dyn FnMut(Message)) -> Result<(), AckError> {
-        let mut both = Vec::new();
-        wire::push_attr(&mut both, NET_DM_ATTR_SW_DROPS, &[]);
-        wire::push_attr(&mut both, NET_DM_ATTR_HW_DROPS, &[]);
-        let r = self.request(NET_DM_CMD_STOP, &both, on);
-        self.started = false;
-        r
+        self.request(NET_DM_CMD_STOP, &halves(true), on)
     }
+}
+
+/// The attributes of START or STOP naming software monitoring, and hardware with it.
+fn halves(hardware: bool) -> Vec<u8> {
+    let mut a = Vec::new();
+    wire::push_attr(&mut a, NET_DM_ATTR_SW_DROPS, &[]);
+    if hardware {
+        wire::push_attr(&mut a, NET_DM_ATTR_HW_DROPS, &[]);
+    }
+    a
 }
 
 /// A refused request as one line that says what to do.
@@ -291,7 +280,7 @@ pub fn refused(what: &str, e: &AckError) -> CollectError {
             "{what}: permission denied: the drop monitor needs CAP_NET_ADMIN"
         )),
         AckError::Errno(libc::ENOENT) => absent(),
-        _ => CollectError::new(format!("{what}: {}", errno_text(e))),
+        _ => CollectError::new(format!("{what}: {e}")),
     }
 }
 
