@@ -49,4 +49,7 @@ pub const KERNEL_DROP_SOCKET_OVERRUNS: &str = "packetpath_kernel_drop_socket_ove
 /// Whether the exporter's drop monitor session is running (`drops`).
 pub const KERNEL_DROP_MONITOR_ACTIVE: &str = "packetpath_kernel_drop_monitor_active";
 
+/// What the node runs: kernel, OVS module, Open vSwitch and OVN versions (`node`).
+pub const NODE_INFO: &str = "packetpath_node_info";
+
 pub const SCRAPE_COLLECTOR_SUCCESS: &str = "packetpath_scrape_collector_success";

@@ -354,7 +354,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         "the background RSTs must be marked invalid for the quiet phase to mean anything: {rst_invalid}"
     );
     let gap =
-        prom.query("packetpath:tunnel_receive_packets:rate - packetpath:vm_delivery_packets:rate");
+        prom.query("instance:packetpath_tunnel_receive_packets:rate - instance:packetpath_vm_delivery_packets:rate");
     let gap_now: f64 = gap["data"]["result"][0]["value"][1]
         .as_str()
         .unwrap_or("0")

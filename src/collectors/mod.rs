@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod conntrack_invalid;
 pub mod drops;
 pub mod interfaces;
+pub mod node;
 pub mod offload;
 pub mod ovs;
 pub mod ovs_flows;
@@ -147,6 +148,7 @@ pub const REGISTRY: &[Spec] = &[
     ovsdb::SPEC,
     offload::SPEC,
     drops::SPEC,
+    node::SPEC,
 ];
 
 pub fn spec(name: &str) -> Option<&'static Spec> {

@@ -123,6 +123,7 @@ pub struct Scrape {
     links: Once<Vec<links::Link>>,
     ovs: Once<ovs::View>,
     ovsdb: Once<ovsdb::Ports>,
+    ovsdb_node: Once<ovsdb::Node>,
 }
 
 impl Scrape {
@@ -133,6 +134,7 @@ impl Scrape {
             links: Once::default(),
             ovs: Once::default(),
             ovsdb: Once::default(),
+            ovsdb_node: Once::default(),
         }
     }
 
@@ -156,5 +158,11 @@ impl Scrape {
     pub fn ovsdb(&self) -> Result<Arc<ovsdb::Ports>, CollectError> {
         self.ovsdb
             .get(|| self.resources.ovsdb.ports().map(Arc::new))
+    }
+
+    /// This collection's view of what Open vSwitch the node runs, from the database.
+    pub fn ovsdb_node(&self) -> Result<Arc<ovsdb::Node>, CollectError> {
+        self.ovsdb_node
+            .get(|| self.resources.ovsdb.node().map(Arc::new))
     }
 }

@@ -1,7 +1,8 @@
-//! A small OVSDB client (RFC 7047, JSON-RPC over the database's unix socket): one
-//! `monitor` of the Interface table's identity columns and the Bridge table's
-//! external_ids, `update` notifications applied as they come, the server's `echo`
-//! answered. A scrape reads the cache and never queries
+//! A small OVSDB client (RFC 7047, JSON-RPC over the database's unix socket): the
+//! schema first (`get_schema`), then one `monitor` of the columns in
+//! [`MONITORED`] that the schema has (the Interface table's identity columns, the Bridge
+//! table's external_ids, what the Open_vSwitch and Datapath rows say the node runs),
+//! `update` notifications applied as they come, the server's `echo` answered. A scrape reads the cache and never queries
 //! the database. When the server goes away the client reconnects with backoff and
 //! synchronises in full again.
 
@@ -20,10 +21,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::table::{BRIDGE_COLUMNS, COLUMNS, Table};
+use super::table::{MONITORED, Table};
 
 /// The id of our one monitor request; replies to anything else are not ours.
 const MONITOR_ID: u64 = 1;
+/// The id of the `get_schema` request that comes before it.
+const SCHEMA_ID: u64 = 2;
+const DATABASE: &str = "Open_vSwitch";
 /// A monitor reply or an update larger than this is refused (and the connection made
 /// again): 4,096 ports are well under 8 MiB.
 const MAX_MESSAGE: usize = 64 << 20;
@@ -153,13 +157,10 @@ impl Client {
             path: path.clone(),
             source,
         };
-        let mut monitor = serde_json::Map::new();
-        monitor.insert("Interface".into(), json!({ "columns": COLUMNS }));
-        monitor.insert("Bridge".into(), json!({ "columns": BRIDGE_COLUMNS }));
         let request = json!({
-            "method": "monitor",
-            "params": ["Open_vSwitch", null, monitor],
-            "id": MONITOR_ID,
+            "method": "get_schema",
+            "params": [DATABASE],
+            "id": SCHEMA_ID,
         });
         if let Err(e) = s.write_all(request.to_string().as_bytes()).await {
             return io(e);
@@ -227,6 +228,13 @@ impl Client {
                 Ok(None)
             }
             Some(_) => Ok(None),
+            None if m.get("id").and_then(Value::as_u64) == Some(SCHEMA_ID) => {
+                if let Some(e) = m.get("error").filter(|e| !e.is_null()) {
+                    return Err(format!("an error to the get_schema request: {e}"));
+                }
+                let schema = m.get("result").ok_or("a get_schema reply without result")?;
+                Ok(Some(monitor_request(schema)))
+            }
             None if m.get("id").and_then(Value::as_u64) == Some(MONITOR_ID) => {
                 if let Some(e) = m.get("error").filter(|e| !e.is_null()) {
                     return Err(format!("an error to the monitor request: {e}"));
@@ -244,6 +252,33 @@ impl Client {
             None => Ok(None),
         }
     }
+}
+
+/// The `monitor` request for the tables and columns of [`MONITORED`] that `schema` (a
+/// `get_schema` result) has; a schema without tables asks for them all.
+pub fn monitor_request(schema: &Value) -> Value {
+    let tables = schema.get("tables").and_then(Value::as_object);
+    let mut monitor = serde_json::Map::new();
+    for (table, columns) in MONITORED {
+        let have = tables.map(|t| t.get(table).and_then(|t| t.get("columns")));
+        let columns: Vec<&str> = match have {
+            None => columns.to_vec(),
+            Some(None) => continue,
+            Some(Some(have)) => columns
+                .iter()
+                .copied()
+                .filter(|c| have.get(c).is_some())
+                .collect(),
+        };
+        if !columns.is_empty() {
+            monitor.insert(table.into(), json!({ "columns": columns }));
+        }
+    }
+    json!({
+        "method": "monitor",
+        "params": [DATABASE, null, monitor],
+        "id": MONITOR_ID,
+    })
 }
 
 /// The complete JSON values at the start of `buf` (the server writes them back to back)
@@ -279,6 +314,32 @@ mod tests {
     }
 
     #[test]
+    fn the_monitor_asks_only_for_what_the_schema_has() {
+        // An Open vSwitch 2.13 schema: no Datapath table, no datapaths column.
+        let old = json!({"tables": {
+            "Interface": {"columns": {"name": {}, "external_ids": {}, "error": {}, "mtu": {}}},
+            "Bridge": {"columns": {"name": {}, "external_ids": {}}},
+            "Open_vSwitch": {"columns": {"ovs_version": {}, "db_version": {}, "datapath_types": {}, "external_ids": {}}}
+        }});
+        let m = monitor_request(&old);
+        assert_eq!(
+            m["params"],
+            json!(["Open_vSwitch", null, {
+                "Interface": {"columns": ["name", "external_ids", "error"]},
+                "Bridge": {"columns": ["name", "external_ids"]},
+                "Open_vSwitch": {"columns": ["ovs_version", "db_version", "datapath_types", "external_ids"]}
+            }])
+        );
+        assert_eq!(m["id"], 1);
+        // A schema that says nothing of tables: everything is asked for.
+        let all = monitor_request(&json!({}));
+        assert_eq!(
+            all["params"][2]["Datapath"]["columns"],
+            json!(["datapath_version", "capabilities"])
+        );
+    }
+
+    #[test]
     fn echo_is_answered_and_updates_wait_for_the_first_sync() {
         let c = Client::new("/nonexistent".into());
         let reply = c
@@ -290,6 +351,12 @@ mod tests {
         let update = json!({"method": "update", "params": [null, {"Interface": {"u": {"new": {"name": "tap1"}}}}], "id": null});
         c.handle(&update).unwrap();
         assert!(c.view().table.rows.is_empty());
+        // The schema's answer is the monitor request.
+        let monitor = c
+            .handle(&json!({"id": 2, "result": {"tables": {}}, "error": null}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(monitor["method"], "monitor");
         c.handle(&json!({"id": 1, "result": {}, "error": null}))
             .unwrap();
         assert!(c.view().down.is_none());

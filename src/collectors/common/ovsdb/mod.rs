@@ -1,6 +1,7 @@
 //! The Open vSwitch database as collectors need it: which VM and Neutron port each VM
 //! port belongs to, from the `Interface` table, and the conntrack zone ovn-controller
-//! gave it, from the `Bridge` table.
+//! gave it, from the `Bridge` table; what Open vSwitch the node runs, from the
+//! `Open_vSwitch` and `Datapath` tables.
 //!
 //! [`client`] keeps a live copy of the table over the database's unix socket (`monitor`,
 //! `update`, `echo`) on a thread of its own, started by the first collector that asks
@@ -14,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use self::client::Client;
-use self::table::{Interface, Table};
+use self::table::{Datapath, Interface, System, Table};
 use crate::collectors::{CollectError, Worker};
 
 /// A VM port: an Interface with an `iface-id`.
@@ -54,6 +55,34 @@ pub fn vm_port(i: &Interface, table: &Table) -> Option<VmPort> {
 /// The VM ports of one snapshot, sorted by device.
 pub type Ports = Vec<VmPort>;
 
+/// What the database says of the node: its Open_vSwitch row (empty when the database has
+/// none yet) and the datapath types it configured, with their Datapath rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub system: System,
+    /// (datapath type, its Datapath row), sorted by type.
+    pub datapaths: Vec<(String, Datapath)>,
+}
+
+pub fn node(table: &Table) -> Node {
+    let system = table.system().cloned().unwrap_or_default();
+    let datapaths = system
+        .datapaths
+        .iter()
+        .filter_map(|(kind, uuid)| Some((kind.clone(), table.datapaths.get(uuid)?.clone())))
+        .collect();
+    Node { system, datapaths }
+}
+
+/// Why the copy cannot be read now, if it cannot.
+fn synchronised(view: &client::View) -> Result<(), CollectError> {
+    match &view.down {
+        Some((why, true)) => Err(CollectError::absent(why.clone())),
+        Some((why, false)) => Err(CollectError::new(why.clone())),
+        None => Ok(()),
+    }
+}
+
 /// The database's socket and, once asked for, the client following it.
 pub struct Source {
     socket: PathBuf,
@@ -86,13 +115,7 @@ impl Source {
     /// The VM ports now, or why there is no synchronised copy.
     pub fn ports(&self) -> Result<Ports, CollectError> {
         let view = self.start().view();
-        if let Some((why, absent)) = &view.down {
-            return Err(if *absent {
-                CollectError::absent(why.clone())
-            } else {
-                CollectError::new(why.clone())
-            });
-        }
+        synchronised(&view)?;
         let mut ports: Ports = view
             .table
             .rows
@@ -101,6 +124,13 @@ impl Source {
             .collect();
         ports.sort_by(|a, b| a.device.cmp(&b.device));
         Ok(ports)
+    }
+
+    /// What the database says the node runs, or why there is no synchronised copy.
+    pub fn node(&self) -> Result<Node, CollectError> {
+        let view = self.start().view();
+        synchronised(&view)?;
+        Ok(node(&view.table))
     }
 
     /// Stops the client, if it runs.

@@ -1,6 +1,6 @@
-//! The cached copy of the Open vSwitch database's `Interface` and `Bridge` tables (the
-//! columns below), kept up to date from the `monitor` reply and `update` notifications
-//! (RFC 7047 §4.1.5, §4.1.6): pure, no I/O.
+//! The cached copy of the Open vSwitch database's `Interface`, `Bridge`, `Open_vSwitch`
+//! and `Datapath` tables (the columns below), kept up to date from the `monitor` reply and
+//! `update` notifications (RFC 7047 §4.1.5, §4.1.6): pure, no I/O.
 
 #![cfg_attr(
     not(test),
@@ -17,6 +17,27 @@ pub const COLUMNS: [&str; 3] = ["name", "external_ids", "error"];
 /// The Bridge columns: ovn-controller keeps each local port's conntrack zone in the
 /// integration bridge's external_ids (`ct-zone-<logical port>`).
 pub const BRIDGE_COLUMNS: [&str; 2] = ["name", "external_ids"];
+/// The Open_vSwitch (one row) columns: what the node runs. `ovs_version` and `db_version`
+/// are written by the distribution's start script (ovs-ctl), `datapath_types` and
+/// `datapaths` by ovs-vswitchd; `external_ids:system-id` is OVN's chassis name.
+pub const SYSTEM_COLUMNS: [&str; 5] = [
+    "ovs_version",
+    "db_version",
+    "datapath_types",
+    "datapaths",
+    "external_ids",
+];
+/// The Datapath columns (OVS 2.14 and later; rows exist where something, ovn-controller
+/// say, configured a datapath type): ovs-vswitchd records what the datapath supports.
+pub const DATAPATH_COLUMNS: [&str; 2] = ["datapath_version", "capabilities"];
+/// Every table the client follows, with the columns it asks of each; tables and columns
+/// the server's schema lacks (older Open vSwitch) are left out of the request.
+pub const MONITORED: [(&str, &[&str]); 4] = [
+    ("Interface", &COLUMNS),
+    ("Bridge", &BRIDGE_COLUMNS),
+    ("Open_vSwitch", &SYSTEM_COLUMNS),
+    ("Datapath", &DATAPATH_COLUMNS),
+];
 
 /// Longest label value kept; longer ones are cut (at a character boundary).
 pub const MAX_VALUE: usize = 128;
@@ -38,6 +59,24 @@ impl Interface {
 pub struct Bridge {
     pub name: String,
     pub external_ids: BTreeMap<String, String>,
+}
+
+/// The Open_vSwitch row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct System {
+    pub ovs_version: String,
+    pub db_version: String,
+    /// Sorted.
+    pub datapath_types: Vec<String>,
+    /// Datapath type → the Datapath row's UUID.
+    pub datapaths: BTreeMap<String, String>,
+    pub external_ids: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Datapath {
+    pub version: String,
+    pub capabilities: BTreeMap<String, String>,
 }
 
 /// Why an update could not be applied; the connection is then synchronised again.
@@ -76,6 +115,41 @@ fn map(v: &Value) -> Option<BTreeMap<String, String>> {
         .collect()
 }
 
+/// A string set: `["set", [...]]`, or one bare string (RFC 7047 §5.1), sorted.
+fn string_set(v: &Value) -> Option<Vec<String>> {
+    let mut out: Vec<String> = match v.as_str() {
+        Some(one) => vec![cut(one)],
+        None => match v.as_array()?.as_slice() {
+            [tag, items] if tag == "set" => items
+                .as_array()?
+                .iter()
+                .map(|i| i.as_str().map(cut))
+                .collect::<Option<_>>()?,
+            _ => return None,
+        },
+    };
+    out.sort();
+    Some(out)
+}
+
+/// A map from strings to row references: `["map", [[k, ["uuid", u]], ...]]`.
+fn uuid_map(v: &Value) -> Option<BTreeMap<String, String>> {
+    let pairs = match v.as_array()?.as_slice() {
+        [tag, pairs] if tag == "map" => pairs.as_array()?,
+        _ => return None,
+    };
+    pairs
+        .iter()
+        .map(|p| match p.as_array()?.as_slice() {
+            [k, r] => match r.as_array()?.as_slice() {
+                [tag, u] if tag == "uuid" => Some((cut(k.as_str()?), u.as_str()?.to_owned())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 /// An optional string column: `"text"`, or `["set", []]` when empty.
 fn optional_string(v: &Value) -> Option<Option<String>> {
     if let Some(s) = v.as_str() {
@@ -91,11 +165,13 @@ fn optional_string(v: &Value) -> Option<Option<String>> {
     }
 }
 
-/// Interfaces and bridges by row UUID.
+/// Interfaces, bridges, the Open_vSwitch row and datapaths by row UUID.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Table {
     pub rows: HashMap<String, Interface>,
     pub bridges: HashMap<String, Bridge>,
+    pub systems: HashMap<String, System>,
+    pub datapaths: HashMap<String, Datapath>,
 }
 
 /// The rows of one table in `table-updates`, if it has any.
@@ -162,7 +238,54 @@ impl Table {
         })?;
         apply_rows(tables, "Bridge", &mut self.bridges, |row, new, bad| {
             name_and_ids(&mut row.name, &mut row.external_ids, new, bad)
+        })?;
+        apply_rows(
+            tables,
+            "Open_vSwitch",
+            &mut self.systems,
+            |row, new, bad| {
+                let text = |c: &'static str, into: &mut String| -> Result<(), UpdateError> {
+                    if let Some(v) = new.get(c) {
+                        *into = optional_string(v)
+                            .ok_or_else(|| bad("a version is not a string"))?
+                            .unwrap_or_default();
+                    }
+                    Ok(())
+                };
+                text("ovs_version", &mut row.ovs_version)?;
+                text("db_version", &mut row.db_version)?;
+                if let Some(v) = new.get("datapath_types") {
+                    row.datapath_types =
+                        string_set(v).ok_or_else(|| bad("datapath_types is not a string set"))?;
+                }
+                if let Some(v) = new.get("datapaths") {
+                    row.datapaths = uuid_map(v).ok_or_else(|| bad("datapaths is not a map"))?;
+                }
+                if let Some(v) = new.get("external_ids") {
+                    row.external_ids = map(v).ok_or_else(|| bad("external_ids is not a map"))?;
+                }
+                Ok(())
+            },
+        )?;
+        apply_rows(tables, "Datapath", &mut self.datapaths, |row, new, bad| {
+            if let Some(v) = new.get("datapath_version") {
+                row.version = optional_string(v)
+                    .ok_or_else(|| bad("datapath_version is not a string"))?
+                    .unwrap_or_default();
+            }
+            if let Some(v) = new.get("capabilities") {
+                row.capabilities = map(v).ok_or_else(|| bad("capabilities is not a map"))?;
+            }
+            Ok(())
         })
+    }
+
+    /// The Open_vSwitch row (the database has one; the first by UUID if it had more).
+    pub fn system(&self) -> Option<&System> {
+        self.systems
+            .iter()
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, s)| s)
     }
 
     /// The conntrack zone ovn-controller gave a logical port (`ct-zone-<port>` in a
@@ -244,6 +367,54 @@ mod tests {
             "ovsdb: Interface row u3: external_ids is not a map"
         );
         assert_eq!(t.apply(&json!([1])).unwrap_err(), UpdateError::NotObject);
+    }
+
+    #[test]
+    fn the_open_vswitch_row_and_its_datapaths() {
+        let mut t = Table::default();
+        // ovs-vswitchd's own columns, before the start script wrote the versions.
+        t.apply(&json!({"Open_vSwitch": {"o1": {"new": {
+            "datapath_types": "system",
+            "datapaths": ["map", []],
+            "external_ids": ["map", [["system-id", "compute-1"]]]
+        }}}}))
+        .unwrap();
+        let s = t.system().unwrap();
+        assert_eq!((s.ovs_version.as_str(), s.db_version.as_str()), ("", ""));
+        assert_eq!(s.datapath_types, ["system"]);
+        t.apply(&json!({
+            "Open_vSwitch": {"o1": {"new": {
+                "ovs_version": "3.1.0", "db_version": "8.3.1",
+                "datapath_types": ["set", ["system", "netdev"]],
+                "datapaths": ["map", [["system", ["uuid", "d1"]]]]
+            }}},
+            "Datapath": {"d1": {"new": {
+                "datapath_version": "<built-in>",
+                "capabilities": ["map", [["ct_state", "true"], ["max_vlan_headers", "2"]]]
+            }}}
+        }))
+        .unwrap();
+        let s = t.system().unwrap();
+        assert_eq!(s.ovs_version, "3.1.0");
+        assert_eq!(s.datapath_types, ["netdev", "system"]);
+        assert_eq!(s.datapaths["system"], "d1");
+        assert_eq!(s.external_ids["system-id"], "compute-1");
+        assert_eq!(t.datapaths["d1"].version, "<built-in>");
+        assert_eq!(t.datapaths["d1"].capabilities["max_vlan_headers"], "2");
+        let e = t
+            .apply(&json!({"Open_vSwitch": {"o1": {"new": {"datapaths": ["map", [["system", "d1"]]]}}}}))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ovsdb: Open_vSwitch row o1: datapaths is not a map"
+        );
+        let e = t
+            .apply(&json!({"Open_vSwitch": {"o1": {"new": {"ovs_version": 3}}}}))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ovsdb: Open_vSwitch row o1: a version is not a string"
+        );
     }
 
     #[test]
