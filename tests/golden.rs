@@ -134,6 +134,7 @@ fn golden_ovsdb_with(
     ready: impl Fn(&str) -> bool,
 ) {
     // A capture with its own procfs files (the OVS bed's) is one machine's view.
+    let replay_dir = replay;
     let own = dir(replay).join("proc");
     let replay = format!("--debug.netlink-replay-dir={}", dir(replay).display());
     let proc = if own.exists() {
@@ -142,8 +143,14 @@ fn golden_ovsdb_with(
         dir("tests/fixtures/proc")
     };
     let procfs = format!("--path.procfs={}", proc.display());
-    // Nothing reads sysfs yet; any readable directory will do.
-    let sysfs = format!("--path.sysfs={}", dir("tests/fixtures").display());
+    // The same for sysfs (the OVS bed's has the openvswitch module; this host's none).
+    let own = dir(replay_dir).join("sys");
+    let sys = if own.exists() {
+        own
+    } else {
+        dir("tests/fixtures/sys")
+    };
+    let sysfs = format!("--path.sysfs={}", sys.display());
     // No ovsdb-server unless the test gives one, whatever the machine runs: the ovsdb
     // collector then reports success 0.
     let socket = format!("--collector.ovsdb.socket={socket}");
@@ -382,12 +389,42 @@ fn golden_ovs_with_vm_identity() {
         "br-int",
         "external_ids:ct-zone-8d1c5f0e-6a3b-4c2d-9e1f-0a2b3c4d5e6f=\"3\"",
     ]);
+    // What the bed's start script, ovs-vswitchd and ovn-controller write of the node: the
+    // versions, the datapath types, and the kernel datapath's row with what it supports.
+    db.vsctl(&[
+        "set",
+        "Open_vSwitch",
+        ".",
+        "ovs_version=3.1.0",
+        "db_version=8.3.1",
+        "datapath_types=netdev,system",
+        "external_ids:system-id=compute-1",
+        "external_ids:ovn-remote=tcp:10.0.0.1:6642",
+    ]);
+    db.vsctl(&[
+        "--",
+        "--id=@dp",
+        "create",
+        "Datapath",
+        "datapath_version=\"<built-in>\"",
+        "capabilities:ct_state=true",
+        "capabilities:recirc=true",
+        "capabilities:max_vlan_headers=2",
+        "--",
+        "set",
+        "Open_vSwitch",
+        ".",
+        "datapaths:system=@dp",
+    ]);
     golden_ovsdb_with(
         "metrics-ovs-vm.txt",
         "tests/fixtures/ovs",
         &db.socket(),
         &["--collector.conntrack.per-cpu", "--no-collector.offload"],
-        |t| t.contains("packetpath_scrape_collector_success{collector=\"ovsdb\"} 1"),
+        |t| {
+            t.contains("packetpath_scrape_collector_success{collector=\"ovsdb\"} 1")
+                && t.contains("datapath_version=\"<built-in>\"")
+        },
     );
 }
 

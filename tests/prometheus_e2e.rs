@@ -62,9 +62,13 @@ fn repo(p: &str) -> String {
         .to_string()
 }
 
-struct Prometheus {
+#[path = "prometheus/fleet.rs"]
+mod fleet;
+
+pub struct Prometheus {
     _child: KillOnDrop,
     ns: String,
+    port: u16,
 }
 
 impl Prometheus {
@@ -72,6 +76,19 @@ impl Prometheus {
     /// scrapes, 10 s rate windows, 5 s `for:`, and a 2-minute signature window in which 3
     /// bad checksums (not 5 in 15 minutes) are the signature.
     fn start(ns: &Netns, dir: &Path, targets: &[u16]) -> Prometheus {
+        let targets: Vec<String> = targets.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        Prometheus::start_on(ns, dir, PROM_PORT, &targets, "")
+    }
+
+    /// The same on `port`, scraping `targets` (host:port), with `scrape_extra` appended
+    /// to the scrape configuration (indented as its keys).
+    fn start_on(
+        ns: &Netns,
+        dir: &Path,
+        port: u16,
+        targets: &[String],
+        scrape_extra: &str,
+    ) -> Prometheus {
         let mut env = String::from(
             "RATE_WINDOW=10s\nSIGNATURE_WINDOW=2m\nSIGNATURE_WINDOW_SECONDS=120\nBAD_CHECKSUM_MIN_EVENTS=3\nTUNNEL_LOSS_FOR=5s\nINVALID_SPIKE_PPS=1\nINVALID_SPIKE_FOR=5s\nBAD_CHECKSUM_FOR=5s\n",
         );
@@ -84,22 +101,23 @@ impl Prometheus {
             .unwrap();
         assert!(out.status.success());
         std::fs::write(dir.join("rules.yml"), &out.stdout).unwrap();
-        let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             dir.join("prometheus.yml"),
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: packetpath\n    static_configs:\n      - targets: [{}]\n",
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: packetpath\n    static_configs:\n      - targets: [{}]\n{scrape_extra}",
                 dir.join("rules.yml").display(),
                 targets.join(", ")
             ),
         )
         .unwrap();
         let p = Prometheus {
-            _child: common::spawn_prometheus(&["ip", "netns", "exec", &ns.name], dir, PROM_PORT),
+            _child: common::spawn_prometheus(&["ip", "netns", "exec", &ns.name], dir, port),
             ns: ns.name.clone(),
+            port,
         };
         common::wait_for("prometheus to be ready", Duration::from_secs(30), || {
-            common::http_get_in(&p.ns, PROM_PORT, "/-/ready", &[])
+            common::http_get_in(&p.ns, port, "/-/ready", &[])
                 .is_some_and(|(h, _)| h.starts_with("HTTP/1.1 200"))
         });
         p
@@ -107,7 +125,7 @@ impl Prometheus {
 
     fn api(&self, path: &str) -> serde_json::Value {
         let (head, body) =
-            common::http_get_in(&self.ns, PROM_PORT, path, &[]).expect("prometheus API");
+            common::http_get_in(&self.ns, self.port, path, &[]).expect("prometheus API");
         let body = if head
             .to_ascii_lowercase()
             .contains("transfer-encoding: chunked")

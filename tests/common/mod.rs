@@ -228,6 +228,17 @@ pub struct Exporter {
 impl Exporter {
     /// Starts the binary in `ns` on 127.0.0.1:`port`; `user` runs it unprivileged via setpriv.
     pub fn start(ns: &Netns, port: u16, user: Option<&str>, args: &[&str]) -> Exporter {
+        Exporter::start_on(ns, "127.0.0.1", port, user, args)
+    }
+
+    /// The same on `ip`:`port` (0.0.0.0 for every address of the namespace).
+    pub fn start_on(
+        ns: &Netns,
+        ip: &str,
+        port: u16,
+        user: Option<&str>,
+        args: &[&str],
+    ) -> Exporter {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns.name]);
         if let Some(u) = user {
@@ -238,7 +249,7 @@ impl Exporter {
                 "--clear-groups",
             ]);
         }
-        let listen = format!("--web.listen-address=127.0.0.1:{port}");
+        let listen = format!("--web.listen-address={ip}:{port}");
         cmd.arg(BIN).arg(listen).args(args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let child = cmd.spawn().expect("spawn exporter");

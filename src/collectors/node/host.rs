@@ -24,7 +24,10 @@ pub struct Kernel {
 pub struct Module {
     /// `in_tree`, `out_of_tree` (the module taints the kernel with `O`), or empty.
     pub origin: String,
-    /// The checksum of the module's sources (`modinfo -F srcversion`): the build.
+    /// The checksum of the module's sources (`modinfo -F srcversion`): the build. Only
+    /// modules with a `MODULE_VERSION` (out-of-tree Open vSwitch) or kernels built with
+    /// `CONFIG_MODULE_SRCVERSION_ALL` have one; Debian's in-tree module does not, and
+    /// the kernel's version string (the Debian package) names its build.
     pub srcversion: String,
     /// `MODULE_VERSION`, which out-of-tree builds of Open vSwitch set and the kernel's own
     /// module does not.
