@@ -29,20 +29,31 @@ fn promtool(args: &[&str]) -> Option<String> {
     }
 }
 
-/// Every `packetpath_…` name in a text, minus rate-window suffixes and the like.
+/// Every `packetpath_…` name in a text, minus rate-window suffixes and the like; not the
+/// metric part of a recorded series' name (`instance:packetpath_…:rate`), which is no
+/// series of the exporter's.
 fn names_in(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut rest = text;
     while let Some(i) = rest.find("packetpath_") {
+        let in_longer_name = rest[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
         let tail = &rest[i..];
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        out.insert(tail[..end].to_owned());
+        if !in_longer_name {
+            out.insert(tail[..end].to_owned());
+        }
         rest = &tail[end..];
     }
     out
 }
+
+/// A recording rule's name: level:metric:operations.
+const RECORD_NAME: &str = r"[a-z_]+:packetpath_[a-z0-9_]+:[a-z0-9_]+";
 
 fn documented() -> BTreeSet<String> {
     names_in(
@@ -147,14 +158,66 @@ fn every_alert_has_severity_runbook_and_unit_tests() {
     }
 }
 
+/// Recording rule names in the rules file, in order.
+fn records() -> Vec<String> {
+    std::fs::read_to_string(path("alerts/packetpath.rules.yml"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_owned))
+        .collect()
+}
+
+/// Every recording rule is named level:metric:operations and has a case in
+/// alerts/tests/recording.test.yml that queries it and expects samples.
+#[test]
+fn every_recording_rule_is_named_and_unit_tested() {
+    let names = records();
+    assert_eq!(names.len(), 18);
+    let form = regex::Regex::new(&format!("^{RECORD_NAME}$")).unwrap();
+    let tests: yaml_serde::Value = yaml_serde::from_str(
+        &std::fs::read_to_string(path("alerts/tests/recording.test.yml")).unwrap(),
+    )
+    .unwrap();
+    // The expressions of the cases that expect at least one sample.
+    let exprs: Vec<&str> = tests["tests"]
+        .as_sequence()
+        .expect("recording.test.yml has tests")
+        .iter()
+        .flat_map(|t| t["promql_expr_test"].as_sequence().into_iter().flatten())
+        .filter(|c| {
+            c["exp_samples"]
+                .as_sequence()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .filter_map(|c| c["expr"].as_str())
+        .collect();
+    for name in &names {
+        assert!(
+            form.is_match(name),
+            "{name} is not named level:metric:operations"
+        );
+        // The name itself, not part of a longer one.
+        let alone = regex::Regex::new(&format!(
+            r"(^|[^A-Za-z0-9_:]){}($|[^A-Za-z0-9_:])",
+            regex::escape(name)
+        ))
+        .unwrap();
+        assert!(
+            exprs.iter().any(|e| alone.is_match(e)),
+            "{name} has no promql_expr_test with expected samples in alerts/tests/recording.test.yml"
+        );
+    }
+}
+
 #[test]
 fn rules_pass_promtool_check_and_unit_tests() {
     if let Some(out) = promtool(&["check", "rules", &path("alerts/packetpath.rules.yml")]) {
-        assert!(out.contains("SUCCESS: 25 rules found"), "{out}");
+        assert!(out.contains("SUCCESS: 31 rules found"), "{out}");
     }
     for tests in [
         "alerts/tests/packetpath.test.yml",
         "alerts/tests/quiet.test.yml",
+        "alerts/tests/recording.test.yml",
     ] {
         if let Some(out) = promtool(&["test", "rules", &path(tests)]) {
             assert!(out.contains("SUCCESS"), "{tests}: {out}");
@@ -168,18 +231,27 @@ fn rules_and_dashboard_name_only_emitted_metrics() {
     assert!(known.len() > 20);
     let rules = std::fs::read_to_string(path("alerts/packetpath.rules.yml")).unwrap();
     // Every line but comments: expressions span lines, and annotations run queries too.
-    let used = names_in(
-        &rules
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    );
+    let code = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let used = names_in(&code);
     assert!(!used.is_empty());
     for n in &used {
         assert!(
             known.contains(n),
             "rule names {n}, which the exporter does not emit"
+        );
+    }
+    // ... and recorded series only as a rule records them.
+    let recorded: BTreeSet<String> = records().into_iter().collect();
+    let record_name = regex::Regex::new(RECORD_NAME).unwrap();
+    for m in record_name.find_iter(&code) {
+        assert!(
+            recorded.contains(m.as_str()),
+            "rule names {}, which no rule records",
+            m.as_str()
         );
     }
 
@@ -202,6 +274,13 @@ fn rules_and_dashboard_name_only_emitted_metrics() {
             assert!(
                 known.contains(&n),
                 "dashboard expression names {n}, which the exporter does not emit: {e}"
+            );
+        }
+        for m in record_name.find_iter(e) {
+            assert!(
+                recorded.contains(m.as_str()),
+                "dashboard expression names {}, which no rule records: {e}",
+                m.as_str()
             );
         }
         assert!(
