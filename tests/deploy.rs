@@ -159,16 +159,23 @@ fn prometheus_rule_and_dashboard_configmap_equal_their_sources() {
         rule[0]["spec"] == rules[0],
         "deploy/kubernetes/prometheusrule.yaml differs from alerts/packetpath.rules.yml: run deploy/kubernetes/render.sh"
     );
+    // Both dashboards, the per-node one and the fleet's, and nothing else.
     let cm = common::yaml_docs(repo("deploy/kubernetes/dashboard-configmap.yaml"));
-    let embedded: serde_json::Value =
-        serde_json::from_str(cm[0]["data"]["packetpath.json"].as_str().unwrap()).unwrap();
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo("dashboards/packetpath.json")).unwrap())
-            .unwrap();
-    assert!(
-        embedded == dashboard,
-        "the dashboard ConfigMap is stale: run deploy/kubernetes/render.sh"
-    );
+    let mut keys: Vec<&String> = cm[0]["data"].as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["packetpath-fleet.json", "packetpath.json"]);
+    for key in keys {
+        let embedded: serde_json::Value =
+            serde_json::from_str(cm[0]["data"][key].as_str().unwrap()).unwrap();
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo(&format!("dashboards/{key}"))).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            embedded == dashboard,
+            "{key} in the dashboard ConfigMap is stale: run deploy/kubernetes/render.sh"
+        );
+    }
 }
 
 const MANIFESTS: [&str; 3] = [

@@ -386,3 +386,325 @@ fn dashboard_vm_loss_table_counts_both_per_vm_series() {
         assert!(out.contains("SUCCESS"), "{out}");
     }
 }
+
+fn dashboard(p: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path(p)).unwrap()).unwrap()
+}
+
+/// Every non-null `uid` anywhere in a dashboard.
+fn uids(v: &serde_json::Value, out: &mut Vec<serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if k == "uid" && !v.is_null() {
+                    out.push(v.clone());
+                }
+                uids(v, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| uids(v, out)),
+        _ => {}
+    }
+}
+
+/// Each series an expression selects, with its label matchers (what is between the
+/// braces after the name; empty without).
+fn selectors(expr: &str) -> Vec<(String, String)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < expr.len() {
+        let rest = &expr[i..];
+        let len = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+        if len == 0 {
+            i += rest.chars().next().unwrap().len_utf8();
+            continue;
+        }
+        let name = &rest[..len];
+        if name.contains("packetpath_") {
+            let after = &rest[len..];
+            let matchers = after
+                .strip_prefix('{')
+                .map_or("", |m| &m[..m.find('}').unwrap()]);
+            out.push((name.to_owned(), matchers.to_owned()));
+        }
+        i += len;
+    }
+    out
+}
+
+/// The series a global view is fed (federation or remote-write): the packetpath-fleet
+/// group's records and packetpath_node_info.
+fn fleet_series() -> BTreeSet<String> {
+    let rules = std::fs::read_to_string(path("alerts/packetpath.rules.yml")).unwrap();
+    let group = rules
+        .split("\n  - name: ")
+        .find(|g| g.starts_with("packetpath-fleet\n"))
+        .expect("the packetpath-fleet group");
+    let mut fleet: BTreeSet<String> = group
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- record: ").map(str::to_owned))
+        .collect();
+    assert_eq!(fleet.len(), 6, "{fleet:?}");
+    fleet.insert("packetpath_node_info".into());
+    fleet
+}
+
+/// The fleet dashboard runs on a global view fed only by the fleet series: it names no
+/// other, filters every selector by the cluster variable and joins on (cluster, instance),
+/// which work alike where no cluster label exists (one Prometheus); it follows the
+/// datasource variable and has no fixed UID, so that it imports anywhere.
+#[test]
+fn fleet_dashboard_reads_only_what_a_global_view_holds() {
+    let dash = dashboard("dashboards/packetpath-fleet.json");
+    assert_eq!(dash["title"], "packetpath: fleet");
+    assert!(dash["uid"].is_null(), "a fixed dashboard UID");
+    let mut all = Vec::new();
+    uids(&dash, &mut all);
+    assert!(!all.is_empty());
+    for u in &all {
+        assert_eq!(u, "${datasource}", "a fixed UID");
+    }
+
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let names: Vec<&str> = vars.iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["datasource", "cluster"]);
+    assert_eq!(vars[0]["type"], "datasource");
+    assert_eq!(vars[0]["query"], "prometheus");
+    let cluster = &vars[1];
+    assert_eq!(
+        cluster["query"]["query"],
+        "label_values(packetpath_node_info, cluster)"
+    );
+    assert_eq!(cluster["multi"], true);
+    assert_eq!(cluster["includeAll"], true);
+    // All must match series without a cluster label too.
+    assert_eq!(cluster["allValue"], ".*");
+
+    let mut known = documented();
+    known.extend(records());
+    let fleet = fleet_series();
+    let mut used = BTreeSet::new();
+    let mut exprs = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(
+            p["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{title} has no description"
+        );
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}");
+        for t in targets {
+            let e = t["expr"].as_str().unwrap();
+            exprs += 1;
+            let sel = selectors(e);
+            assert!(!sel.is_empty(), "{title}: {e}");
+            for (name, matchers) in sel {
+                assert!(
+                    known.contains(&name),
+                    "{title}: {name} is neither emitted nor recorded: {e}"
+                );
+                assert!(
+                    fleet.contains(&name),
+                    "{title}: {name} is not among the series a global view is fed: {e}"
+                );
+                assert!(
+                    matchers.contains("cluster=~\"$cluster\""),
+                    "{title}: {name} is not filtered by the cluster variable: {e}"
+                );
+                used.insert(name);
+            }
+            assert_eq!(
+                e.matches(" on (").count(),
+                e.matches(" on (cluster, instance) ").count(),
+                "{title}: a join not on (cluster, instance): {e}"
+            );
+            assert!(!e.contains("ignoring"), "{title}: {e}");
+        }
+    }
+    assert!(exprs >= 15, "{exprs} expressions");
+    assert_eq!(used, fleet, "the dashboard leaves some fleet series unused");
+}
+
+/// The README's remote-write relabelling and federation match[] keep the series the fleet
+/// dashboard reads, and nothing else the exporter or the rules make.
+#[test]
+fn readme_ships_the_fleet_series_to_a_global_view() {
+    let readme = std::fs::read_to_string(path("README.md")).unwrap();
+    let lines: Vec<&str> = readme.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "- source_labels: [__name__]")
+        .expect("README's write_relabel_configs");
+    let re = lines[at + 1]
+        .trim()
+        .strip_prefix("regex: '")
+        .and_then(|r| r.strip_suffix('\''))
+        .expect("the regex on the line after source_labels");
+    assert_eq!(lines[at + 2].trim(), "action: keep");
+    assert!(
+        readme.contains(&format!("- '{{__name__=~\"{re}\"}}'")),
+        "the federation match[] differs from the remote-write regex"
+    );
+    // Prometheus anchors relabelling regexes.
+    let re = regex::Regex::new(&format!("^(?:{re})$")).unwrap();
+    let mut candidates = documented();
+    candidates.extend(records());
+    let kept: BTreeSet<String> = candidates.into_iter().filter(|n| re.is_match(n)).collect();
+    assert_eq!(kept, fleet_series());
+}
+
+const SIGNATURE: &str =
+    "instance:packetpath_conntrack_bad_checksum_packets:increase_signature_window";
+const VERSIONS: &str = "ovn_version=\"24.03.2\",ovs_version=\"3.1.0\"";
+
+/// A node as the fleet series show it: cluster and instance, its kernel (release, build)
+/// when it has packetpath_node_info, its signature.
+struct Node {
+    labels: &'static str,
+    kernel: Option<(&'static str, &'static str)>,
+    signature: u32,
+}
+
+/// An expression and the samples it must return: labels, value.
+type Expect<'a> = (&'a str, Vec<(String, &'a str)>);
+
+/// One promtool test group: the nodes' series for 5 minutes, the expressions at the end.
+fn fleet_case(nodes: &[Node], expects: &[Expect]) -> String {
+    let mut t = String::from("  - interval: 1m\n    input_series:\n");
+    for n in nodes {
+        let (labels, v) = (n.labels, n.signature);
+        t += &format!("      - series: '{SIGNATURE}{{{labels}}}'\n        values: '{v}x5'\n");
+        if let Some((release, build)) = n.kernel {
+            t += &format!(
+                "      - series: 'packetpath_node_info{{{labels},kernel_release=\"{release}\",kernel_version=\"{build}\",ovs_module=\"in_tree\",{VERSIONS}}}'\n        values: '1x5'\n"
+            );
+        }
+    }
+    t += "    promql_expr_test:\n";
+    for (expr, samples) in expects {
+        t += &format!("      - expr: '{expr}'\n        eval_time: 5m\n        exp_samples:\n");
+        for (labels, value) in samples {
+            t += &format!("          - labels: '{{{labels}}}'\n            value: {value}\n");
+        }
+    }
+    t
+}
+
+/// The fleet dashboard's ranking and its table by kernel on a global view (two clusters,
+/// one instance name in both, a node without packetpath_node_info) and on one Prometheus
+/// without a cluster label: the suspect kernel alone has a share, the node without
+/// packetpath_node_info is still ranked, and the two nodes named alike stay apart.
+#[test]
+fn fleet_dashboard_names_the_suspect_version() {
+    let dash = dashboard("dashboards/packetpath-fleet.json");
+    let panel = |title: &str| -> Vec<String> {
+        dash["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"))["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expr"].as_str().unwrap().replace("$cluster", ".*"))
+            .collect()
+    };
+    let ranked = &panel("Nodes with the signature, ranked")[0];
+    let by_kernel = panel("The signature by kernel");
+    assert_eq!(by_kernel.len(), 4);
+
+    const OLD: (&str, &str) = ("6.1.0-18-amd64", "#1 Debian 6.1.76-1");
+    const NEW: (&str, &str) = ("6.12.9-amd64", "#1 Debian 6.12.9-1");
+    let kernel = |(release, build): (&str, &str)| {
+        format!("kernel_release=\"{release}\",kernel_version=\"{build}\"")
+    };
+    let (old, new) = (kernel(OLD), kernel(NEW));
+    let ranked_on_old = |labels: &str| format!("{labels},kernel_release=\"{}\",{VERSIONS}", OLD.0);
+    let mut test = String::from("rule_files: []\nevaluation_interval: 1m\ntests:\n");
+    // A global view: two clusters, an instance name in both.
+    let global = [
+        Node {
+            labels: "cluster=\"c1\",instance=\"a\"",
+            kernel: Some(OLD),
+            signature: 12,
+        },
+        Node {
+            labels: "cluster=\"c1\",instance=\"b\"",
+            kernel: Some(OLD),
+            signature: 0,
+        },
+        Node {
+            labels: "cluster=\"c2\",instance=\"a\"",
+            kernel: Some(NEW),
+            signature: 0,
+        },
+        Node {
+            labels: "cluster=\"c2\",instance=\"c\"",
+            kernel: Some(NEW),
+            signature: 0,
+        },
+        // The node collector off: ranked all the same, under no version.
+        Node {
+            labels: "cluster=\"c2\",instance=\"d\"",
+            kernel: None,
+            signature: 3,
+        },
+    ];
+    test += &fleet_case(
+        &global,
+        &[
+            (
+                ranked,
+                vec![
+                    (ranked_on_old("cluster=\"c1\",instance=\"a\""), "12"),
+                    (
+                        format!("__name__=\"{SIGNATURE}\",cluster=\"c2\",instance=\"d\""),
+                        "3",
+                    ),
+                ],
+            ),
+            (&by_kernel[0], vec![(old.clone(), "12"), (new.clone(), "0")]),
+            (&by_kernel[1], vec![(old.clone(), "1"), (new.clone(), "0")]),
+            (&by_kernel[2], vec![(old.clone(), "2"), (new.clone(), "2")]),
+            (
+                &by_kernel[3],
+                vec![(old.clone(), "0.5"), (new.clone(), "0")],
+            ),
+        ],
+    );
+    // One Prometheus, no cluster label.
+    let single = [
+        Node {
+            labels: "instance=\"a\"",
+            kernel: Some(OLD),
+            signature: 5,
+        },
+        Node {
+            labels: "instance=\"b\"",
+            kernel: Some(NEW),
+            signature: 0,
+        },
+    ];
+    test += &fleet_case(
+        &single,
+        &[
+            (ranked, vec![(ranked_on_old("instance=\"a\""), "5")]),
+            (&by_kernel[3], vec![(old, "1"), (new, "0")]),
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("pp-fleet-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fleet.test.yml");
+    std::fs::write(&file, test).unwrap();
+    let out = promtool(&["test", "rules", &file.display().to_string()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(out) = out {
+        assert!(out.contains("SUCCESS"), "{out}");
+    }
+}
