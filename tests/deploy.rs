@@ -144,10 +144,29 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
         common::kind(&docs, "Service")["spec"]["ports"][0]["port"],
         9479
     );
+    let endpoint = &common::kind(&docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    // The scrape's instance is the node, and its job the one PacketpathExporterDown
+    // watches (the operator's default job would be namespace/name).
+    let relabel = |target: &str| {
+        endpoint["relabelings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["targetLabel"] == target)
+            .unwrap_or_else(|| panic!("no relabeling sets {target}"))
+            .clone()
+    };
     assert_eq!(
-        common::kind(&docs, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["port"],
-        "metrics"
+        relabel("instance")["sourceLabels"][0],
+        "__meta_kubernetes_pod_node_name"
     );
+    let thresholds = std::fs::read_to_string(repo("alerts/thresholds.env")).unwrap();
+    let job = thresholds
+        .lines()
+        .find_map(|l| l.strip_prefix("JOB="))
+        .expect("JOB in thresholds.env");
+    assert_eq!(relabel("job")["replacement"], job);
 }
 
 #[test]
