@@ -96,6 +96,10 @@ printf '%s' '{"id":1,"result":{"Interface":{"7b2f1c4e-0d1a-4c55-9c39-5a0e3c2b1f0
 printf '%s' '{"id":1,"result":{"Interface":{"u1":{"new":{'"$row"'}}}},"error":null}{"id":"echo","method":"echo","params":[]}{"id":null,"method":"update","params":[null,{"Interface":{"u1":{"old":{"error":["set",[]]},"new":{"error":"could not open network device tap519d7cc4-75 (No such device)"}}}}]}{"id":null,"method":"update","params":[null,{"Interface":{"u1":{"old":{"name":"tap519d7cc4-75"}}},"Bridge":{"b1":{"new":{"name":"br-int"}}}}]}{"id":null,"met' >"$j/seed-session"
 printf '%s' '{"id":1,"result":null,"error":"unknown database"}' >"$j/seed-monitor-error"
 printf '%s' '{"Interface":{"u2":{"new":{"name":"ééééé","external_ids":["map",[]],"error":["set",["x"]]}},"u3":{"new":{"external_ids":"x"}}}}' >"$j/seed-table-updates"
+# The schema's answer, the node's rows, and a daemon's unixctl answer to `version`.
+printf '%s' '{"id":2,"result":{"name":"Open_vSwitch","version":"8.3.1","tables":{"Interface":{"columns":{"name":{},"external_ids":{},"error":{}}},"Bridge":{"columns":{"name":{},"external_ids":{}}},"Open_vSwitch":{"columns":{"ovs_version":{},"datapath_types":{},"datapaths":{}}}}},"error":null}' >"$j/seed-schema"
+printf '%s' '{"Open_vSwitch":{"o1":{"new":{"ovs_version":"3.1.0","db_version":"8.3.1","datapath_types":["set",["netdev","system"]],"datapaths":["map",[["system",["uuid","d1"]]]],"external_ids":["map",[["system-id","compute-1"],["ovn-remote","tcp:10.0.0.1:6642"]]]}}},"Datapath":{"d1":{"new":{"datapath_version":"<built-in>","capabilities":["map",[["ct_state","true"],["max_vlan_headers","2"]]]}}}}' >"$j/seed-node"
+printf '%s' '{"id":0,"result":"ovn-controller 24.03.2\nOpen vSwitch Library 3.3.0\nOpenFlow versions 0x6:0x6\nSB DB Schema 20.33.0\n","error":null}' >"$j/seed-unixctl-version"
 
 for t in "$out"/*/; do
     echo "seeds: $(find "$t" -name 'seed-*' | wc -l) in $t"

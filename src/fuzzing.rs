@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::collectors::common::link_cache;
 use crate::collectors::common::links as interfaces;
 use crate::collectors::common::ovs;
-use crate::collectors::common::ovsdb::client::split_messages;
+use crate::collectors::common::ovsdb::client::{monitor_request, split_messages};
 use crate::collectors::common::ovsdb::table::Table;
 use crate::collectors::{conntrack, conntrack_invalid, drops, offload, ovs_flows};
 use crate::diagnose::exposition;
@@ -183,8 +183,9 @@ pub fn nflog(data: &[u8]) {
 }
 
 /// What ovsdb-server writes on the socket: back-to-back JSON-RPC messages, split as the
-/// client splits them, each applied to the cached Interface table the way the client
-/// applies a monitor reply (`result`) or an `update` notification (`params[1]`).
+/// client splits them, each applied to the cached tables the way the client applies a
+/// monitor reply (`result`) or an `update` notification (`params[1]`), and read as a
+/// get_schema answer; and what a daemon answers on its unixctl socket.
 pub fn ovsdb(data: &[u8]) {
     let mut table = Table::default();
     let values = match split_messages(data) {
@@ -207,6 +208,17 @@ pub fn ovsdb(data: &[u8]) {
     }
     for i in table.rows.values() {
         let _ = crate::collectors::common::ovsdb::vm_port(i, &table);
+    }
+    let _ = crate::collectors::common::ovsdb::node(&table);
+    // A get_schema answer, turned into the monitor request.
+    for v in &values {
+        if let Some(schema) = v.get("result") {
+            let _ = monitor_request(schema);
+        }
+    }
+    // What a daemon answers on its control socket (`ovn-controller`'s `version`).
+    if let Ok(Some(Ok(text))) = crate::collectors::node::unixctl::reply(data) {
+        let _ = crate::collectors::node::unixctl::parse_version(&text);
     }
 }
 

@@ -8,7 +8,7 @@
 //! database, no OVN) is an empty label, never a failure.
 
 mod host;
-mod unixctl;
+pub(crate) mod unixctl;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -58,7 +58,7 @@ pub const FEATURES: &[&str] = &[
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Options {
-    /// Export the offload features of VM ports too (one series per feature and port).
+    /// Export the offload features of VM ports too (two series per feature and port: active and wanted).
     #[arg(id = "collector.offload.vm-ports", long = "collector.offload.vm-ports")]
     pub vm_ports: bool,
 
