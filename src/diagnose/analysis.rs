@@ -240,6 +240,9 @@ pub struct Report {
     /// The kernel's drops on tunnel devices and VM ports; None without the drops collector.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_drops: Option<KernelDrops>,
+    /// What the node runs (`packetpath_node_info`'s labels); None without the node collector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<BTreeMap<String, String>>,
     pub findings: Vec<Finding>,
     pub verdict: Verdict,
 }
@@ -568,6 +571,10 @@ pub fn analyse(before: &[Sample], after: &[Sample], ctx: Context) -> Report {
         vm_losses,
         unattributed_drops,
         kernel_drops,
+        node: after
+            .iter()
+            .find(|s| s.name == metrics::NODE_INFO)
+            .map(|s| s.labels.clone()),
         findings: Vec::new(),
         verdict: Verdict {
             loss: false,

@@ -1,6 +1,7 @@
 //! The report as text (tables that fit the terminal, colour only on a terminal) or JSON.
 
 use super::analysis::{Report, Severity};
+use std::collections::BTreeMap;
 
 /// How the text is drawn: a terminal gets colour and tables cut to its width.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +155,42 @@ fn on(v: Option<bool>) -> String {
     }
 }
 
+/// What the node runs, in words, from `packetpath_node_info`'s labels (what a bug report
+/// needs): the parts the node has.
+fn node_line(l: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| l.get(k).map_or("", String::as_str);
+    let mut parts = vec![match (get("kernel_release"), get("kernel_version")) {
+        ("", _) => "kernel unknown".to_owned(),
+        (release, "") => format!("kernel {release}"),
+        (release, build) => format!("kernel {release} ({build})"),
+    }];
+    match (
+        get("ovs_module"),
+        get("ovs_module_srcversion"),
+        get("ovs_module_version"),
+    ) {
+        ("", _, _) => parts.push("no openvswitch module loaded".to_owned()),
+        (origin, src, ver) => {
+            let mut m = format!("openvswitch module {}", origin.replace('_', "-"));
+            for (k, v) in [("version", ver), ("srcversion", src)] {
+                if !v.is_empty() {
+                    m.push_str(&format!(" {k} {v}"));
+                }
+            }
+            parts.push(m);
+        }
+    }
+    if !get("ovs_version").is_empty() {
+        parts.push(format!("Open vSwitch {}", get("ovs_version")));
+    }
+    if !get("ovn_chassis").is_empty() || !get("ovn_version").is_empty() {
+        let v = get("ovn_version");
+        let v = if v.is_empty() { "version unknown" } else { v };
+        parts.push(format!("OVN {v} (chassis {})", get("ovn_chassis")));
+    }
+    parts.join(", ")
+}
+
 pub fn text(r: &Report, style: &Style) -> String {
     let mut o = String::new();
     let iv = format!("{} s", (r.interval_seconds * 10.0).round() / 10.0);
@@ -175,6 +212,9 @@ pub fn text(r: &Report, style: &Style) -> String {
         })
         .collect();
     wrap(&mut o, "Sources: ", &sources.join(", "), style.width);
+    if let Some(node) = &r.node {
+        wrap(&mut o, "Node: ", &node_line(node), style.width);
+    }
     o.push('\n');
 
     o.push_str(&style.paint(BOLD, &format!("Tunnel to VM, packets in {iv}")));
@@ -469,6 +509,43 @@ mod tests {
         assert!(
             wide.contains("a-very-long-device-name-indeed       12"),
             "{wide}"
+        );
+    }
+
+    #[test]
+    fn the_node_in_words() {
+        let l = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            node_line(&l(&[
+                ("kernel_release", "6.1.0-28-cloud-amd64"),
+                (
+                    "kernel_version",
+                    "#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)"
+                ),
+                ("ovs_module", "in_tree"),
+                ("ovs_version", "3.1.0"),
+                ("ovn_chassis", "ch1"),
+                ("ovn_version", "23.03.1"),
+            ])),
+            "kernel 6.1.0-28-cloud-amd64 (#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)), openvswitch module in-tree, Open vSwitch 3.1.0, OVN 23.03.1 (chassis ch1)"
+        );
+        assert_eq!(
+            node_line(&l(&[
+                ("kernel_release", "5.10.0-33-cloud-amd64"),
+                ("ovs_module", "out_of_tree"),
+                ("ovs_module_version", "2.17.9"),
+                ("ovs_module_srcversion", "5A6D1C0B"),
+            ])),
+            "kernel 5.10.0-33-cloud-amd64, openvswitch module out-of-tree version 2.17.9 srcversion 5A6D1C0B"
+        );
+        assert_eq!(
+            node_line(&l(&[])),
+            "kernel unknown, no openvswitch module loaded"
         );
     }
 
