@@ -437,13 +437,15 @@ fn node_info_follows_the_open_vswitch_row_and_its_datapaths() {
             == strings(["3.1.0", schema, "netdev,system", "compute-1", OVN_VERSION])
     });
 
-    // The Datapath row ovs-vswitchd (asked by ovn-controller) makes for a datapath type.
+    // What ovn-controller and ovs-vswitchd leave for br-int's type: a Datapath row with the
+    // datapath's capabilities and no version, which ovs-vswitchd records on the bridge
+    // instead (`<unknown>` for the kernel's own module).
+    db.vsctl(&["set", "Bridge", "br-int", "datapath_version=\"<unknown>\""]);
     db.vsctl(&[
         "--",
         "--id=@dp",
         "create",
         "Datapath",
-        "datapath_version=\"<built-in>\"",
         "capabilities:ct_state=true",
         "capabilities:max_vlan_headers=2",
         "--",
@@ -452,31 +454,49 @@ fn node_info_follows_the_open_vswitch_row_and_its_datapaths() {
         ".",
         "datapaths:system=@dp",
     ]);
-    wait_for("the datapath", Duration::from_secs(5), || {
+    // A row that carries a version of its own, for a type no bridge uses.
+    db.vsctl(&[
+        "--",
+        "--id=@dp",
+        "create",
+        "Datapath",
+        "datapath_version=\"<built-in>\"",
+        "capabilities:recirc=false",
+        "--",
+        "set",
+        "Open_vSwitch",
+        ".",
+        "datapaths:netdev=@dp",
+    ]);
+    wait_for("the datapaths", Duration::from_secs(5), || {
         e.scrape()
             .select("packetpath_node_ovs_datapath_info", &[])
             .count()
-            > 0
+            == 2
     });
     let m = e.scrape();
     assert_kernel(&m);
-    let datapaths: Vec<_> = m.select("packetpath_node_ovs_datapath_info", &[]).collect();
-    assert_eq!(datapaths.len(), 1, "{datapaths:?}");
+    let mut datapaths: Vec<(String, String, f64)> = m
+        .select("packetpath_node_ovs_datapath_info", &[])
+        .map(|(l, v)| (l["datapath_type"].clone(), l["datapath_version"].clone(), v))
+        .collect();
+    datapaths.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        (
-            datapaths[0].0["datapath_type"].as_str(),
-            datapaths[0].0["datapath_version"].as_str(),
-            datapaths[0].1
-        ),
-        ("system", "<built-in>", 1.0)
+        datapaths,
+        [
+            ("netdev".to_owned(), "<built-in>".to_owned(), 1.0),
+            ("system".to_owned(), "<unknown>".to_owned(), 1.0),
+        ]
     );
-    let caps: Vec<(String, String, f64)> = m
+    let mut caps: Vec<(String, String, f64)> = m
         .select("packetpath_node_ovs_datapath_capability", &[])
         .map(|(l, v)| (l["datapath_type"].clone(), l["capability"].clone(), v))
         .collect();
+    caps.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     assert_eq!(
         caps,
         [
+            ("netdev".to_owned(), "recirc".to_owned(), 0.0),
             ("system".to_owned(), "ct_state".to_owned(), 1.0),
             ("system".to_owned(), "max_vlan_headers".to_owned(), 2.0),
         ]
