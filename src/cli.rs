@@ -267,12 +267,13 @@ mod tests {
                 "ovs",
                 "ovs_flows",
                 "ovsdb",
-                "offload"
+                "offload",
+                "node"
             ]
         );
         assert_eq!(
             enabled(&["--no-collector.conntrack", "--no-collector.ovs_flows"]),
-            vec!["interfaces", "ovs", "ovsdb", "offload"]
+            vec!["interfaces", "ovs", "ovsdb", "offload", "node"]
         );
         assert_eq!(
             enabled(&["--collector.disable-defaults", "--collector.conntrack"]),
@@ -293,11 +294,11 @@ mod tests {
     fn bad_input_is_one_line() {
         assert_eq!(
             usage(&["--collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops, node)"
         );
         assert_eq!(
             usage(&["--no-collector.bogus"]),
-            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops)"
+            "unknown collector \"bogus\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops, node)"
         );
         let re = usage(&["--collector.interfaces.device-include", "(tap"]);
         assert!(

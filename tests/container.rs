@@ -199,8 +199,9 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
 /// with `run_as_user` in place of its runAsUser: capabilities in the bounding, effective
 /// and permitted sets only (never ambient or inheritable), no_new_privs from
 /// allowPrivilegeEscalation, the read-only root, the "host" network (`netns`, standing in
-/// for the node's), and every volumeMount as a bind of its hostPath (`state` and
-/// `openvswitch` redirected to `scratch` so the test leaves the host's /run alone).
+/// for the node's), and every volumeMount as a bind of its hostPath (`state`,
+/// `openvswitch` and `ovn` redirected to `scratch` so the test leaves the host's /run
+/// alone).
 fn cri_spec(
     bundle: &Path,
     rootfs: &Path,
@@ -255,7 +256,7 @@ fn cri_spec(
         let vol = volumes.iter().find(|v| v["name"] == name).unwrap();
         let host = vol["hostPath"]["path"].as_str().unwrap();
         let source = match name {
-            "state" | "openvswitch" => {
+            "state" | "openvswitch" | "ovn" => {
                 let d = scratch.join(name);
                 std::fs::create_dir_all(&d).unwrap();
                 d

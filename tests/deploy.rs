@@ -110,6 +110,7 @@ fn daemonset_is_least_privilege_and_its_flags_parse() {
         "/host/sys",
         "/run/packetpath-exporter",
         "/run/openvswitch",
+        "/run/ovn",
     ] {
         assert!(mounts.contains(&path), "{path} not mounted");
     }

@@ -17,9 +17,12 @@
 //! `instance_id`, `port_id` and `device`, and never names B; the per-VM drop counters equal
 //! the datapath's drop flows attributed through their recirculation lineage (drop flow
 //! `recirc_id(X)` ← flow with `ct(zone=N),recirc(X)` ← br-int's `ct-zone-<iface-id>=N`);
-//! the per-VM conntrack-invalid counters equal what was sent. The test stops the traffic
-//! once the alert has fired (or 10 minutes after the first loss) and appends Prometheus's
-//! view (alert history, the exporter's series) to results.txt as `host/…` blocks.
+//! the per-VM conntrack-invalid counters equal what was sent; the node collector's
+//! `packetpath_node_info` and datapath series equal what the guest's kernel and daemons
+//! say (`uname`, sysfs, ovs-vsctl, ovn-controller's own `version` answer). The test stops
+//! the traffic once the alert has fired (or 10 minutes after the first loss) and appends
+//! Prometheus's view (alert history, the exporter's series) to results.txt as `host/…`
+//! blocks.
 //!
 //! `PP_OVN_RULES=FILE` evaluates FILE instead of alerts/packetpath.rules.yml.
 //!
@@ -37,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vm_results::{DpFlow, Results, conntrack_sum, dp_flows, key_values, sysfs};
+use vm_results::{DpFlow, Results, conntrack_sum, dp_flows, exit_status, key_values, sysfs};
 
 const ALERT: &str = "PacketpathTunnelToVMLoss";
 /// The scenario's VM ports (tests/vm/guest/scenario-ovn.sh).
@@ -327,6 +330,149 @@ fn lineage(
     (out, why)
 }
 
+/// Block `name`'s text without its final newline; the command that wrote it succeeded.
+fn output<'a>(r: &'a Results, name: &str) -> &'a str {
+    let body = r.get(name);
+    assert_eq!(exit_status(body), None, "{name} failed: {body}");
+    body.trim_end_matches('\n')
+}
+
+/// `value` with ovs-vsctl's quotes removed (`"<built-in>"` → `<built-in>`).
+fn unquote(value: &str) -> &str {
+    value.trim().trim_matches('"')
+}
+
+/// A capability's value as the exporter exports it: 1, 0 or the number; None otherwise.
+fn capability(value: &str) -> Option<f64> {
+    match value {
+        "true" => Some(1.0),
+        "false" => Some(0.0),
+        v => v.parse().ok(),
+    }
+}
+
+/// The node collector's series equal what the guest's kernel and daemons said (blocks
+/// `final/node/…`): uname, the module's sysfs files, ovs-vswitchd's version as the scenario
+/// recorded it the way ovs-ctl does, the Open_vSwitch row, ovn-controller's own answer to
+/// `version` on its control socket, and the Datapath row ovn-controller made for br-int.
+fn what_the_node_runs(r: &Results, m: &common::Metrics) {
+    let module: BTreeMap<&str, &str> = output(r, "final/node/module")
+        .lines()
+        .map(|l| l.split_once(' ').unwrap_or((l, "")))
+        .collect();
+    assert_eq!(module["initstate"], "live", "{module:?}");
+    assert!(
+        !module["taint"].contains('O'),
+        "an in-tree module: {module:?}"
+    );
+    assert_eq!(module["version"], "(none)", "{module:?}");
+    // Debian's kernels have no CONFIG_MODULE_SRCVERSION_ALL: no srcversion for the
+    // kernel's own module, and then the label is empty.
+    let srcversion = match module["srcversion"] {
+        "(none)" => "",
+        v => v,
+    };
+    // "ovs-vswitchd (Open vSwitch) 3.5.0": what ovs-ctl records as ovs_version.
+    let ovs_version = output(r, "final/node/ovs-vswitchd-version")
+        .lines()
+        .find(|l| l.contains("Open vSwitch"))
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("ovs-vswitchd --version");
+    let row = output(r, "final/node/open-vswitch");
+    let column = |name: &str| {
+        row.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {row}"))
+    };
+    assert_eq!(unquote(column("ovs_version")), ovs_version, "{row}");
+    let ids = ovs_map(column("external_ids"));
+    // `[netdev, system]`, comma-separated and sorted by the exporter.
+    let mut types: Vec<&str> = output(r, "final/node/datapath-types")
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(", ")
+        .filter(|t| !t.is_empty())
+        .collect();
+    types.sort();
+    assert!(types.contains(&"system"), "{types:?}");
+    // ovn-controller's answer: "ovn-controller 25.03.0\nOpen vSwitch Library 3.5.0\n…".
+    let answer = output(r, "final/node/ovn-controller-version");
+    let ovn_version = answer
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("ovn-controller "))
+        .unwrap_or_else(|| panic!("ovn-controller's version answer: {answer}"));
+    assert_eq!(
+        output(r, "final/node/ovn-controller--version")
+            .lines()
+            .next(),
+        answer.lines().next(),
+        "the running daemon is the installed one"
+    );
+    let want: BTreeMap<String, String> = [
+        ("kernel_release", output(r, "final/node/uname-r")),
+        ("kernel_version", output(r, "final/node/uname-v")),
+        ("ovs_module", "in_tree"),
+        ("ovs_module_srcversion", srcversion),
+        ("ovs_module_version", ""),
+        ("ovs_version", ovs_version),
+        ("ovs_db_version", unquote(column("db_version"))),
+        ("ovs_datapath_types", &types.join(",")),
+        ("ovn_chassis", "ch1"),
+        ("ovn_version", ovn_version),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(ids["system-id"], "ch1", "{ids:?}");
+    assert!(!want["ovs_db_version"].is_empty());
+    let info: Vec<_> = m.select("packetpath_node_info", &[]).collect();
+    assert_eq!(info.len(), 1, "{info:?}");
+    assert_eq!((&info[0].0, info[0].1), (&want, 1.0));
+    eprintln!("packetpath_node_info: {want:?}");
+
+    // br-int's Datapath row: every capability with a numeric value; its version, or (the
+    // row has none) the one ovs-vswitchd recorded on br-int, of the same type.
+    let dp = output(r, "final/node/datapath-system");
+    let (version, caps) = dp
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("the system Datapath row: {dp}"));
+    let br_int = output(r, "final/node/br-int-datapath");
+    let (br_type, br_version) = br_int
+        .split_once('\n')
+        .unwrap_or_else(|| panic!("br-int's datapath: {br_int}"));
+    assert!(matches!(unquote(br_type), "" | "system"), "{br_int}");
+    let version = match unquote(version) {
+        "" => unquote(br_version),
+        v => v,
+    };
+    assert!(!version.is_empty(), "{dp}\n{br_int}");
+    let want_caps: BTreeMap<String, f64> = ovs_map(caps)
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, capability(&v)?)))
+        .collect();
+    assert_eq!(want_caps.get("ct_state"), Some(&1.0), "{dp}");
+    let (l, one) = m
+        .select(
+            "packetpath_node_ovs_datapath_info",
+            &[("datapath_type", "system")],
+        )
+        .next()
+        .expect("no packetpath_node_ovs_datapath_info{datapath_type=\"system\"}");
+    assert_eq!((l["datapath_version"].as_str(), one), (version, 1.0));
+    let got_caps: BTreeMap<String, f64> = m
+        .select(
+            "packetpath_node_ovs_datapath_capability",
+            &[("datapath_type", "system")],
+        )
+        .map(|(l, v)| (l["capability"].clone(), v))
+        .collect();
+    assert_eq!(got_caps, want_caps);
+    eprintln!("system datapath {}: {got_caps:?}", l["datapath_version"]);
+}
+
 #[test]
 fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
     let test = "ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim";
@@ -569,14 +715,16 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
 
     // The exporter at the end (traffic stopped) against the datapath's own flows.
     let m = common::checked_metrics(r.get("final/metrics"));
-    // Every collector the DaemonSet names ran, the drop monitor's among them.
-    for c in ["conntrack_invalid", "drops", "ovs_flows", "ovsdb"] {
+    // Every collector the DaemonSet names ran, the drop monitor's among them, and the
+    // node collector it runs by default.
+    for c in ["conntrack_invalid", "drops", "ovs_flows", "ovsdb", "node"] {
         assert_eq!(
             m.value("packetpath_scrape_collector_success", &[("collector", c)]),
             1.0,
             "{c} in the shipped configuration"
         );
     }
+    what_the_node_runs(&r, &m);
     let (info, one) = m
         .select("packetpath_vm_port_info", &[("device", A_TAP)])
         .next()

@@ -61,13 +61,22 @@ impl Daemon {
         let answer = ask(&socket, VERSION).and_then(|reply| {
             parse_version(&reply).ok_or_else(|| format!("no version in {reply:?}"))
         });
-        if let Err(why) = &answer {
+        if let (Err(why), true) = (&answer, news(last.as_ref(), pid, &answer)) {
             tracing::info!(daemon = self.name, socket = %socket.display(), "cannot read the version: {why}");
         }
         let out = answer.clone().unwrap_or_default();
         *last = Some((pid, answer, Instant::now()));
         out
     }
+}
+
+/// Whether `answer` from process `pid` is worth a log line after `last`: a failure is said
+/// once per process, not at every retry (a socket the exporter may not open stays so).
+fn news(last: Option<&Asked>, pid: u32, answer: &Result<String, String>) -> bool {
+    !matches!(
+        (last, answer),
+        (Some((p, Err(before), _)), Err(now)) if *p == pid && before == now
+    )
 }
 
 fn pid(pidfile: &Path) -> Option<u32> {
@@ -149,6 +158,18 @@ mod tests {
         );
         assert_eq!(parse_version(""), None);
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_failure_is_said_once_per_process() {
+        let denied: Result<String, String> = Err("Permission denied (os error 13)".into());
+        let now = Instant::now();
+        assert!(news(None, 7, &denied));
+        assert!(!news(Some(&(7, denied.clone(), now)), 7, &denied));
+        assert!(news(Some(&(8, denied.clone(), now)), 7, &denied));
+        let other = Err("the daemon closed the connection".into());
+        assert!(news(Some(&(7, denied.clone(), now)), 7, &other));
+        assert!(news(Some(&(7, Ok("25.03.0".into()), now)), 7, &denied));
     }
 
     #[test]

@@ -117,6 +117,13 @@ scenario_prepare() {
     mkdir -p /run/packetpath-exporter /tmp/www
     : >"$PROGRESS"
 
+    # What ovs-ctl does when it starts Open vSwitch, which this bed starts without it:
+    # record the versions of ovs-vswitchd and of the database's schema in the Open_vSwitch
+    # row (the exporter's ovs_version and ovs_db_version come from there).
+    ovs-vsctl --no-wait set Open_vSwitch . \
+        ovs_version="$(ovs-vswitchd --version | awk '/Open vSwitch/{print $NF}')" \
+        db_version="$(ovsdb-tool schema-version /usr/share/openvswitch/vswitch.ovsschema)"
+
     # Underlay between the chassis, neighbours fixed so no ARP is ever sent.
     underlay_up "$CH1_IP" "$CH2_IP"
 
@@ -134,6 +141,9 @@ scenario_prepare() {
     # A answers SYNs, so the remote can open connections to it.
     vm_port "$A_TAP" "$A_PORT" "$A_VM" "$A_MAC" --answer-syn
     vm_port "$B_TAP" "$B_PORT" "$B_VM" "$B_MAC"
+    # No --unixctl: the control socket goes to OVN's rundir, /var/run/ovn, which is
+    # $OVN_RUN here (the base links /var/run to /run), as on a Debian host; the exporter's
+    # default --collector.node.ovn-rundir finds it there (block final/node/ovn-rundir).
     ovn-controller unix:/run/openvswitch/db.sock --pidfile=$OVN_RUN/ovn-controller.pid \
         --detach --no-chdir --log-file=/var/log/ovn/ovn-controller.log \
         || fatal "ovn-controller did not start"
@@ -162,6 +172,26 @@ ovn_state() {
     emit "$1/br-int-external-ids" ovs-vsctl get Bridge br-int external_ids
     emit "$1/interfaces" ovs-vsctl --columns=name,ofport,type,options,external_ids list Interface
     emit "$1/openflow-count" sh -c 'ovs-ofctl dump-flows br-int | wc -l'
+}
+
+# node_truth BLOCK: what the kernel and the daemons themselves say the node runs, for the
+# host to compare with the exporter's packetpath_node_info and datapath series.
+node_truth() {
+    emit "$1/uname-r" uname -r
+    emit "$1/uname-v" uname -v
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    emit "$1/module" sh -c 'cd /sys/module/openvswitch && for f in initstate srcversion taint version; do [ -e $f ] && echo "$f $(cat $f)" || echo "$f (none)"; done'
+    emit "$1/ovs-vswitchd-version" ovs-vswitchd --version
+    emit "$1/open-vswitch" ovs-vsctl --columns=ovs_version,db_version,datapath_types,datapaths,external_ids list Open_vSwitch
+    emit "$1/datapath-types" ovs-vsctl get Open_vSwitch . datapath_types
+    # The Datapath row of br-int's type (ovn-controller creates it, ovs-vswitchd fills it).
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    emit "$1/datapath-system" sh -c '_dp=$(ovs-vsctl get Open_vSwitch . datapaths:system) && ovs-vsctl get Datapath "$_dp" datapath_version capabilities'
+    # Where ovs-vswitchd records the datapath's version: on each bridge.
+    emit "$1/br-int-datapath" ovs-vsctl get Bridge br-int datapath_type datapath_version
+    emit "$1/ovn-controller-version" ovn-appctl -t ovn-controller version
+    emit "$1/ovn-controller--version" ovn-controller --version
+    emit "$1/ovn-rundir" sh -c 'ls -ld /var/run; ls -l /run/ovn'
 }
 
 # snapshot NAME: the exporter and the kernel's own counters at one moment.
@@ -286,6 +316,7 @@ uptime $(cat /proc/uptime)"
     sleep 1
     snapshot final
     ovn_state final
+    node_truth final/node
     emit final/exporter-log cat "$EXPORTER_LOG"
     emit final/ovn-controller-log cat /var/log/ovn/ovn-controller.log
 

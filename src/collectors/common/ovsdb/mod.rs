@@ -56,7 +56,8 @@ pub fn vm_port(i: &Interface, table: &Table) -> Option<VmPort> {
 pub type Ports = Vec<VmPort>;
 
 /// What the database says of the node: its Open_vSwitch row (empty when the database has
-/// none yet) and the datapath types it configured, with their Datapath rows.
+/// none yet) and the datapath types it configured, with their Datapath rows (the version
+/// the bridges of the type carry when the row has none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Node {
     pub system: System,
@@ -69,7 +70,14 @@ pub fn node(table: &Table) -> Node {
     let datapaths = system
         .datapaths
         .iter()
-        .filter_map(|(kind, uuid)| Some((kind.clone(), table.datapaths.get(uuid)?.clone())))
+        .filter_map(|(kind, uuid)| {
+            let row = table.datapaths.get(uuid)?;
+            let dp = Datapath {
+                version: table.datapath_version(kind, row),
+                capabilities: row.capabilities.clone(),
+            };
+            Some((kind.clone(), dp))
+        })
         .collect();
     Node { system, datapaths }
 }

@@ -15,8 +15,10 @@ use serde_json::Value;
 /// rewrites every few seconds.
 pub const COLUMNS: [&str; 3] = ["name", "external_ids", "error"];
 /// The Bridge columns: ovn-controller keeps each local port's conntrack zone in the
-/// integration bridge's external_ids (`ct-zone-<logical port>`).
-pub const BRIDGE_COLUMNS: [&str; 2] = ["name", "external_ids"];
+/// integration bridge's external_ids (`ct-zone-<logical port>`); ovs-vswitchd records the
+/// version of each bridge's datapath in `datapath_version` (the Datapath table's column of
+/// that name is left empty).
+pub const BRIDGE_COLUMNS: [&str; 4] = ["name", "external_ids", "datapath_type", "datapath_version"];
 /// The Open_vSwitch (one row) columns: what the node runs. `ovs_version` and `db_version`
 /// are written by the distribution's start script (ovs-ctl), `datapath_types` and
 /// `datapaths` by ovs-vswitchd; `external_ids:system-id` is OVN's chassis name.
@@ -28,7 +30,8 @@ pub const SYSTEM_COLUMNS: [&str; 5] = [
     "external_ids",
 ];
 /// The Datapath columns (OVS 2.14 and later; rows exist where something, ovn-controller
-/// say, configured a datapath type): ovs-vswitchd records what the datapath supports.
+/// say, configured a datapath type): ovs-vswitchd records what the datapath supports. It
+/// does not write `datapath_version` (up to 3.5 at least): see [`Table::datapath_version`].
 pub const DATAPATH_COLUMNS: [&str; 2] = ["datapath_version", "capabilities"];
 /// Every table the client follows, with the columns it asks of each; tables and columns
 /// the server's schema lacks (older Open vSwitch) are left out of the request.
@@ -59,6 +62,9 @@ impl Interface {
 pub struct Bridge {
     pub name: String,
     pub external_ids: BTreeMap<String, String>,
+    /// As configured: empty is `system`.
+    pub datapath_type: String,
+    pub datapath_version: String,
 }
 
 /// The Open_vSwitch row.
@@ -237,7 +243,18 @@ impl Table {
             Ok(())
         })?;
         apply_rows(tables, "Bridge", &mut self.bridges, |row, new, bad| {
-            name_and_ids(&mut row.name, &mut row.external_ids, new, bad)
+            name_and_ids(&mut row.name, &mut row.external_ids, new, bad)?;
+            for (column, into) in [
+                ("datapath_type", &mut row.datapath_type),
+                ("datapath_version", &mut row.datapath_version),
+            ] {
+                if let Some(v) = new.get(column) {
+                    *into = optional_string(v)
+                        .ok_or_else(|| bad("a datapath column is not a string"))?
+                        .unwrap_or_default();
+                }
+            }
+            Ok(())
         })?;
         apply_rows(
             tables,
@@ -286,6 +303,30 @@ impl Table {
             .iter()
             .min_by(|a, b| a.0.cmp(b.0))
             .map(|(_, s)| s)
+    }
+
+    /// The version of datapath type `kind` (`system`, `netdev`): the Datapath row's own
+    /// column when something wrote it, else what ovs-vswitchd recorded on the bridges of
+    /// that type (`<unknown>` for the kernel's module, `<built-in>` for the userspace
+    /// datapath); empty when neither says, or the bridges disagree.
+    pub fn datapath_version(&self, kind: &str, row: &Datapath) -> String {
+        if !row.version.is_empty() {
+            return row.version.clone();
+        }
+        let versions: std::collections::BTreeSet<&str> = self
+            .bridges
+            .values()
+            .filter(|b| match b.datapath_type.as_str() {
+                "" => kind == "system",
+                t => t == kind,
+            })
+            .map(|b| b.datapath_version.as_str())
+            .filter(|v| !v.is_empty())
+            .collect();
+        match versions.into_iter().collect::<Vec<_>>().as_slice() {
+            [one] => (*one).to_owned(),
+            _ => String::new(),
+        }
     }
 
     /// The conntrack zone ovn-controller gave a logical port (`ct-zone-<port>` in a
@@ -401,6 +442,10 @@ mod tests {
         assert_eq!(s.external_ids["system-id"], "compute-1");
         assert_eq!(t.datapaths["d1"].version, "<built-in>");
         assert_eq!(t.datapaths["d1"].capabilities["max_vlan_headers"], "2");
+        assert_eq!(
+            t.datapath_version("system", &t.datapaths["d1"]),
+            "<built-in>"
+        );
         let e = t
             .apply(&json!({"Open_vSwitch": {"o1": {"new": {"datapaths": ["map", [["system", "d1"]]]}}}}))
             .unwrap_err();
@@ -414,6 +459,38 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "ovsdb: Open_vSwitch row o1: a version is not a string"
+        );
+    }
+
+    #[test]
+    fn a_datapath_version_from_the_bridges_of_its_type() {
+        let mut t = Table::default();
+        // What ovn-controller and ovs-vswitchd leave: a Datapath row without a version,
+        // the version on each bridge (br-int's type is the default, system).
+        t.apply(&json!({
+            "Bridge": {
+                "b1": {"new": {"name": "br-int", "datapath_type": "", "datapath_version": "<unknown>"}},
+                "b2": {"new": {"name": "br-ex", "datapath_type": "system", "datapath_version": "<unknown>"}},
+                "b3": {"new": {"name": "br-dpdk", "datapath_type": "netdev", "datapath_version": "<built-in>"}}
+            },
+            "Datapath": {"d1": {"new": {"datapath_version": "", "capabilities": ["map", []]}}}
+        }))
+        .unwrap();
+        let row = t.datapaths["d1"].clone();
+        assert_eq!(t.datapath_version("system", &row), "<unknown>");
+        assert_eq!(t.datapath_version("netdev", &row), "<built-in>");
+        assert_eq!(t.datapath_version("afxdp", &row), "");
+        // Bridges of one type that disagree say nothing.
+        t.apply(&json!({"Bridge": {"b2": {"new": {"datapath_version": "2.17.9"}}}}))
+            .unwrap();
+        assert_eq!(t.bridges["b2"].datapath_type, "system");
+        assert_eq!(t.datapath_version("system", &row), "");
+        let e = t
+            .apply(&json!({"Bridge": {"b1": {"new": {"datapath_version": 1}}}}))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "ovsdb: Bridge row b1: a datapath column is not a string"
         );
     }
 
