@@ -617,6 +617,13 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
         "min_over_time(timestamp(ALERTS{{alertname=\"{ALERT}\",alertstate=\"firing\"}})[30m:15s])"
     ));
     let vm_series = prom.query("{__name__=~\"packetpath_vm_port_.*\"}");
+    // The fleet rules over the run: the VM ports affected, and the signature grouped by
+    // what the node runs (one node here; its kernel must be the one named).
+    let affected =
+        prom.query("max_over_time(instance_device:packetpath_vm_port_affected:info[30m])");
+    let by_kernel = prom.query(
+        "max_over_time((count by (kernel_release, ovn_version) ((instance:packetpath_conntrack_bad_checksum_packets:increase_signature_window > 0) * on (instance) group_left (kernel_release, ovn_version) packetpath_node_info))[30m:15s])",
+    );
     let up = prom.query("up");
     let rules = prom.api("/api/v1/rules").unwrap_or_default();
     history.push_str(&format!(
@@ -628,6 +635,8 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
     append_block(&results, "host/alerts-over-run", &pretty(&all_alerts));
     append_block(&results, "host/first-firing", &pretty(&first_firing));
     append_block(&results, "host/vm-port-series", &pretty(&vm_series));
+    append_block(&results, "host/fleet-affected", &pretty(&affected));
+    append_block(&results, "host/fleet-by-kernel", &pretty(&by_kernel));
     append_block(&results, "host/up", &pretty(&up));
     append_block(
         &results,
@@ -725,6 +734,33 @@ fn ovn_chassis_pages_for_the_seed_trickle_and_names_the_victim() {
         );
     }
     what_the_node_runs(&r, &m);
+    // What a global view pulls: A among the VM ports affected, with its VM, B never; and
+    // the fleet query grouping the signature by kernel names this node's kernel and OVN.
+    let affected: Vec<BTreeMap<String, String>> =
+        affected.iter().map(|s| labels(&s["metric"])).collect();
+    assert!(
+        affected.iter().any(is_a),
+        "instance_device:packetpath_vm_port_affected:info never named A: {affected:?}"
+    );
+    assert!(
+        !affected.iter().any(|l| names_vm(l, B_PORT, B_VM, B_TAP)),
+        "the fleet rules named VM B: {affected:?}"
+    );
+    let node = m
+        .select("packetpath_node_info", &[])
+        .next()
+        .expect("node info")
+        .0;
+    let named: Vec<BTreeMap<String, String>> =
+        by_kernel.iter().map(|s| labels(&s["metric"])).collect();
+    assert_eq!(
+        named,
+        vec![BTreeMap::from([
+            ("kernel_release".to_owned(), node["kernel_release"].clone()),
+            ("ovn_version".to_owned(), node["ovn_version"].clone()),
+        ])],
+        "the signature grouped by kernel release and OVN version"
+    );
     let (info, one) = m
         .select("packetpath_vm_port_info", &[("device", A_TAP)])
         .next()
