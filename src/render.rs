@@ -125,6 +125,16 @@ impl Family {
     }
 }
 
+/// `s` cut to at most `max` bytes at a character boundary: label values from outside
+/// (OVSDB, procfs) are bounded.
+pub fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default().to_owned()
+}
+
 /// Appends `v` with `\` and newline escaped, and `"` too when `quote` (label values).
 fn escape(v: &str, quote: bool, out: &mut Vec<u8>) {
     for &b in v.as_bytes() {

@@ -42,11 +42,7 @@ pub fn line(path: &Path) -> String {
 }
 
 pub fn cut(s: &str) -> String {
-    let mut end = s.len().min(MAX_VALUE);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or_default().to_owned()
+    crate::render::cut(s, MAX_VALUE)
 }
 
 pub fn kernel(procfs: &Path) -> Kernel {

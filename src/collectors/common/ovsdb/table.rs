@@ -99,15 +99,11 @@ pub enum UpdateError {
 }
 
 fn cut(s: &str) -> String {
-    let mut end = s.len().min(MAX_VALUE);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s.get(..end).unwrap_or_default().to_owned()
+    crate::render::cut(s, MAX_VALUE)
 }
 
-/// An OVSDB string map: `["map", [[k, v], ...]]`.
-fn map(v: &Value) -> Option<BTreeMap<String, String>> {
+/// An OVSDB map, `["map", [[k, v], ...]]`, its values read by `value`.
+fn pairs(v: &Value, value: impl Fn(&Value) -> Option<String>) -> Option<BTreeMap<String, String>> {
     let pairs = match v.as_array()?.as_slice() {
         [tag, pairs] if tag == "map" => pairs.as_array()?,
         _ => return None,
@@ -115,10 +111,15 @@ fn map(v: &Value) -> Option<BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| match p.as_array()?.as_slice() {
-            [k, v] => Some((cut(k.as_str()?), cut(v.as_str()?))),
+            [k, v] => Some((cut(k.as_str()?), value(v)?)),
             _ => None,
         })
         .collect()
+}
+
+/// An OVSDB string map.
+fn map(v: &Value) -> Option<BTreeMap<String, String>> {
+    pairs(v, |v| v.as_str().map(cut))
 }
 
 /// A string set: `["set", [...]]`, or one bare string (RFC 7047 §5.1), sorted.
@@ -140,20 +141,10 @@ fn string_set(v: &Value) -> Option<Vec<String>> {
 
 /// A map from strings to row references: `["map", [[k, ["uuid", u]], ...]]`.
 fn uuid_map(v: &Value) -> Option<BTreeMap<String, String>> {
-    let pairs = match v.as_array()?.as_slice() {
-        [tag, pairs] if tag == "map" => pairs.as_array()?,
-        _ => return None,
-    };
-    pairs
-        .iter()
-        .map(|p| match p.as_array()?.as_slice() {
-            [k, r] => match r.as_array()?.as_slice() {
-                [tag, u] if tag == "uuid" => Some((cut(k.as_str()?), u.as_str()?.to_owned())),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
+    pairs(v, |r| match r.as_array()?.as_slice() {
+        [tag, u] if tag == "uuid" => Some(u.as_str()?.to_owned()),
+        _ => None,
+    })
 }
 
 /// An optional string column: `"text"`, or `["set", []]` when empty.
