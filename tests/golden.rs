@@ -409,20 +409,14 @@ fn golden_ovs_with_vm_identity() {
         "datapath_type=system",
         "datapath_version=\"<unknown>\"",
     ]);
-    db.vsctl(&[
-        "--",
-        "--id=@dp",
-        "create",
-        "Datapath",
-        "capabilities:ct_state=true",
-        "capabilities:recirc=true",
-        "capabilities:max_vlan_headers=2",
-        "--",
-        "set",
-        "Open_vSwitch",
-        ".",
-        "datapaths:system=@dp",
-    ]);
+    db.add_datapath(
+        "system",
+        &[
+            "capabilities:ct_state=true",
+            "capabilities:recirc=true",
+            "capabilities:max_vlan_headers=2",
+        ],
+    );
     golden_ovsdb_with(
         "metrics-ovs-vm.txt",
         "tests/fixtures/ovs",

@@ -441,33 +441,21 @@ fn node_info_follows_the_open_vswitch_row_and_its_datapaths() {
     // datapath's capabilities and no version, which ovs-vswitchd records on the bridge
     // instead (`<unknown>` for the kernel's own module).
     db.vsctl(&["set", "Bridge", "br-int", "datapath_version=\"<unknown>\""]);
-    db.vsctl(&[
-        "--",
-        "--id=@dp",
-        "create",
-        "Datapath",
-        "capabilities:ct_state=true",
-        "capabilities:max_vlan_headers=2",
-        "--",
-        "set",
-        "Open_vSwitch",
-        ".",
-        "datapaths:system=@dp",
-    ]);
+    db.add_datapath(
+        "system",
+        &[
+            "capabilities:ct_state=true",
+            "capabilities:max_vlan_headers=2",
+        ],
+    );
     // A row that carries a version of its own, for a type no bridge uses.
-    db.vsctl(&[
-        "--",
-        "--id=@dp",
-        "create",
-        "Datapath",
-        "datapath_version=\"<built-in>\"",
-        "capabilities:recirc=false",
-        "--",
-        "set",
-        "Open_vSwitch",
-        ".",
-        "datapaths:netdev=@dp",
-    ]);
+    db.add_datapath(
+        "netdev",
+        &[
+            "datapath_version=\"<built-in>\"",
+            "capabilities:recirc=false",
+        ],
+    );
     wait_for("the datapaths", Duration::from_secs(5), || {
         e.scrape()
             .select("packetpath_node_ovs_datapath_info", &[])

@@ -100,6 +100,16 @@ impl Db {
         all.extend_from_slice(args);
         run("ovs-vsctl", &all)
     }
+
+    /// A Datapath row for datapath type `kind`, with `columns` (`capabilities:ct_state=true`,
+    /// `datapath_version="…"`), named in the Open_vSwitch row's `datapaths`.
+    pub fn add_datapath(&self, kind: &str, columns: &[&str]) {
+        let mut args = vec!["--", "--id=@dp", "create", "Datapath"];
+        args.extend_from_slice(columns);
+        let set = format!("datapaths:{kind}=@dp");
+        args.extend_from_slice(&["--", "set", "Open_vSwitch", ".", &set]);
+        self.vsctl(&args);
+    }
 }
 
 impl Drop for Db {
