@@ -15,8 +15,9 @@ use crate::netlink::{CaptureTransport, KernelTransport, ReplayTransport, Transpo
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "packetpath-exporter",
-    version,
+    version = LONG_VERSION,
     about = "Prometheus exporter for packet-path health between tunnel and VM ports.",
+    after_help = EXIT_STATUS,
     term_width = 200,
     max_term_width = 200
 )]
@@ -25,7 +26,8 @@ pub struct Args {
     #[arg(
         long = "web.listen-address",
         value_name = "ADDR",
-        default_value = ":9479"
+        default_value = ":9479",
+        value_parser = parse_listen_address
     )]
     pub listen_address: String,
 
@@ -33,21 +35,21 @@ pub struct Args {
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics", value_parser = parse_http_path)]
     pub telemetry_path: String,
 
-    /// Concurrent scrapes served at most; more get 503 (0: no limit).
-    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40)]
-    pub max_requests: usize,
+    /// Concurrent scrapes served at most; more get 503 (0: no limit; at most 100000).
+    #[arg(long = "web.max-requests", value_name = "N", default_value_t = 40, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub max_requests: u32,
 
     /// Web configuration file (exporter-toolkit format) that enables TLS and/or basic auth.
     #[arg(long = "web.config.file", value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
 
-    /// Time a client has to send its request headers, also the longest a keep-alive connection may idle.
-    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    /// Time a client has to send its request headers, also the longest a keep-alive connection may idle (100ms to 1h).
+    #[arg(long = "web.read-header-timeout", value_name = "DURATION", default_value = "30s", value_parser = duration_in(WEB_TIMEOUT.0, WEB_TIMEOUT.1))]
     pub read_header_timeout: Duration,
 
     /// Time a client has to read a response, from its first byte; a client that reads
-    /// slower gives its connection back.
-    #[arg(long = "web.write-timeout", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    /// slower gives its connection back (100ms to 1h).
+    #[arg(long = "web.write-timeout", value_name = "DURATION", default_value = "30s", value_parser = duration_in(WEB_TIMEOUT.0, WEB_TIMEOUT.1))]
     pub write_timeout: Duration,
 
     /// Disable every collector that is on by default; enable some again with --collector.<name>.
@@ -62,8 +64,8 @@ pub struct Args {
     #[arg(long = "log.format", value_enum, default_value = "logfmt")]
     pub log_format: Format,
 
-    /// Time each collector may take per scrape before it counts as failed.
-    #[arg(long = "scrape.timeout", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    /// Time each collector may take per scrape before it counts as failed (10ms to 1h).
+    #[arg(long = "scrape.timeout", value_name = "DURATION", default_value = "5s", value_parser = duration_in(SCRAPE_TIMEOUT.0, SCRAPE_TIMEOUT.1))]
     pub scrape_timeout: Duration,
 
     /// Where collectors read from and how.
@@ -95,6 +97,24 @@ pub struct Sources {
     pub netlink_capture_dir: Option<PathBuf>,
 }
 
+/// HOST:PORT, [IPv6]:PORT or :PORT; whether HOST resolves is the bind's to say.
+fn parse_listen_address(s: &str) -> Result<String, String> {
+    let bad = || "must be HOST:PORT, [IPv6]:PORT or :PORT".to_owned();
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>()
+        .map_err(|_| "the port must be a number from 0 to 65535".to_owned())?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'),
+    };
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_http_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') {
         return Err("must start with '/'".into());
@@ -109,7 +129,7 @@ fn parse_http_path(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// Accepts Prometheus-style durations: 500ms, 5s, 1m.
+/// Accepts Prometheus-style durations: 500ms, 5s, 1m, 1h; never zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -121,13 +141,56 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{s:?} is not a duration like 5s (units: ms, s, m)")),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => {
+            return Err(format!(
+                "{s:?} is not a duration like 5s (units: ms, s, m, h)"
+            ));
+        }
     };
     if d.is_zero() {
         return Err("must be more than zero".into());
     }
     Ok(d)
 }
+
+/// `d` as the flags write it: 500ms, 30s, 5m, 1h.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// A duration flag's parser, refusing values outside `min..=max` (a usage error, with
+/// the range): time arithmetic on flag values then never overflows.
+pub fn duration_in(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let d = parse_duration(s)?;
+        if d < min || d > max {
+            return Err(format!(
+                "must be from {} to {}",
+                show_duration(min),
+                show_duration(max)
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// The ranges of the duration flags.
+pub const WEB_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+pub const SCRAPE_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(3600));
+pub const DIAGNOSE_INTERVAL: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(24 * 3600));
 
 /// Parsed command line: the typed flags plus which collectors are enabled.
 pub struct Cli {
@@ -140,6 +203,17 @@ pub struct Cli {
 fn command() -> clap::Command {
     collectors::with_flags(Args::command(), true)
 }
+
+/// `--version`: the crate version and the revision packetpath_exporter_build_info carries.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("PACKETPATH_REVISION"),
+    ")"
+);
+
+/// The exit statuses, as `--help` and README give them.
+pub const EXIT_STATUS: &str = "Exit status: 0 stopped by SIGTERM or SIGINT (after undoing what it changed on the host); 1 could not run (a port in use, a path it cannot read, a collector that cannot be set up); 2 bad usage (a flag or value it does not take). `diagnose --help` gives diagnose's.";
 
 /// Why the program should exit instead of running.
 pub enum Exit {
@@ -176,18 +250,57 @@ fn clap_exit(e: clap::Error) -> Exit {
                         .or_else(|| flag.strip_prefix("--no-collector."));
                     if let Some(name) = name.filter(|n| !n.contains('.')) {
                         let known: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+                        let near = known
+                            .iter()
+                            .filter(|k| edits(k, name) <= 2)
+                            .min_by_key(|k| edits(k, name));
                         return Exit::Usage(format!(
-                            "unknown collector {name:?} (known: {})",
-                            known.join(", ")
+                            "unknown collector {name:?} (known: {}){}",
+                            known.join(", "),
+                            near.map(|k| format!("; did you mean {k:?}?"))
+                                .unwrap_or_default()
                         ));
                     }
                 }
             }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            Exit::Usage(first.strip_prefix("error: ").unwrap_or(first).to_owned())
+            Exit::Usage(one_line(&e))
         }
     }
+}
+
+/// The edit distance between two names (Levenshtein), for suggestions.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// A clap error as one line: its first, with the values the flag takes and clap's tip (a
+/// flag or value of a similar name) when it gives them.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut out = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    for l in lines.map(str::trim) {
+        if let Some(tip) = l.strip_prefix("tip: ") {
+            out.push_str("; ");
+            out.push_str(tip);
+        } else if l.starts_with("[possible values:") {
+            out.push(' ');
+            out.push_str(l);
+        }
+    }
+    out
 }
 
 fn check_dir(flag: &str, p: &Path) -> Result<(), String> {
@@ -308,6 +421,33 @@ mod tests {
         assert!(re.contains("unclosed group"), "{re}");
         assert!(!re.contains('\n'));
         assert!(usage(&["--scrape.timeout", "5x"]).contains("not a duration"));
+        assert_eq!(
+            usage(&["--collector.ovs_flow"]),
+            "unknown collector \"ovs_flow\" (known: interfaces, conntrack, conntrack_invalid, ovs, ovs_flows, ovsdb, offload, drops, node); did you mean \"ovs_flows\"?"
+        );
+        assert_eq!(
+            usage(&["--web.listen-adress=:1"]),
+            "unexpected argument '--web.listen-adress' found; a similar argument exists: '--web.listen-address'"
+        );
+        assert_eq!(
+            usage(&["--log.level=trace"]),
+            "invalid value 'trace' for '--log.level <LOG_LEVEL>' [possible values: debug, info, warn, error]"
+        );
+        for bad in ["bogus:x", "9479", "a b:1", "[::1:80", ":70000"] {
+            let u = usage(&[&format!("--web.listen-address={bad}")]);
+            assert!(u.starts_with("invalid value"), "{bad}: {u}");
+        }
+        for good in [
+            ":9479",
+            "127.0.0.1:0",
+            "[::1]:9479",
+            "localhost:9479",
+            "node-1.example:80",
+        ] {
+            assert!(parse_listen_address(good).is_ok(), "{good}");
+        }
+        assert_eq!(edits("ovs_flow", "ovs_flows"), 1);
+        assert_eq!(edits("conntrak", "conntrack"), 1);
     }
 
     #[test]
@@ -331,7 +471,76 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(show_duration(Duration::from_secs(7200)), "2h");
+        assert_eq!(
+            usage(&["--web.read-header-timeout=9300000000000000000s"]),
+            "invalid value '9300000000000000000s' for '--web.read-header-timeout <DURATION>': must be from 100ms to 1h"
+        );
+    }
+
+    /// Every duration flag of both commands, fed extremes: a usage error or a value in its
+    /// range, whose deadline from now exists; never a panic.
+    #[test]
+    fn every_duration_flag_takes_extremes_without_overflow() {
+        let commands = [
+            command(),
+            crate::collectors::with_flags(
+                <crate::diagnose::Args as clap::CommandFactory>::command(),
+                false,
+            ),
+        ];
+        let extremes = [
+            "0s",
+            "1ms",
+            "99ms",
+            "100ms",
+            "1h",
+            "24h",
+            "25h",
+            "18446744073709551615ms",
+            "18446744073709551615s",
+            "18446744073709551615m",
+            "18446744073709551615h",
+            "18446744073709551616s",
+            "99999999999999999999999h",
+            "-1s",
+            "1.5s",
+            "5",
+            "",
+            "5\u{0}s",
+        ];
+        let mut flags = 0;
+        for cmd in commands {
+            for arg in cmd.get_arguments() {
+                let Some(names) = arg.get_value_names() else {
+                    continue;
+                };
+                if names.iter().all(|n| n.as_str() != "DURATION") {
+                    continue;
+                }
+                flags += 1;
+                let long = arg.get_long().unwrap();
+                for v in extremes {
+                    let got = cmd
+                        .clone()
+                        .try_get_matches_from(["x".to_owned(), format!("--{long}={v}")]);
+                    let Ok(m) = got else { continue };
+                    let d = *m.get_one::<Duration>(arg.get_id().as_str()).unwrap();
+                    assert!(
+                        !d.is_zero() && d <= Duration::from_secs(24 * 3600),
+                        "--{long}={v} gave {d:?}"
+                    );
+                    assert!(std::time::Instant::now().checked_add(d).is_some());
+                    assert!(tokio::time::Instant::now().checked_add(d).is_some());
+                }
+            }
+        }
+        // --web.read-header-timeout, --web.write-timeout, --scrape.timeout and diagnose's
+        // --interval.
+        assert_eq!(flags, 4);
     }
 }

@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Far enough to mean "never" for a deadline, and near enough to add to any instant.
+const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
+
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -197,9 +200,12 @@ impl<T> Counted<T> {
                     started: now,
                     stalled: None,
                 });
-                self.deadline = Some(Box::pin(tokio::time::sleep_until(
-                    (now + self.slot.write_timeout).into(),
-                )));
+                // Flags bound the timeout; a far-off deadline stands in for one past the
+                // clock's end.
+                let until = now
+                    .checked_add(self.slot.write_timeout)
+                    .unwrap_or(now + FAR);
+                self.deadline = Some(Box::pin(tokio::time::sleep_until(until.into())));
                 now
             }
         };

@@ -64,7 +64,7 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         let app = web.guard.protect(server::router(
             scraper.clone(),
             &cli.args.telemetry_path,
-            cli.args.max_requests,
+            cli.args.max_requests as usize,
         ));
         let restore = || scraper.shutdown();
         let http = server::Http {

@@ -34,7 +34,39 @@ fn unknown_flag() {
     one_line_error(
         &["--web.listen-adress=:1"],
         2,
-        "unexpected argument '--web.listen-adress' found",
+        "unexpected argument '--web.listen-adress' found; a similar argument exists: '--web.listen-address'",
+    );
+    one_line_error(
+        &["--log.level=trace"],
+        2,
+        "[possible values: debug, info, warn, error]",
+    );
+}
+
+/// Usage errors exit 2, whatever the flag: a listen address that is no address, and
+/// duration flags past their range (which once overflowed the clock on every connection).
+#[test]
+fn usage_errors_exit_two() {
+    one_line_error(
+        &["--web.listen-address=bogus:x"],
+        2,
+        "invalid value 'bogus:x' for '--web.listen-address <ADDR>': the port must be a number from 0 to 65535",
+    );
+    for flag in [
+        "--web.read-header-timeout",
+        "--web.write-timeout",
+        "--scrape.timeout",
+    ] {
+        one_line_error(
+            &[&format!("{flag}=9300000000000000000s")],
+            2,
+            "must be from",
+        );
+    }
+    one_line_error(
+        &["--web.max-requests=18446744073709551616"],
+        2,
+        "--web.max-requests",
     );
 }
 
@@ -70,9 +102,17 @@ fn port_in_use() {
 fn version_and_help() {
     let (c, out, _) = run(&["--version"]);
     assert_eq!(c, 0);
-    assert_eq!(
-        out,
-        format!("packetpath-exporter {}\n", env!("CARGO_PKG_VERSION"))
+    // The version and the revision packetpath_exporter_build_info carries.
+    let revision = out
+        .strip_prefix(&format!(
+            "packetpath-exporter {} (revision ",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .and_then(|r| r.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(
+        revision == "unknown" || revision.chars().all(|c| c.is_ascii_hexdigit()),
+        "{out:?}"
     );
     let (c, help, _) = run(&["--help"]);
     assert_eq!(c, 0);
@@ -113,6 +153,11 @@ fn version_and_help() {
         );
     }
     assert!(!help.contains("--debug."), "debug flags are hidden");
+    assert!(
+        help.contains("Exit status: 0 stopped by SIGTERM or SIGINT")
+            && help.contains("2 bad usage"),
+        "{help}"
+    );
 }
 
 #[test]

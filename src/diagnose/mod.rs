@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::cli::{Sources, parse_duration};
+use crate::cli::{DIAGNOSE_INTERVAL, Sources, duration_in};
 use crate::collectors::REGISTRY;
 use crate::collectors::conntrack_invalid::{self, CLASS_FAMILY};
 use crate::logging::{Format as LogFormat, LogLevel};
@@ -48,8 +48,8 @@ pub enum Format {
     max_term_width = 100
 )]
 pub struct Args {
-    /// Time between the two samples (ms, s, m).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    /// Time between the two samples (ms, s, m, h; 100ms to 24h).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration_in(DIAGNOSE_INTERVAL.0, DIAGNOSE_INTERVAL.1))]
     pub interval: Duration,
 
     /// Output format: text (tables; colour and a countdown on a terminal) or json.
@@ -121,12 +121,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
                 print!("{e}");
                 return ExitCode::SUCCESS;
             }
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "packetpath-exporter diagnose: {}",
-                first.strip_prefix("error: ").unwrap_or(first)
-            );
+            eprintln!("packetpath-exporter diagnose: {}", crate::cli::one_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -204,7 +199,9 @@ impl Signals {
 /// SIGTERM ends the wait early with 128 + the signal (the caller restores what it changed).
 async fn countdown(signals: &mut Signals, interval: Duration) -> Result<(), Failure> {
     let tty = std::io::stderr().is_terminal();
-    let end = Instant::now() + interval;
+    let now = Instant::now();
+    // The flag bounds the interval; no instant past the clock's end either way.
+    let end = now.checked_add(interval).unwrap_or(now);
     loop {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
