@@ -48,16 +48,32 @@ fn hadolint_is_clean() {
     common::assert_silent(&out, "hadolint");
 }
 
-fn podman() -> Command {
+/// Container storage of the test's own (`what`): images and containers under the
+/// temporary directory, whatever the host's default storage holds or is configured as
+/// (a host that built the image the README's way, say).
+fn store(what: &str) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!("pp-store-{what}-{}", std::process::id()));
+    vec![
+        "--root".into(),
+        dir.join("storage").display().to_string(),
+        "--runroot".into(),
+        dir.join("run").display().to_string(),
+        "--storage-driver".into(),
+        "vfs".into(),
+    ]
+}
+
+/// Removes `what`'s storage.
+fn remove_store(what: &str) {
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("pp-store-{what}-{}", std::process::id())),
+    );
+}
+
+fn podman(what: &str) -> Command {
     let mut c = Command::new("podman");
-    c.args([
-        "--storage-driver",
-        "vfs",
-        "--cgroup-manager",
-        "cgroupfs",
-        "--runtime",
-        "runc",
-    ]);
+    c.args(store(what));
+    c.args(["--cgroup-manager", "cgroupfs", "--runtime", "runc"]);
     c
 }
 
@@ -88,9 +104,8 @@ fn build_image(what: &str) -> (String, PathBuf) {
         std::process::id()
     );
     run(Command::new("buildah")
+        .args(store(what))
         .args([
-            "--storage-driver",
-            "vfs",
             "bud",
             "--isolation",
             "chroot",
@@ -116,7 +131,7 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
 
     let name = format!("pp-test-{}", std::process::id());
     let port = 19600 + (std::process::id() % 100) as u16;
-    run(podman().args([
+    run(podman("test").args([
         "run",
         "-d",
         "--rm",
@@ -151,14 +166,15 @@ fn image_runs_as_nobody_with_net_admin_and_serves_metrics() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let user = podman()
+    let user = podman("test")
         .args(["top", &name, "user"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let _ = podman().args(["stop", "-t", "5", &name]).output();
-    let _ = podman().args(["rmi", "-f", &tag]).output();
+    let _ = podman("test").args(["stop", "-t", "5", &name]).output();
+    let _ = podman("test").args(["rmi", "-f", &tag]).output();
     let _ = std::fs::remove_dir_all(&ctx);
+    remove_store("test");
 
     let text = text.expect("the container never served /metrics");
     let m = common::Metrics::parse(&text);
@@ -290,11 +306,9 @@ fn daemonset_holds_net_admin_under_the_cri_rules() {
     }
     let (tag, ctx) = build_image("cri");
     let buildah = |args: &[&str]| {
-        run(Command::new("buildah")
-            .args(["--storage-driver", "vfs"])
-            .args(args))
-        .trim()
-        .to_owned()
+        run(Command::new("buildah").args(store("cri")).args(args))
+            .trim()
+            .to_owned()
     };
     let working = buildah(&["from", &tag]);
     let rootfs = PathBuf::from(buildah(&["mount", &working]));
@@ -396,8 +410,10 @@ fn daemonset_holds_net_admin_under_the_cri_rules() {
     let _ = buildah(&["umount", &working]);
     let _ = buildah(&["rm", &working]);
     let _ = Command::new("buildah")
-        .args(["--storage-driver", "vfs", "rmi", "-f", &tag])
+        .args(store("cri"))
+        .args(["rmi", "-f", &tag])
         .output();
+    remove_store("cri");
     let _ = std::fs::remove_dir_all(&ctx);
     let _ = std::fs::remove_dir_all(&scratch);
 

@@ -278,3 +278,31 @@ fn manifests_match_the_published_schemas() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One image tag: the crate's version, in the DaemonSet and in README's build and run lines.
+#[test]
+fn one_image_tag() {
+    let tag = format!(
+        "localhost/packetpath-exporter:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let docs = common::yaml_docs(repo("deploy/kubernetes/daemonset.yaml"));
+    let ds = common::kind(&docs, "DaemonSet");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"],
+        tag.as_str(),
+        "the DaemonSet's image"
+    );
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let build = readme
+        .lines()
+        .find(|l| l.contains("buildah bud --target prebuilt"))
+        .expect("README's build line");
+    assert!(build.contains(&format!("-t {tag} ")), "{build}");
+    let run = readme
+        .lines()
+        .skip_while(|l| !l.contains("podman run --network host"))
+        .find(|l| !l.trim_end().ends_with('\\'))
+        .expect("README's podman run line");
+    assert!(run.trim_start().starts_with(&tag), "{run}");
+}
