@@ -200,8 +200,12 @@ pub struct Cli {
     pub matches: ArgMatches,
 }
 
+/// The exporter's command line: the exporter itself with no subcommand, and `diagnose`
+/// (which `main` hands its arguments to when it comes first), listed with `help`.
 fn command() -> clap::Command {
     collectors::with_flags(Args::command(), true)
+        .subcommand(crate::diagnose::command().name("diagnose"))
+        .args_conflicts_with_subcommands(true)
 }
 
 /// `--version`: the crate version and the revision packetpath_exporter_build_info carries.

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let cli = match cli::parse_from(std::env::args_os()) {
         Ok(c) => c,
         Err(Exit::Info(text)) => {
-            print!("{text}");
+            // A closed pipe (`| head`) is no reason to panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             return ExitCode::SUCCESS;
         }
         Err(Exit::Usage(line)) => {

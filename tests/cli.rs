@@ -158,6 +158,30 @@ fn version_and_help() {
             && help.contains("2 bad usage"),
         "{help}"
     );
+    // diagnose is a subcommand --help lists, and `help` explains either.
+    assert!(
+        help.lines()
+            .any(|l| l.trim_start().starts_with("diagnose  Where packets die")),
+        "{help}"
+    );
+    let (c, out, _) = run(&["help"]);
+    assert_eq!((c, out.lines().next()), (0, help.lines().next()));
+    let (c, out, _) = run(&["help", "diagnose"]);
+    assert_eq!(c, 0);
+    assert!(
+        out.starts_with("Where packets die between the tunnel and a VM's TAP."),
+        "{out}"
+    );
+    assert!(
+        out.contains("Usage: packetpath-exporter diagnose [OPTIONS]"),
+        "{out}"
+    );
+    // Its flags after the exporter's are a usage error, not a silent exporter run.
+    one_line_error(
+        &["--log.level=debug", "diagnose"],
+        2,
+        "the subcommand 'diagnose' cannot be used with '--log.level <LOG_LEVEL>'",
+    );
 }
 
 #[test]

@@ -105,9 +105,14 @@ pub struct Args {
 }
 
 /// Runs the subcommand on `argv` (the words after `diagnose`).
+/// `diagnose`'s command line, with the collectors' flags.
+pub fn command() -> clap::Command {
+    crate::collectors::with_flags(Args::command(), false)
+}
+
 pub fn main(argv: Vec<OsString>) -> ExitCode {
     let args = std::iter::once(OsString::from("packetpath-exporter diagnose")).chain(argv);
-    let matches = crate::collectors::with_flags(Args::command(), false).try_get_matches_from(args);
+    let matches = command().try_get_matches_from(args);
     let args = match matches.and_then(|m| {
         Args::from_arg_matches(&m).map(|mut a| {
             a.matches = m;
@@ -118,7 +123,7 @@ pub fn main(argv: Vec<OsString>) -> ExitCode {
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
+                let _ = std::io::Write::write_all(&mut std::io::stdout(), e.to_string().as_bytes());
                 return ExitCode::SUCCESS;
             }
             eprintln!("packetpath-exporter diagnose: {}", crate::cli::one_line(&e));
