@@ -50,26 +50,51 @@ fn cut(s: &str, max: usize) -> String {
     out
 }
 
+/// The narrowest a table's first column (device names) is cut to.
+const MIN_NAME: usize = 8;
+
 /// A table with a header row; numeric columns (all but the first) right-aligned. When it
-/// is wider than the terminal, the first column (device names) gives up the room.
+/// is wider than the terminal, the first column (device names) gives up the room, then
+/// headers wider than their values are cut; when even that does not fit, each row is
+/// written as its name and then `HEADER value` pairs, wrapped to the width.
 fn table(out: &mut String, style: &Style, header: &[&str], rows: &[Vec<String>]) {
     if rows.is_empty() {
         out.push_str("  (none)\n");
         return;
     }
     let n = header.len();
-    let mut widths: Vec<usize> = header.iter().map(|h| chars(h)).collect();
+    let mut values: Vec<usize> = vec![0; n];
     for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
+        for (w, c) in values.iter_mut().zip(r) {
             *w = (*w).max(chars(c));
         }
     }
+    let mut widths: Vec<usize> = header
+        .iter()
+        .zip(&values)
+        .map(|(h, v)| chars(h).max(*v))
+        .collect();
     if let Some(limit) = style.width {
-        let total: usize = 2 + widths.iter().sum::<usize>() + 2 * n.saturating_sub(1);
-        if total > limit
-            && let Some(first) = widths.first_mut()
-        {
-            *first = first.saturating_sub(total - limit).max(8);
+        let total = |w: &[usize]| 2 + w.iter().sum::<usize>() + 2 * n.saturating_sub(1);
+        let over = total(&widths).saturating_sub(limit);
+        if let Some(first) = widths.first_mut() {
+            *first = first.saturating_sub(over).max(MIN_NAME.min(*first));
+        }
+        // Headers give up what their values do not need, the widest first.
+        while total(&widths) > limit {
+            let Some((i, _)) = widths
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(i, w)| **w > values[*i].max(3))
+                .max_by_key(|(_, w)| **w)
+            else {
+                break;
+            };
+            widths[i] -= 1;
+        }
+        if total(&widths) > limit {
+            return stacked(out, style, header, rows, limit);
         }
     }
     let line = |cells: Vec<String>| {
@@ -90,6 +115,26 @@ fn table(out: &mut String, style: &Style, header: &[&str], rows: &[Vec<String>])
     out.push('\n');
     for r in rows {
         out.push_str(&line(r.clone()));
+    }
+}
+
+/// A table too wide for the terminal as lines: each row's name, then its columns as
+/// `HEADER value` pairs wrapped under it.
+fn stacked(out: &mut String, style: &Style, header: &[&str], rows: &[Vec<String>], width: usize) {
+    for r in rows {
+        let name = r.first().map_or("", String::as_str);
+        out.push_str("  ");
+        out.push_str(&style.paint(BOLD, &cut(name, width.saturating_sub(2))));
+        out.push('\n');
+        let pairs: Vec<String> = header
+            .iter()
+            .zip(r)
+            .skip(1)
+            .map(|(h, v)| format!("{h}\u{a0}{}", clean(v)))
+            .collect();
+        let mut text = String::new();
+        wrap(&mut text, "    ", &pairs.join(", "), Some(width));
+        out.push_str(&text.replace('\u{a0}', " "));
     }
 }
 
@@ -510,6 +555,69 @@ mod tests {
             wide.contains("a-very-long-device-name-indeed       12"),
             "{wide}"
         );
+    }
+
+    #[test]
+    fn tables_fit_narrow_terminals_cutting_headers_then_stacking() {
+        let header = [
+            "DEVICE",
+            "ROLE",
+            "RX-CSUM",
+            "TX-CSUM",
+            "TSO",
+            "GSO",
+            "GRO",
+            "UDP-TNL-CSUM",
+        ];
+        let row = |d: &str| -> Vec<String> {
+            [d, "tunnel", "on", "off", "on", "on", "on", "off"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        };
+        let rows = vec![row("genev_sys_6081"), row("tap519d7cc4-75")];
+        for width in [40, 60, 70, 80, 200] {
+            let mut out = String::new();
+            let style = Style {
+                colour: false,
+                width: Some(width),
+            };
+            table(&mut out, &style, &header, &rows);
+            for l in out.lines() {
+                assert!(chars(l) <= width, "{width}: {l:?}\n{out}");
+            }
+            // Nothing but names and headers is cut: every value is there, and the names
+            // whole where the room allows.
+            for d in ["genev_sys_6081", "tap519d7cc4-75"] {
+                assert!(out.contains(d) || (45..80).contains(&width), "{width}: {out}");
+            }
+            assert_eq!(out.matches("off").count(), 4, "{width}: {out}");
+        }
+        let mut narrow = String::new();
+        table(
+            &mut narrow,
+            &Style {
+                colour: false,
+                width: Some(40),
+            },
+            &header,
+            &rows,
+        );
+        assert!(
+            narrow.contains("  genev_sys_6081\n    ROLE tunnel, RX-CSUM on,"),
+            "{narrow}"
+        );
+        let mut sixty = String::new();
+        table(
+            &mut sixty,
+            &Style {
+                colour: false,
+                width: Some(60),
+            },
+            &header,
+            &rows,
+        );
+        assert!(sixty.lines().nth(1).unwrap().contains("tunnel"), "{sixty}");
     }
 
     #[test]
