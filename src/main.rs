@@ -46,7 +46,20 @@ fn run(cli: cli::Cli) -> Result<(), String> {
         // Bind first: a port in use must fail before any collector changes the host.
         let listener = server::bind(&cli.args.listen_address).await?;
         let (collectors, resources) = cli.build()?;
+        if collectors.is_empty() {
+            tracing::warn!(
+                "no collector is enabled (--collector.disable-defaults and no --collector.<name>): only the exporter's own series will be served"
+            );
+        }
         let scraper = Scraper::new(collectors, resources, cli.args.scrape_timeout);
+        // What cannot run (no OVS module, no ovsdb-server) is said at start, not at the
+        // first scrape, which may come minutes later: one collection a second in, once the
+        // OVSDB client has had its first try; a reason is said again only when it changes.
+        let first = scraper.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let _ = first.scrape().await;
+        });
         // Whatever happens from here (an error, a panic), collectors undo their changes.
         let _guard = RestoreOnDrop(scraper.clone());
         let addr = listener
