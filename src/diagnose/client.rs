@@ -285,6 +285,46 @@ where
     String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8 text".into())
 }
 
+/// A failed TLS handshake as a sentence that says what to do.
+fn tls_sentence(e: &std::io::Error, url: &Url, o: &ClientOptions) -> String {
+    use rustls::{CertificateError, Error};
+    let ca = o
+        .ca_file
+        .as_ref()
+        .map_or("the system's CA bundle".to_owned(), |f| {
+            format!("--from.ca-file {}", f.display())
+        });
+    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return format!("TLS: {e}");
+    };
+    match inner {
+        Error::InvalidCertificate(CertificateError::Expired) => {
+            "TLS: the exporter's certificate has expired: renew it (or check this host's clock)"
+                .to_owned()
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet) => {
+            "TLS: the exporter's certificate is not valid yet: check this host's clock".to_owned()
+        }
+        Error::InvalidCertificate(CertificateError::NotValidForName) => format!(
+            "TLS: the exporter's certificate is not for {:?}: use a name it was issued for in the URL",
+            url.host
+        ),
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "TLS: no certificate in {ca} signed the exporter's certificate: name its CA (or the certificate itself) with --from.ca-file"
+        ),
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if other.to_string().contains("CaUsedAsEndEntity") =>
+        {
+            "TLS: the exporter's certificate is a CA certificate (a self-signed one made with openssl req -x509 is): give its issuing CA with --from.ca-file, or make the certificate with basicConstraints=CA:FALSE".to_owned()
+        }
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => format!(
+            "TLS: {}:{} did not answer in TLS: this looks like plain HTTP: try http://",
+            url.host, url.port
+        ),
+        other => format!("TLS: {other}"),
+    }
+}
+
 /// One GET of the exporter's metrics; every failure is one line.
 pub async fn fetch(url: &Url, o: &ClientOptions) -> Result<String, String> {
     let auth = basic_auth(url, o)?;
@@ -299,10 +339,15 @@ pub async fn fetch(url: &Url, o: &ClientOptions) -> Result<String, String> {
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| tls_sentence(&e, url, o))?;
             exchange(tls, url, auth.as_deref()).await
         } else {
-            exchange(tcp, url, auth.as_deref()).await
+            exchange(tcp, url, auth.as_deref()).await.map_err(|e| {
+                format!(
+                    "{e} (if the exporter serves TLS, the URL is https://{}:{}…)",
+                    url.host, url.port
+                )
+            })
         }
     };
     tokio::time::timeout(TIMEOUT, work)
@@ -313,6 +358,45 @@ pub async fn fetch(url: &Url, o: &ClientOptions) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_failures_are_sentences_that_say_what_to_do() {
+        use rustls::{CertificateError, Error};
+        let url = Url::parse("https://node-1:9479/metrics").unwrap();
+        let o = ClientOptions {
+            ca_file: Some("/etc/pp/ca.pem".into()),
+            ..ClientOptions::default()
+        };
+        let say = |e: Error| {
+            tls_sentence(
+                &std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                &url,
+                &o,
+            )
+        };
+        assert_eq!(
+            say(Error::InvalidCertificate(CertificateError::Expired)),
+            "TLS: the exporter's certificate has expired: renew it (or check this host's clock)"
+        );
+        assert_eq!(
+            say(Error::InvalidCertificate(CertificateError::NotValidForName)),
+            "TLS: the exporter's certificate is not for \"node-1\": use a name it was issued for in the URL"
+        );
+        assert_eq!(
+            say(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            "TLS: no certificate in --from.ca-file /etc/pp/ca.pem signed the exporter's certificate: name its CA (or the certificate itself) with --from.ca-file"
+        );
+        assert_eq!(
+            say(Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            )),
+            "TLS: node-1:9479 did not answer in TLS: this looks like plain HTTP: try http://"
+        );
+        assert_eq!(
+            tls_sentence(&std::io::Error::other("reset"), &url, &o),
+            "TLS: reset"
+        );
+    }
 
     #[test]
     fn urls() {

@@ -589,7 +589,10 @@ mod tests {
             // Nothing but names and headers is cut: every value is there, and the names
             // whole where the room allows.
             for d in ["genev_sys_6081", "tap519d7cc4-75"] {
-                assert!(out.contains(d) || (45..80).contains(&width), "{width}: {out}");
+                assert!(
+                    out.contains(d) || (45..80).contains(&width),
+                    "{width}: {out}"
+                );
             }
             assert_eq!(out.matches("off").count(), 4, "{width}: {out}");
         }
