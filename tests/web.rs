@@ -1052,7 +1052,9 @@ fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() 
     let (code, _, err) = diagnose(&url, &untrusted);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("TLS: invalid peer certificate: UnknownIssuer"),
+        err.contains(&format!(
+            "TLS: no certificate in --from.ca-file {rogue} signed the exporter's certificate"
+        )),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -1063,6 +1065,108 @@ fn diagnose_reads_an_exporter_over_tls_with_client_certificate_and_basic_auth() 
     ]);
     let (code, out, err) = diagnose(&url, &insecure);
     assert_eq!(code, Some(0), "{out}{err}");
+}
+
+/// The most common self-signed certificate (`openssl req -x509`, which OpenSSL 3 marks
+/// CA:TRUE), given as `--from.ca-file`: what curl accepts with the same file, diagnose
+/// accepts; a name it was not issued for, and the wrong scheme either way, are sentences
+/// that say what to do.
+#[test]
+fn diagnose_accepts_a_pinned_self_signed_certificate_as_curl_does() {
+    let pki = Pki::new("selfsigned");
+    pki.openssl(
+        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+         -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+         -keyout self.key -out self.crt",
+    );
+    let text = sh(&format!(
+        "openssl x509 -noout -text -in {}",
+        pki.path("self.crt")
+    ));
+    assert!(text.contains("CA:TRUE"), "the case at hand: {text}");
+    let config = pki.write(
+        "self.yml",
+        "tls_server_config:\n  cert_file: self.crt\n  key_file: self.key\n",
+    );
+    // (Its health check by address: curl skips verification there.)
+    let e = Exporter::start_with(&pki, &config, true, "-k", &[]);
+    let port = e.port;
+    let said = |from: &str, ca: bool| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "diagnose",
+            "--interval",
+            "1s",
+            "--format",
+            "json",
+            "--from",
+            from,
+        ]);
+        if ca {
+            c.args(["--from.ca-file", &pki.path("self.crt")]);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )
+    };
+    let by_name = format!("https://localhost:{port}/metrics");
+    let curl = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(pki.path("self.crt"))
+        .arg(&by_name)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "200");
+    assert_eq!(said(&by_name, true), (Some(0), String::new()));
+    // Not issued for 127.0.0.1: curl refuses too.
+    let by_address = format!("https://127.0.0.1:{port}/metrics");
+    assert_eq!(
+        said(&by_address, true),
+        (
+            Some(2),
+            format!(
+                "packetpath-exporter diagnose: cannot read {by_address}: TLS: the exporter's certificate is not for \"127.0.0.1\": use a name it was issued for in the URL"
+            )
+        )
+    );
+    // Without the file, the system's CAs do not know it.
+    let (code, err) = said(&by_name, false);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.ends_with("TLS: the exporter's certificate says it is a CA and is not itself in the system's CA bundle: give it (or its issuing CA) with --from.ca-file"),
+        "{err}"
+    );
+    // http:// to a TLS exporter, and https:// to a plain one.
+    let (code, err) = said(&format!("http://localhost:{port}/metrics"), false);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.ends_with(&format!(
+            "(if the exporter serves TLS, the URL is https://localhost:{port}…)"
+        )),
+        "{err}"
+    );
+    let plain_port = free_port();
+    let _plain = KillOnDrop(
+        Command::new(BIN)
+            .arg(format!("--web.listen-address=127.0.0.1:{plain_port}"))
+            .args(["--collector.disable-defaults", "--collector.interfaces"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the plain exporter", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", plain_port)).is_ok()
+    });
+    let (code, err) = said(&format!("https://127.0.0.1:{plain_port}/metrics"), true);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.ends_with(&format!(
+            "TLS: 127.0.0.1:{plain_port} did not answer in TLS: this looks like plain HTTP: try http://"
+        )),
+        "{err}"
+    );
 }
 
 /// One client's flood of wrong passwords takes two places in the bcrypt line at most: a

@@ -169,6 +169,72 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
+/// Verifies as webpki does, and also accepts a certificate that is itself in
+/// --from.ca-file though it says it is a CA (what `openssl req -x509` makes): a pinned
+/// certificate is a trust anchor, as curl and OpenSSL take it. webpki has checked its
+/// validity period before it refused the CA flag; its name is checked here, and the
+/// handshake's signatures prove the server holds its key.
+#[derive(Debug)]
+struct Pinned {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(CertificateError::Other(other)))
+                if other.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity)
+                    && self
+                        .pinned
+                        .iter()
+                        .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                let cert = webpki::EndEntityCert::try_from(end_entity)
+                    .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+                cert.verify_is_valid_for_subject_name(server_name)
+                    .map_err(|_| Error::InvalidCertificate(CertificateError::NotValidForName))?;
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// Where distributions keep the system's trusted CAs (Debian and Ubuntu, RHEL and
 /// Fedora, SUSE, Alpine), for when no --from.ca-file is given.
 const SYSTEM_CAS: &[&str] = &[
@@ -203,10 +269,19 @@ fn tls_config(o: &ClientOptions) -> Result<rustls::ClientConfig, String> {
         };
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {}: {e}", ca.display());
         let mut roots = rustls::RootCertStore::empty();
+        let mut pinned = Vec::new();
         for cert in CertificateDer::pem_file_iter(&ca).map_err(|e| bad(&e))? {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            let cert = cert.map_err(|e| bad(&e))?;
+            roots.add(cert.clone()).map_err(|e| bad(&e))?;
+            pinned.push(cert);
         }
-        builder.with_root_certificates(roots)
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| bad(&e))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { inner, pinned }))
     };
     match (&o.cert_file, &o.key_file) {
         (Some(cert), Some(key)) => {
@@ -313,9 +388,12 @@ fn tls_sentence(e: &std::io::Error, url: &Url, o: &ClientOptions) -> String {
             "TLS: no certificate in {ca} signed the exporter's certificate: name its CA (or the certificate itself) with --from.ca-file"
         ),
         Error::InvalidCertificate(CertificateError::Other(other))
-            if other.to_string().contains("CaUsedAsEndEntity") =>
+            if other.0.downcast_ref::<webpki::Error>()
+                == Some(&webpki::Error::CaUsedAsEndEntity) =>
         {
-            "TLS: the exporter's certificate is a CA certificate (a self-signed one made with openssl req -x509 is): give its issuing CA with --from.ca-file, or make the certificate with basicConstraints=CA:FALSE".to_owned()
+            format!(
+                "TLS: the exporter's certificate says it is a CA and is not itself in {ca}: give it (or its issuing CA) with --from.ca-file"
+            )
         }
         Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => format!(
             "TLS: {}:{} did not answer in TLS: this looks like plain HTTP: try http://",
