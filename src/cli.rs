@@ -216,7 +216,7 @@ pub const LONG_VERSION: &str = concat!(
     ")"
 );
 
-/// The exit statuses, as `--help` and README give them.
+/// The exit statuses, as `--help` and docs/flags.md give them.
 pub const EXIT_STATUS: &str = "Exit status: 0 stopped by SIGTERM or SIGINT (after undoing what it changed on the host); 1 could not run (a port in use, a path it cannot read, a collector that cannot be set up); 2 bad usage (a flag or value it does not take). `diagnose --help` gives diagnose's.";
 
 /// Why the program should exit instead of running.

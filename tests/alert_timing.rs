@@ -1,7 +1,7 @@
 //! How fast the packet-path alerts fire, and how much background they stay quiet under,
-//! measured by `promtool test rules` on the shipped rules. README's "Alert timing" table is
+//! measured by `promtool test rules` on the shipped rules. the "Alert timing" table of docs/alerts.md is
 //! this test's output: the test fails when the table and the rules disagree, and
-//! `UPDATE_README=1` rewrites the table.
+//! `UPDATE_DOCS=1` rewrites the table.
 //!
 //! The shipped configuration: conntrack_invalid on, and the ovsdb collector naming two VM
 //! ports, tap1 and tap2, so invalid packets are attributed to a VM port by their conntrack
@@ -458,18 +458,18 @@ fn readme_alert_timing_table_is_what_promtool_measures() {
         }
     }
     let want = table(&first, &severities());
-    let readme_path = repo("README.md");
+    let readme_path = repo("docs/alerts.md");
     let readme = std::fs::read_to_string(&readme_path).unwrap();
     let (start, end) = (
         readme
             .find(BEGIN)
-            .expect("README has the alert timing markers")
+            .expect("docs/alerts.md has the alert timing markers")
             + BEGIN.len(),
         readme
             .find(END)
-            .expect("README has the alert timing end marker"),
+            .expect("docs/alerts.md has the alert timing end marker"),
     );
-    if std::env::var("UPDATE_README").is_ok() {
+    if std::env::var("UPDATE_DOCS").is_ok() {
         let updated = format!("{}{want}{}", &readme[..start], &readme[end..]);
         std::fs::write(&readme_path, updated).unwrap();
         return;
@@ -477,7 +477,7 @@ fn readme_alert_timing_table_is_what_promtool_measures() {
     assert_eq!(
         &readme[start..end],
         want,
-        "README's alert timing table is stale: UPDATE_README=1 cargo test --test alert_timing"
+        "the alert timing table in docs/alerts.md is stale: UPDATE_DOCS=1 cargo test --test alert_timing"
     );
 }
 

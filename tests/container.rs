@@ -50,7 +50,7 @@ fn hadolint_is_clean() {
 
 /// Container storage of the test's own (`what`): images and containers under the
 /// temporary directory, whatever the host's default storage holds or is configured as
-/// (a host that built the image the README's way, say).
+/// (a host that built the image the way docs/deployment.md says, say).
 fn store(what: &str) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("pp-store-{what}-{}", std::process::id()));
     vec![

@@ -279,7 +279,7 @@ fn manifests_match_the_published_schemas() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One image tag: the crate's version, in the DaemonSet and in README's build and run lines.
+/// One image tag: the crate's version, in the DaemonSet and in the build and run lines of docs/deployment.md.
 #[test]
 fn one_image_tag() {
     let tag = format!(
@@ -293,16 +293,16 @@ fn one_image_tag() {
         tag.as_str(),
         "the DaemonSet's image"
     );
-    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo("docs/deployment.md")).unwrap();
     let build = readme
         .lines()
         .find(|l| l.contains("buildah bud --target prebuilt"))
-        .expect("README's build line");
+        .expect("the build line in docs/deployment.md");
     assert!(build.contains(&format!("-t {tag} ")), "{build}");
     let run = readme
         .lines()
         .skip_while(|l| !l.contains("podman run --network host"))
         .find(|l| !l.trim_end().ends_with('\\'))
-        .expect("README's podman run line");
+        .expect("the podman run line in docs/deployment.md");
     assert!(run.trim_start().starts_with(&tag), "{run}");
 }

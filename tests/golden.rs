@@ -366,7 +366,7 @@ fn golden_ovsdb() {
 
 /// The OVS bed's capture with the bed's VM port (tap0) plugged into a real ovsdb-server
 /// as os-vif and ovn-controller describe it: every per-VM series the default
-/// configuration gives a port (README's cardinality budget is counted here).
+/// configuration gives a port (the cardinality budget of docs/metrics.md is counted here).
 #[test]
 fn golden_ovs_with_vm_identity() {
     if !common::ovsdb::available("golden_ovs_with_vm_identity") {

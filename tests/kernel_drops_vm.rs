@@ -323,16 +323,17 @@ fn check(label: &str, r: &Results) {
                 );
             }
         }
-        // The cardinality budget: what a VM port that dropped nothing costs, as README says.
+        // The cardinality budget: what a VM port that dropped nothing costs, as docs/metrics.md says.
         let per_port = setup
             .select(DROPS, &[("device", "tap2")])
             .filter(|(_, v)| *v == 0.0)
             .count();
         let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md"))
+                .unwrap();
         assert!(
             readme.contains(&format!("`drops` adds **{per_port} series** per VM port")),
-            "{rel}: README states another drops budget than the {per_port} series of real output"
+            "{rel}: docs/metrics.md states another drops budget than the {per_port} series of real output"
         );
     }
 

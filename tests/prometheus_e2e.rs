@@ -503,7 +503,7 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
         }
     }
     assert!(checked.len() > 25, "{checked:?}");
-    // README's join recipe: the VM port's series carry its Neutron port and instance.
+    // The join recipe of docs/collectors.md: the VM port's series carry its Neutron port and instance.
     let joined = prom.query(
         "packetpath_interface_transmit_packets_total{device=\"tap0\"} * on (instance, device) group_left (port_id, instance_id) packetpath_vm_port_info",
     );

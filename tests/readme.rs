@@ -1,4 +1,4 @@
-//! README's metrics table must list exactly the families the exporter emits, with their
+//! The metrics table (docs/metrics.md) must list exactly the families the exporter emits, with their
 //! types, and every label the families carry.
 
 use std::collections::BTreeMap;
@@ -8,9 +8,9 @@ fn read(p: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(p)).unwrap()
 }
 
-/// name -> (type, labels) from README rows of the form "| `name` | type | labels | …".
+/// name -> (type, labels) from docs/metrics.md rows of the form "| `name` | type | labels | …".
 fn documented() -> BTreeMap<String, (String, Vec<String>)> {
-    read("README.md")
+    read("docs/metrics.md")
         .lines()
         .filter(|l| l.starts_with("| `packetpath_") || l.starts_with("| `process_"))
         .map(|l| {
@@ -67,7 +67,7 @@ fn readme_metrics_table_matches_real_output() {
     let doc = documented();
     let real = emitted();
     // Rows that name a kernel newer than the test bed's may be missing from real output.
-    let readme = read("README.md");
+    let readme = read("docs/metrics.md");
     let newer_kernel_only = |name: &str| {
         readme
             .lines()
@@ -89,15 +89,18 @@ fn readme_metrics_table_matches_real_output() {
     let real_names: Vec<_> = real.keys().collect();
     assert_eq!(
         doc_names, real_names,
-        "README metrics table and real output list different metrics"
+        "the metrics table of docs/metrics.md and real output list different metrics"
     );
     for (name, (ty, labels)) in &real {
         let (doc_ty, doc_labels) = &doc[name];
-        assert_eq!(doc_ty, ty, "{name}: README says {doc_ty}, output says {ty}");
+        assert_eq!(
+            doc_ty, ty,
+            "{name}: docs/metrics.md says {doc_ty}, output says {ty}"
+        );
         for l in labels {
             assert!(
                 doc_labels.contains(l),
-                "{name}: label {l} missing from README"
+                "{name}: label {l} missing from docs/metrics.md"
             );
         }
     }
@@ -112,7 +115,7 @@ fn readme_metrics_table_matches_real_output() {
     }
 }
 
-/// The cardinality budget README states: series per VM port in the default configuration,
+/// The cardinality budget docs/metrics.md states: series per VM port in the default configuration,
 /// counted in real output (the OVS bed's capture, with its VM port tap0 given an identity
 /// and a conntrack zone in a real ovsdb-server), with no offload series and no repeated
 /// vport counters for it.
@@ -153,9 +156,9 @@ fn readme_cardinality_budget_matches_real_output() {
         ),
         (12, 8, 8, 2, 30)
     );
-    let readme = read("README.md");
+    let readme = read("docs/metrics.md");
     assert!(
         readme.contains(&format!("each VM port costs **{total} series**")),
-        "README states another budget than the {total} series of real output"
+        "docs/metrics.md states another budget than the {total} series of real output"
     );
 }

@@ -1,4 +1,4 @@
-//! The registry is the one list of collectors: `--help`, README's collector table and the
+//! The registry is the one list of collectors: `--help`, the collector table of docs/flags.md and the
 //! golden expositions name the same set, derived from it here.
 
 use std::collections::BTreeSet;
@@ -59,11 +59,11 @@ fn help_lists_every_collector_and_no_other() {
 
 #[test]
 fn readme_collector_table_is_the_registry() {
-    let readme = read("README.md");
+    let readme = read("docs/flags.md");
     let table = readme
         .split("\nCollectors:\n")
         .nth(1)
-        .expect("README has a Collectors: table");
+        .expect("docs/flags.md has a Collectors: table");
     let rows: Vec<(&str, &str)> = table
         .lines()
         .skip_while(|l| !l.starts_with('|'))
@@ -81,7 +81,7 @@ fn readme_collector_table_is_the_registry() {
     for (name, default) in rows {
         let spec = REGISTRY.iter().find(|s| s.name == name).unwrap();
         let want = if spec.default_enabled { "on" } else { "off" };
-        assert_eq!(default, want, "README's default for {name}");
+        assert_eq!(default, want, "docs/flags.md's default for {name}");
     }
 }
 

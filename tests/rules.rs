@@ -1,5 +1,5 @@
 //! Alert rules and the dashboard: promtool-clean, unit-tested, and naming only series the
-//! exporter really emits (the README table, itself checked against real output).
+//! exporter really emits (the table in docs/metrics.md, itself checked against real output).
 
 mod common;
 
@@ -57,7 +57,7 @@ const RECORD_NAME: &str = r"[a-z_]+:packetpath_[a-z0-9_]+:[a-z0-9_]+";
 
 fn documented() -> BTreeSet<String> {
     names_in(
-        &std::fs::read_to_string(path("README.md"))
+        &std::fs::read_to_string(path("docs/metrics.md"))
             .unwrap()
             .lines()
             .filter(|l| l.starts_with("| `packetpath_"))
@@ -130,7 +130,7 @@ fn alerts() -> Vec<String> {
 fn every_alert_has_severity_runbook_and_unit_tests() {
     let rules = std::fs::read_to_string(path("alerts/packetpath.rules.yml")).unwrap();
     let tests = std::fs::read_to_string(path("alerts/tests/packetpath.test.yml")).unwrap();
-    let readme = std::fs::read_to_string(path("README.md")).unwrap();
+    let runbooks = std::fs::read_to_string(path("docs/runbooks.md")).unwrap();
     let names = alerts();
     assert_eq!(names.len(), 13);
     for (i, block) in rules.split("- alert: ").skip(1).enumerate() {
@@ -139,15 +139,15 @@ fn every_alert_has_severity_runbook_and_unit_tests() {
         for key in ["severity: ", "summary: ", "description: ", "runbook_url: "] {
             assert!(block.contains(key), "{name} lacks {key}");
         }
-        // The runbook anchor is a README heading.
+        // The runbook anchor is a heading of docs/runbooks.md.
         let anchor = format!("#{}", name.to_lowercase());
         assert!(
             block.contains(&format!("{anchor}\"")),
             "{name}: runbook anchor"
         );
         assert!(
-            readme.contains(&format!("\n### {name}\n")),
-            "README has no runbook heading for {name}"
+            runbooks.contains(&format!("\n## {name}\n")),
+            "docs/runbooks.md has no runbook heading for {name}"
         );
         // Unit tests: at least one firing case (expected labels) for it.
         let firing = tests
@@ -530,16 +530,16 @@ fn fleet_dashboard_reads_only_what_a_global_view_holds() {
     assert_eq!(used, fleet, "the dashboard leaves some fleet series unused");
 }
 
-/// The README's remote-write relabelling and federation match[] keep the series the fleet
+/// The remote-write relabelling of docs/deployment.md and federation match[] keep the series the fleet
 /// dashboard reads, and nothing else the exporter or the rules make.
 #[test]
 fn readme_ships_the_fleet_series_to_a_global_view() {
-    let readme = std::fs::read_to_string(path("README.md")).unwrap();
+    let readme = std::fs::read_to_string(path("docs/deployment.md")).unwrap();
     let lines: Vec<&str> = readme.lines().collect();
     let at = lines
         .iter()
         .position(|l| l.trim() == "- source_labels: [__name__]")
-        .expect("README's write_relabel_configs");
+        .expect("the write_relabel_configs of docs/deployment.md");
     let re = lines[at + 1]
         .trim()
         .strip_prefix("regex: '")

@@ -15,7 +15,7 @@
 //! - a flow nothing was heard of before a dump found it is new since the last dump, and
 //!   its whole count is credited to its present actions; only the first look at the table
 //!   takes counts as baselines. (With notifications lost, this over-counts a flow that
-//!   was rewritten into a drop before any dump saw it; README gives measured errors.)
+//!   was rewritten into a drop before any dump saw it; docs/collectors.md gives measured errors.)
 //!
 //! The kernel's dump is not a snapshot, so a flow a dump did not reach is kept for
 //! [`GRACE`] more complete dumps before it is forgotten. Notifications and dump replies

@@ -6,7 +6,7 @@
 //! and deleted. Parse: [`parse`] decodes a flow and decides whether it drops. Account:
 //! [`accounting`] turns both into drop totals that only grow, exact for flows whose whole
 //! life was announced (also those that lived and died between two scrapes), approximate
-//! where notifications were lost (README says how, with measured errors). Render: the
+//! where notifications were lost (docs/collectors.md says how, with measured errors). Render: the
 //! totals, and the flow table by action.
 
 pub mod accounting;
@@ -287,7 +287,7 @@ impl Shared {
             Err(e) => {
                 st.monitor = None;
                 if self.monitor_notice.first(&e) {
-                    tracing::warn!(collector = "ovs_flows", error = %e, "cannot listen to ovs_flow notifications; drop counts come from flow dumps alone (approximate, see README)");
+                    tracing::warn!(collector = "ovs_flows", error = %e, "cannot listen to ovs_flow notifications; drop counts come from flow dumps alone (approximate, see docs/collectors.md)");
                 }
             }
         }
