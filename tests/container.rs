@@ -80,20 +80,8 @@ fn podman(what: &str) -> Command {
 /// Builds the image from the Dockerfile's `prebuilt` stage; returns its tag and the
 /// build context directory (remove both when done).
 fn build_image(what: &str) -> (String, PathBuf) {
-    // A fully static binary: the image has nothing else in it. Its own target directory,
-    // so this build does not wait on the one running the tests.
-    run(Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", repo(".cache/static-target"))
-        .current_dir(repo("")));
-    let binary = repo(".cache/static-target/x86_64-unknown-linux-gnu/release/packetpath-exporter");
+    // A fully static binary: the image has nothing else in it.
+    let binary = common::static_binary();
     let ctx = std::env::temp_dir().join(format!("pp-image-{what}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx).unwrap();

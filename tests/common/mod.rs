@@ -1004,3 +1004,26 @@ pub fn kind<'a>(docs: &'a [serde_json::Value], k: &str) -> &'a serde_json::Value
         .find(|d| d["kind"] == k)
         .unwrap_or_else(|| panic!("no {k}"))
 }
+
+/// The exporter built fully static in release (what the image and the Debian package
+/// ship), in a target directory of its own under .cache, so this build does not wait on the
+/// one running the tests.
+pub fn static_binary() -> std::path::PathBuf {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = repo.join(".cache/static-target");
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(repo)
+        .output()
+        .expect("cargo build");
+    assert!(out.status.success(), "static build:\n{}", said(&out));
+    target.join("x86_64-unknown-linux-gnu/release/packetpath-exporter")
+}
