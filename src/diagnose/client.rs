@@ -120,67 +120,23 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Accepts any certificate: only with --from.insecure-skip-verify.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// Verifies as webpki does, and also accepts a certificate that is itself in
-/// --from.ca-file though it says it is a CA (what `openssl req -x509` makes): a pinned
-/// certificate is a trust anchor, as curl and OpenSSL take it. webpki has checked its
-/// validity period before it refused the CA flag; its name is checked here, and the
+/// How diagnose checks the exporter's certificate: not at all (only with
+/// --from.insecure-skip-verify), or as webpki does, also accepting a certificate that is
+/// itself in --from.ca-file though it says it is a CA (what `openssl req -x509` makes): a
+/// pinned certificate is a trust anchor, as curl and OpenSSL take it. webpki has checked
+/// its validity period before it refused the CA flag; its name is checked here, and the
 /// handshake's signatures prove the server holds its key.
 #[derive(Debug)]
-struct Pinned {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    pinned: Vec<CertificateDer<'static>>,
+struct Verify {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// None: accept any certificate.
+    webpki: Option<(
+        Arc<rustls::client::WebPkiServerVerifier>,
+        Vec<CertificateDer<'static>>,
+    )>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for Pinned {
+impl rustls::client::danger::ServerCertVerifier for Verify {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -190,17 +146,14 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         use rustls::{CertificateError, Error};
-        match self
-            .inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some((inner, pinned)) = &self.webpki else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(CertificateError::Other(other)))
                 if other.0.downcast_ref::<webpki::Error>()
                     == Some(&webpki::Error::CaUsedAsEndEntity)
-                    && self
-                        .pinned
-                        .iter()
-                        .any(|p| p.as_ref() == end_entity.as_ref()) =>
+                    && pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) =>
             {
                 let cert = webpki::EndEntityCert::try_from(end_entity)
                     .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
@@ -218,7 +171,12 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -227,11 +185,18 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -252,7 +217,10 @@ fn tls_config(o: &ClientOptions) -> Result<rustls::ClientConfig, String> {
     let builder = if o.insecure_skip_verify {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_custom_certificate_verifier(Arc::new(Verify {
+                provider,
+                webpki: None,
+            }))
     } else {
         let (ca, flag) = match &o.ca_file {
             Some(f) => (f.clone(), "--from.ca-file"),
@@ -275,13 +243,18 @@ fn tls_config(o: &ClientOptions) -> Result<rustls::ClientConfig, String> {
             roots.add(cert.clone()).map_err(|e| bad(&e))?;
             pinned.push(cert);
         }
-        let inner =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| bad(&e))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(&e))?;
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { inner, pinned }))
+            .with_custom_certificate_verifier(Arc::new(Verify {
+                provider,
+                webpki: Some((inner, pinned)),
+            }))
     };
     match (&o.cert_file, &o.key_file) {
         (Some(cert), Some(key)) => {

@@ -50,6 +50,18 @@ fn cut(s: &str, max: usize) -> String {
     out
 }
 
+/// The offload table's columns.
+const OFFLOAD_HEADER: [&str; 8] = [
+    "DEVICE",
+    "ROLE",
+    "RX-CSUM",
+    "TX-CSUM",
+    "TSO",
+    "GSO",
+    "GRO",
+    "UDP-TNL-CSUM",
+];
+
 /// The narrowest a table's first column (device names) is cut to.
 const MIN_NAME: usize = 8;
 
@@ -424,21 +436,7 @@ pub fn text(r: &Report, style: &Style) -> String {
             ]
         })
         .collect();
-    table(
-        &mut o,
-        style,
-        &[
-            "DEVICE",
-            "ROLE",
-            "RX-CSUM",
-            "TX-CSUM",
-            "TSO",
-            "GSO",
-            "GRO",
-            "UDP-TNL-CSUM",
-        ],
-        &rows,
-    );
+    table(&mut o, style, &OFFLOAD_HEADER, &rows);
     o.push('\n');
 
     if !r.findings.is_empty() {
@@ -559,16 +557,7 @@ mod tests {
 
     #[test]
     fn tables_fit_narrow_terminals_cutting_headers_then_stacking() {
-        let header = [
-            "DEVICE",
-            "ROLE",
-            "RX-CSUM",
-            "TX-CSUM",
-            "TSO",
-            "GSO",
-            "GRO",
-            "UDP-TNL-CSUM",
-        ];
+        let header = OFFLOAD_HEADER;
         let row = |d: &str| -> Vec<String> {
             [d, "tunnel", "on", "off", "on", "on", "on", "off"]
                 .iter()
