@@ -35,6 +35,8 @@ use common::{
 
 /// The drops collector's series.
 const KERNEL_DROP_PREFIX: &str = "packetpath_kernel_";
+/// The fleet rule naming each VM port that loses packets.
+const VM_PORT_AFFECTED: &str = "instance_device:packetpath_vm_port_affected:info";
 const PROM_PORT: u16 = 19090;
 /// The identity os-vif gives the test's VM port in OVSDB.
 const PORT_ID: &str = "519d7cc4-7593-4944-af80-6a8a9b4f4e9a";
@@ -257,7 +259,16 @@ fn selectors(expr: &str) -> BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
             .unwrap_or(tail.len());
-        let mut sel = tail[..end].to_owned();
+        // A recording rule's level comes before the metric: `instance_device:packetpath_…`.
+        let level = rest[..i]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| c.is_ascii_lowercase() || *c == '_' || *c == ':')
+            .last()
+            .map_or(i, |(j, _)| j);
+        let level = &rest[level..i];
+        let level = if level.ends_with(':') { level } else { "" };
+        let mut sel = format!("{level}{}", &tail[..end]);
         let mut next = &tail[end..];
         if next.starts_with('{') {
             let close = next.find('}').unwrap() + 1;
@@ -268,6 +279,21 @@ fn selectors(expr: &str) -> BTreeSet<String> {
         rest = next;
     }
     out
+}
+
+#[test]
+fn selectors_keep_a_recording_rules_level() {
+    assert_eq!(
+        selectors(
+            "instance:packetpath_vm_delivery_packets:rate / instance:packetpath_tunnel_receive_packets:rate > -1 \
+             and sum(rate(packetpath_conntrack_invalid_total{job=\"packetpath\"}[5m]))"
+        ),
+        BTreeSet::from([
+            "instance:packetpath_vm_delivery_packets:rate".to_owned(),
+            "instance:packetpath_tunnel_receive_packets:rate".to_owned(),
+            "packetpath_conntrack_invalid_total{job=\"packetpath\"}".to_owned(),
+        ])
+    );
 }
 
 #[test]
@@ -454,6 +480,10 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
     // The kernel's drop monitor exists only in the host's network namespace, and this
     // test's exporter runs in one of its own: no kernel-drop series here.
     let hostns_only = built_on(KERNEL_DROP_PREFIX);
+    // The VM ports affected exist only while one loses packets, which no VM port here does
+    // where the kernel gives no zone (the replayed datapath's counts do not move): the OVN
+    // bed (tests/ovn_alert_vm.rs) checks them on a real chassis, promtool their values.
+    let while_lost = built_on(VM_PORT_AFFECTED);
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo("dashboards/packetpath.json")).unwrap())
             .unwrap();
@@ -482,6 +512,10 @@ fn alerts_fire_on_the_incident_and_every_expression_returns_data() {
                 // (tests/netns_conntrack_invalid_zones.rs checks that promise; the OVN
                 // bed, tests/ovn_alert_vm.rs, checks the series on Debian's kernel).
                 eprintln!("{sel}: not on this kernel (no NFULA_CT)");
+                continue;
+            }
+            if !zones && while_lost.iter().any(|z| sel.starts_with(z.as_str())) {
+                eprintln!("{sel}: only while a VM port loses packets");
                 continue;
             }
             if hostns_only.iter().any(|z| sel.starts_with(z.as_str())) {
