@@ -13,13 +13,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Far enough to mean "never" for a deadline, and near enough to add to any instant.
-const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
-
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+
+/// Far enough to mean "never" for a deadline, and near enough to add to any instant.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// A write that has waited this long for its reader makes the connection a candidate for
 /// eviction; a healthy reader drains the socket buffer far sooner.

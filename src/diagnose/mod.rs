@@ -104,12 +104,12 @@ pub struct Args {
     pub matches: clap::ArgMatches,
 }
 
-/// Runs the subcommand on `argv` (the words after `diagnose`).
 /// `diagnose`'s command line, with the collectors' flags.
 pub fn command() -> clap::Command {
     crate::collectors::with_flags(Args::command(), false)
 }
 
+/// Runs the subcommand on `argv` (the words after `diagnose`).
 pub fn main(argv: Vec<OsString>) -> ExitCode {
     let args = std::iter::once(OsString::from("packetpath-exporter diagnose")).chain(argv);
     let matches = command().try_get_matches_from(args);

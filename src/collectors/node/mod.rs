@@ -30,7 +30,9 @@ pub const SPEC: Spec = Spec {
         let o = super::options::<Options>(m)?;
         r.ovsdb.start();
         Ok(Arc::new(NodeCollector {
-            procfs: r.procfs.clone(),
+            // The running kernel does not change under the process; the module can be
+            // reloaded, so it is read on every scrape.
+            kernel: host::kernel(&r.procfs),
             sysfs: r.sysfs.clone(),
             ovn_controller: unixctl::Daemon::new(o.ovn_rundir, OVN_CONTROLLER),
         }))
@@ -62,7 +64,7 @@ pub struct Snapshot {
     pub kernel: Kernel,
     pub module: Module,
     /// Empty when the database is not there.
-    pub ovsdb: OvsdbNode,
+    pub ovsdb: Arc<OvsdbNode>,
     pub ovn_version: String,
 }
 
@@ -137,24 +139,21 @@ pub fn render(s: &Snapshot) -> Vec<Family> {
 }
 
 pub struct NodeCollector {
-    procfs: PathBuf,
+    kernel: Kernel,
     sysfs: PathBuf,
     ovn_controller: unixctl::Daemon,
 }
 
 impl Collector for NodeCollector {
     fn collect(&self, scrape: &Scrape) -> Result<Vec<Family>, CollectError> {
-        let ovsdb = scrape
-            .ovsdb_node()
-            .map(|n| n.as_ref().clone())
-            .unwrap_or_default();
+        let ovsdb = scrape.ovsdb_node().unwrap_or_default();
         let ovn_version = if ovsdb.system.external_ids.contains_key(OVN_REMOTE) {
             self.ovn_controller.version()
         } else {
             String::new()
         };
         Ok(render(&Snapshot {
-            kernel: host::kernel(&self.procfs),
+            kernel: self.kernel.clone(),
             module: host::module(&self.sysfs),
             ovsdb,
             ovn_version,
@@ -185,7 +184,7 @@ mod tests {
                 srcversion: "D0E6D3EB3A4F2C1B9E8A7F6".into(),
                 version: String::new(),
             },
-            ovsdb: OvsdbNode {
+            ovsdb: Arc::new(OvsdbNode {
                 system: System {
                     ovs_version: "3.1.0".into(),
                     db_version: "8.3.1".into(),
@@ -210,7 +209,7 @@ mod tests {
                         .into(),
                     },
                 )],
-            },
+            }),
             ovn_version: "23.03.1".into(),
         };
         let t = text(&s);
@@ -228,7 +227,8 @@ mod tests {
         assert!(t.contains("packetpath_node_info{kernel_release=\"\",kernel_version=\"\",ovs_module=\"\",ovs_module_srcversion=\"\",ovs_module_version=\"\",ovs_version=\"\",ovs_db_version=\"\",ovs_datapath_types=\"\",ovn_chassis=\"\",ovn_version=\"\"} 1\n"), "{t}");
         // A system-id without OVN configured is no chassis.
         let mut s = Snapshot::default();
-        s.ovsdb.system.external_ids = [("system-id".to_owned(), "x".to_owned())].into();
+        Arc::make_mut(&mut s.ovsdb).system.external_ids =
+            [("system-id".to_owned(), "x".to_owned())].into();
         s.kernel.release = "6.1.0-\"odd\"\\build".into();
         let t = text(&s);
         assert!(
